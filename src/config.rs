@@ -1,0 +1,289 @@
+//! Settings: read from the environment (the contract's variable names, §5), each also a CLI
+//! flag, and validated once at start. A bad value is a [`ConfigError`] naming the variable.
+//! Secrets (passwords in URLs, the API token) never appear in `Debug` output.
+
+use std::{fmt, time::Duration};
+
+use clap::Parser;
+
+/// The command line and environment, as given.
+#[derive(Parser, Debug)]
+#[command(name = "session-manager", version, about)]
+pub struct Cli {
+    /// REST port.
+    #[arg(long, env = "SERVICE_PORT", default_value_t = 8090)]
+    pub service_port: u16,
+    /// Redis (or Redis Cluster seed node) URL; when unset, built from REDIS_HOSTNAME etc.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_HOSTNAME")]
+    pub redis_hostname: Option<String>,
+    #[arg(long, env = "REDIS_PORT")]
+    pub redis_port: Option<u16>,
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    #[arg(long, env = "REDIS_DB")]
+    pub redis_db: Option<u32>,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    /// Absolute lifetime of a session from its creation, in seconds.
+    #[arg(long, env = "SESSION_EXP_SEC", default_value_t = 2_592_000)]
+    pub session_exp_sec: u64,
+    /// Idle timeout in seconds (0: off).
+    #[arg(long, env = "SESSION_IDLE_SEC", default_value_t = 0)]
+    pub session_idle_sec: u64,
+    /// Most sessions per user (0: no limit).
+    #[arg(long, env = "SESSION_MAX_PER_USER", default_value_t = 0)]
+    pub session_max_per_user: u64,
+    /// Prefix of every Redis key the service writes.
+    #[arg(long, env = "SESSION_KEY_PREFIX", default_value = "session-manager")]
+    pub session_key_prefix: String,
+    /// Durable command queue.
+    #[arg(
+        long,
+        env = "SESSION_COMMAND_QUEUE",
+        default_value = "session.commands"
+    )]
+    pub session_command_queue: String,
+    /// Topic exchange of SessionClosed events.
+    #[arg(
+        long,
+        env = "SESSION_EVENTS_EXCHANGE",
+        default_value = "session.events"
+    )]
+    pub session_events_exchange: String,
+    /// When set, /a01/* requires `Authorization: Bearer <token>`.
+    #[arg(long, env = "SESSION_API_TOKEN", hide_env_values = true)]
+    pub session_api_token: Option<String>,
+    /// When set (32 bytes, base64), tokens and auth codes are stored encrypted.
+    #[arg(long, env = "SESSION_ENCRYPTION_KEY", hide_env_values = true)]
+    pub session_encryption_key: Option<String>,
+    /// Commands the worker takes from the queue at once and applies concurrently.
+    #[arg(long, env = "AMQP_PREFETCH", default_value_t = 64)]
+    pub amqp_prefetch: u16,
+    /// Ask a running instance's /healthz on localhost and exit 0 if it is healthy (for Docker).
+    #[arg(long)]
+    pub healthcheck: bool,
+}
+
+/// A setting that cannot be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// A value that must not be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Validated settings of one instance.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// REST port; 0 lets the OS choose (tests).
+    pub port: u16,
+    /// May carry a password, hence secret.
+    pub redis_url: SecretString,
+    pub amqp_url: SecretString,
+    pub session_lifetime: Duration,
+    pub key_prefix: String,
+    pub command_queue: String,
+    pub events_exchange: String,
+    pub api_token: Option<SecretString>,
+    pub prefetch: u16,
+}
+
+impl Settings {
+    /// Settings with the contract's defaults, for the local servers.
+    pub fn local_defaults() -> Self {
+        Self {
+            port: 8090,
+            redis_url: SecretString::new("redis://127.0.0.1:6379/"),
+            amqp_url: SecretString::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            session_lifetime: Duration::from_secs(2_592_000),
+            key_prefix: "session-manager".into(),
+            command_queue: "session.commands".into(),
+            events_exchange: "session.events".into(),
+            api_token: None,
+            prefetch: 64,
+        }
+    }
+}
+
+/// Percent-encodes a URL user-info part.
+fn encode_userinfo(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn non_empty_name(variable: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.is_empty() || value.len() > 255 {
+        return Err(invalid(variable, "must be 1 to 255 bytes"));
+    }
+    Ok(value)
+}
+
+impl TryFrom<Cli> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let (redis_url, redis_variable) = match cli.redis_url {
+            Some(url) => (url, "REDIS_URL"),
+            None => {
+                let host = cli.redis_hostname.unwrap_or_else(|| "127.0.0.1".into());
+                let port = cli.redis_port.unwrap_or(6379);
+                let db = cli.redis_db.unwrap_or(0);
+                let auth = cli
+                    .redis_password
+                    .map(|password| format!(":{}@", encode_userinfo(&password)))
+                    .unwrap_or_default();
+                (
+                    format!("redis://{auth}{host}:{port}/{db}"),
+                    "REDIS_HOSTNAME",
+                )
+            }
+        };
+        // The parse error is not shown: it could quote the password.
+        redis::Client::open(redis_url.as_str())
+            .map_err(|_| invalid(redis_variable, "is not a valid Redis URL"))?;
+        cli.amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|_| invalid("AMQP_URL", "is not a valid AMQP URL"))?;
+        if cli.session_exp_sec == 0 {
+            return Err(invalid("SESSION_EXP_SEC", "must be at least 1"));
+        }
+        if cli.session_exp_sec > 10 * 365 * 24 * 60 * 60 {
+            return Err(invalid("SESSION_EXP_SEC", "must be at most ten years"));
+        }
+        if cli.session_idle_sec != 0 {
+            return Err(invalid(
+                "SESSION_IDLE_SEC",
+                "idle expiry is not supported by this version; leave it 0",
+            ));
+        }
+        if cli.session_max_per_user != 0 {
+            return Err(invalid(
+                "SESSION_MAX_PER_USER",
+                "a per-user limit is not supported by this version; leave it 0",
+            ));
+        }
+        if cli.session_encryption_key.is_some() {
+            return Err(invalid(
+                "SESSION_ENCRYPTION_KEY",
+                "encryption at rest is not supported by this version; leave it unset",
+            ));
+        }
+        let prefix = cli.session_key_prefix;
+        if prefix.is_empty() || prefix.contains(['{', '}']) {
+            return Err(invalid(
+                "SESSION_KEY_PREFIX",
+                "must be non-empty and contain no { or } (they would break hash tags)",
+            ));
+        }
+        if cli.amqp_prefetch == 0 {
+            return Err(invalid("AMQP_PREFETCH", "must be at least 1"));
+        }
+        let api_token = match cli.session_api_token {
+            Some(token) if token.trim().is_empty() => {
+                return Err(invalid("SESSION_API_TOKEN", "must not be empty when set"))
+            }
+            token => token.map(SecretString::new),
+        };
+        Ok(Self {
+            port: cli.service_port,
+            redis_url: SecretString::new(redis_url),
+            amqp_url: SecretString::new(cli.amqp_url),
+            session_lifetime: Duration::from_secs(cli.session_exp_sec),
+            key_prefix: prefix,
+            command_queue: non_empty_name("SESSION_COMMAND_QUEUE", cli.session_command_queue)?,
+            events_exchange: non_empty_name(
+                "SESSION_EVENTS_EXCHANGE",
+                cli.session_events_exchange,
+            )?,
+            api_token,
+            prefetch: cli.amqp_prefetch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["session-manager"];
+        argv.extend_from_slice(args);
+        Settings::try_from(Cli::try_parse_from(argv).expect("arguments parse"))
+    }
+
+    #[test]
+    fn redis_url_is_built_from_parts_with_the_password_encoded() {
+        let s = settings(&[
+            "--redis-hostname",
+            "cache",
+            "--redis-port",
+            "6380",
+            "--redis-password",
+            "p@ss word",
+            "--redis-db",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(s.redis_url.expose(), "redis://:p%40ss%20word@cache:6380/2");
+        assert!(!format!("{s:?}").contains("p%40ss"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: [(&[&str], &str); 5] = [
+            (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
+            (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
+            (&["--redis-url", "nope://x"], "REDIS_URL"),
+            (&["--amqp-url", "http://x"], "AMQP_URL"),
+            (&["--session-api-token", " "], "SESSION_API_TOKEN"),
+        ];
+        for (args, variable) in cases {
+            let error = settings(args).unwrap_err();
+            assert_eq!(error.variable, variable);
+            assert!(error.to_string().starts_with(variable));
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The six operations of the service as one enum, parsed from an AMQP command body, and their
+//! results. REST builds the same `Command` from a route, so both front ends share one core.
+//!
+//! # Format
+//!
+//! ```text
+//! {"type": "UpdateSession", "session_id": "…", "access_token": "…"}
+//! ```
+
+use serde::Serialize;
+
+use super::{
+    fields::Fields, DeviceId, Error, NewSession, Session, SessionClosed, SessionId, SessionPatch,
+    UserId,
+};
+
+/// One operation on the sessions.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateSession(NewSession),
+    GetSession(SessionId),
+    ListSessions(UserId),
+    UpdateSession(SessionId, SessionPatch),
+    DeleteSession(SessionId),
+    DeleteUserSessions(UserId),
+}
+
+impl Command {
+    /// Parses an AMQP command body. `InvalidArgument` means the message cannot be understood; a
+    /// `NotFound` is a well-formed command naming a session id that cannot exist.
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+        let mut fields = Fields::from_slice(body)?;
+        let kind = fields.required_string("type")?;
+        // Every field is taken and the rest rejected before a session id is judged, so that an
+        // unknown field is reported as invalid rather than as a missing session.
+        match kind.as_str() {
+            "CreateSession" => {
+                let new = NewSession::take_from(&mut fields)?;
+                fields.finish()?;
+                Ok(Self::CreateSession(new))
+            }
+            "GetSession" => Ok(Self::GetSession(only_session_id(fields)?)),
+            "ListSessions" => Ok(Self::ListSessions(only_user_id(fields)?)),
+            "UpdateSession" => {
+                let id = fields.required_string("session_id")?;
+                let patch = SessionPatch::take_from(&mut fields)?;
+                fields.finish()?;
+                Ok(Self::UpdateSession(SessionId::parse_existing(&id)?, patch))
+            }
+            "DeleteSession" => Ok(Self::DeleteSession(only_session_id(fields)?)),
+            "DeleteUserSessions" => Ok(Self::DeleteUserSessions(only_user_id(fields)?)),
+            other => Err(Error::InvalidArgument(format!(
+                "type: unknown command {other:?}"
+            ))),
+        }
+    }
+
+    /// The command's `type`, also used as a metrics label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CreateSession(_) => "CreateSession",
+            Self::GetSession(_) => "GetSession",
+            Self::ListSessions(_) => "ListSessions",
+            Self::UpdateSession(..) => "UpdateSession",
+            Self::DeleteSession(_) => "DeleteSession",
+            Self::DeleteUserSessions(_) => "DeleteUserSessions",
+        }
+    }
+}
+
+/// The fields of a command that names one session and nothing else.
+fn only_session_id(mut fields: Fields) -> Result<SessionId, Error> {
+    let id = fields.required_string("session_id")?;
+    fields.finish()?;
+    SessionId::parse_existing(&id)
+}
+
+/// The fields of a command that names one user and nothing else.
+fn only_user_id(mut fields: Fields) -> Result<UserId, Error> {
+    let user_id = UserId::parse(fields.required_string("user_id")?)?;
+    fields.finish()?;
+    Ok(user_id)
+}
+
+/// One entry of a session list.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub session_id: SessionId,
+    pub device_id: DeviceId,
+}
+
+/// The result of a successful command: the same JSON as the REST success body.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    SessionCreated {
+        session_id: SessionId,
+    },
+    Session(Session),
+    SessionList {
+        user_id: UserId,
+        sessions: Vec<SessionSummary>,
+    },
+    SessionDeleted {
+        session_id: SessionId,
+    },
+    UserSessionsDeleted {
+        user_id: UserId,
+        session_ids: Vec<SessionId>,
+    },
+}
+
+/// What applying a command did: its outcome and the sessions it ended (whose events are due).
+#[derive(Debug)]
+pub struct Applied {
+    pub outcome: Result<Outcome, Error>,
+    pub closed: Vec<SessionClosed>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Command, Error> {
+        Command::parse(json.as_bytes())
+    }
+
+    #[test]
+    fn parses_every_command_type() {
+        let id = format!("0a{}", "A".repeat(43));
+        let cases = [
+            (
+                r#"{"type":"CreateSession","user_id":"u","device_id":"d"}"#.to_string(),
+                "CreateSession",
+            ),
+            (
+                format!(r#"{{"type":"GetSession","session_id":"{id}"}}"#),
+                "GetSession",
+            ),
+            (
+                r#"{"type":"ListSessions","user_id":"u"}"#.to_string(),
+                "ListSessions",
+            ),
+            (
+                format!(r#"{{"type":"UpdateSession","session_id":"{id}","auth_code":"x"}}"#),
+                "UpdateSession",
+            ),
+            (
+                format!(r#"{{"type":"DeleteSession","session_id":"{id}"}}"#),
+                "DeleteSession",
+            ),
+            (
+                r#"{"type":"DeleteUserSessions","user_id":"u"}"#.to_string(),
+                "DeleteUserSessions",
+            ),
+        ];
+        for (json, name) in cases {
+            assert_eq!(parse(&json).unwrap().name(), name);
+        }
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_understood() {
+        for json in [
+            "not json",
+            r#"{"user_id":"u"}"#,
+            r#"{"type":"Nope"}"#,
+            r#"{"type":"ListSessions"}"#,
+            r#"{"type":"ListSessions","user_id":"u","extra":1}"#,
+            r#"{"type":"GetSession","session_id":"x","extra":1}"#,
+            r#"{"type":"UpdateSession","session_id":"x"}"#,
+        ] {
+            assert!(
+                matches!(parse(json), Err(Error::InvalidArgument(_))),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_that_cannot_exist_is_not_found_not_invalid() {
+        assert!(matches!(
+            parse(r#"{"type":"GetSession","session_id":"nope"}"#),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
+
+/// The idempotency key of an AMQP command (its `message_id` property): 1–255 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// `None` for an empty id, which identifies nothing.
+    pub fn parse(id: &str) -> Option<Self> {
+        (!id.is_empty() && id.len() <= 255).then(|| Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

@@ -1,0 +1,18 @@
+//! The domain: what a session is, the rules its fields obey, the commands and their outcomes,
+//! the `SessionClosed` event and the one error type. No I/O here: nothing in this module knows
+//! Redis, RabbitMQ or HTTP.
+
+mod command;
+mod error;
+mod event;
+mod fields;
+mod session;
+
+pub use command::{Applied, Command, MessageId, Outcome, SessionSummary};
+pub use error::{Error, ErrorBody, ErrorCode};
+pub use event::{CloseReason, SessionClosed};
+pub use fields::{Field, Fields};
+pub use session::{
+    Bucket, DeviceId, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch,
+    Timestamp, UserEmail, UserId, BUCKETS,
+};

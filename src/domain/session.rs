@@ -1,0 +1,504 @@
+//! The session and its parts (contract §1): newtypes whose only constructors check the rules, so
+//! that the core never holds an unchecked value, and the inputs of create and update.
+
+use std::fmt;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use rand::RngCore;
+use serde::{Serialize, Serializer};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use super::{
+    fields::{Field, Fields},
+    Error,
+};
+
+/// Number of hash-tag buckets that sessions are spread over. Every key of one user, and of each
+/// of the user's sessions, carries the user's bucket as its Redis Cluster hash tag.
+pub const BUCKETS: u16 = 256;
+const BUCKET_LEN: usize = 2;
+const RANDOM_BYTES: usize = 32;
+const RANDOM_LEN: usize = 43; // base64url of 32 bytes, unpadded
+const MAX_ID_BYTES: usize = 256;
+const MAX_SECRET_BYTES: usize = 16 * 1024;
+const MAX_EMAIL_BYTES: usize = 320;
+
+/// The hash-tag bucket of a user: two lowercase hex digits derived from the user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bucket(u8);
+
+impl Bucket {
+    fn of(user_id: &str) -> Self {
+        // FNV-1a: stable across versions and platforms, which is all a bucket needs.
+        let hash = user_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
+        Self((hash % u64::from(BUCKETS)) as u8)
+    }
+
+    /// Every bucket, for work that must visit all of them.
+    pub fn all() -> impl Iterator<Item = Bucket> {
+        (0..BUCKETS).map(|bucket| Self(bucket as u8))
+    }
+}
+
+impl fmt::Display for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}", self.0)
+    }
+}
+
+/// A session id: the user's bucket (2 hex digits) followed by 256 random bits from the OS CSPRNG
+/// in unpadded base64url, so it is URL-safe, never reused in practice, and tells which hash slot
+/// holds the session.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn generate(user_id: &UserId) -> Self {
+        let mut random = [0u8; RANDOM_BYTES];
+        // ThreadRng is a CSPRNG (ChaCha12) seeded from the OS and reseeded periodically.
+        rand::rng().fill_bytes(&mut random);
+        let mut id = String::with_capacity(BUCKET_LEN + RANDOM_LEN);
+        id.push_str(&user_id.bucket().to_string());
+        URL_SAFE_NO_PAD.encode_string(random, &mut id);
+        Self(id)
+    }
+
+    /// Parses an id given by a client; `None` when it cannot be an id this service issued.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (bucket, random) = id.split_at_checked(BUCKET_LEN)?;
+        let bucket_ok = bucket
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let random_ok = random.len() == RANDOM_LEN
+            && random
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        (bucket_ok && random_ok).then(|| Self(id.to_owned()))
+    }
+
+    /// Parses an id field of a command or request; an id that cannot exist is `not_found`.
+    pub fn parse_existing(id: &str) -> Result<Self, Error> {
+        Self::parse(id).ok_or_else(Error::session_not_found)
+    }
+
+    pub fn bucket(&self) -> Bucket {
+        let hex = &self.0[..BUCKET_LEN];
+        Bucket(u8::from_str_radix(hex, 16).unwrap_or_default())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A session id is a bearer credential for the session: log only its bucket and a prefix.
+        write!(f, "SessionId({}…)", &self.0[..8])
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+fn check_identifier(name: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{name}: must be 1 to {MAX_ID_BYTES} bytes of UTF-8"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "{name}: must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: String) -> Result<Self, Error> {
+                check_identifier($field, &value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// A value read back from the store, where only checked values are written.
+            pub fn from_stored(value: String) -> Self {
+                Self(value)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A user id: 1–256 bytes of UTF-8 without control characters.
+    UserId,
+    "user_id"
+);
+identifier!(
+    /// A device id: 1–256 bytes of UTF-8 without control characters.
+    DeviceId,
+    "device_id"
+);
+
+impl UserId {
+    pub fn bucket(&self) -> Bucket {
+        Bucket::of(&self.0)
+    }
+}
+
+/// A token or auth code (at most 16 KiB). Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn parse(name: &str, value: String) -> Result<Self, Error> {
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "{name}: must be at most {MAX_SECRET_BYTES} bytes"
+            )));
+        }
+        Ok(Self(value))
+    }
+
+    /// The value, for storing it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A value read back from the store, where only checked values are written.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A user's e-mail address: at most 320 bytes and containing `@`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserEmail(String);
+
+impl UserEmail {
+    pub fn parse(value: String) -> Result<Self, Error> {
+        if value.len() > MAX_EMAIL_BYTES || !value.contains('@') {
+            return Err(Error::InvalidArgument(format!(
+                "user_email: must contain @ and be at most {MAX_EMAIL_BYTES} bytes"
+            )));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A value read back from the store, where only checked values are written.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+}
+
+/// A moment, kept as milliseconds since the Unix epoch (Redis server time), shown as RFC 3339 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn from_unix_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    pub fn unix_millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+            .ok()
+            .and_then(|moment| moment.format(&Rfc3339).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// The client-set fields that can change after creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MutableFields {
+    pub auth_code: Option<Secret>,
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub expiration_time: Option<u64>,
+    pub user_email: Option<UserEmail>,
+}
+
+/// A session as stored and returned: every field of §1.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub auth_code: Option<Secret>,
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub expiration_time: Option<u64>,
+    pub user_email: Option<UserEmail>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// The input of a create: who, on which device, and the optional fields.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub fields: MutableFields,
+}
+
+/// The input of an update. `Field::Null` clears an optional field.
+#[derive(Debug, Clone)]
+pub struct SessionPatch {
+    /// Given only to assert the stored value; a different one is a conflict.
+    pub user_id: Option<UserId>,
+    pub device_id: Option<DeviceId>,
+    pub auth_code: Field<Secret>,
+    pub access_token: Field<Secret>,
+    pub refresh_token: Field<Secret>,
+    pub expiration_time: Field<u64>,
+    pub user_email: Field<UserEmail>,
+}
+
+fn secret(fields: &mut Fields, name: &str) -> Result<Field<Secret>, Error> {
+    fields
+        .string(name)?
+        .try_map(|value| Secret::parse(name, value))
+}
+
+/// `expiration_time`, also accepted under its old spelling `exiration_time`.
+fn expiration_time(fields: &mut Fields) -> Result<Field<u64>, Error> {
+    let current = fields.unsigned("expiration_time")?;
+    let old = fields.unsigned("exiration_time")?;
+    match (current.is_absent(), old.is_absent()) {
+        (false, false) => Err(Error::InvalidArgument(
+            "expiration_time: given twice (also as exiration_time)".into(),
+        )),
+        (true, _) => Ok(old),
+        (false, true) => Ok(current),
+    }
+}
+
+fn optional_identifier<T>(
+    fields: &mut Fields,
+    name: &str,
+    parse: fn(String) -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    match fields.string(name)? {
+        Field::Absent => Ok(None),
+        Field::Null => Err(Error::InvalidArgument(format!("{name}: must be a string"))),
+        Field::Value(value) => parse(value).map(Some),
+    }
+}
+
+impl NewSession {
+    /// Takes the session fields of a create out of `fields` (which the caller then finishes).
+    pub fn take_from(fields: &mut Fields) -> Result<Self, Error> {
+        let user_id = UserId::parse(fields.required_string("user_id")?)?;
+        let device_id = DeviceId::parse(fields.required_string("device_id")?)?;
+        let mutable = MutableFields {
+            auth_code: secret(fields, "auth_code")?.into_option(),
+            access_token: secret(fields, "access_token")?.into_option(),
+            refresh_token: secret(fields, "refresh_token")?.into_option(),
+            expiration_time: expiration_time(fields)?.into_option(),
+            user_email: fields
+                .string("user_email")?
+                .try_map(UserEmail::parse)?
+                .into_option(),
+        };
+        Ok(Self {
+            user_id,
+            device_id,
+            fields: mutable,
+        })
+    }
+
+    /// Parses a whole create body (REST).
+    pub fn from_fields(mut fields: Fields) -> Result<Self, Error> {
+        let new = Self::take_from(&mut fields)?;
+        fields.finish()?;
+        Ok(new)
+    }
+}
+
+impl SessionPatch {
+    /// Takes the fields of an update out of `fields`; at least one must be given.
+    pub fn take_from(fields: &mut Fields) -> Result<Self, Error> {
+        if fields.is_empty() {
+            return Err(Error::InvalidArgument(
+                "body: give at least one field to change".into(),
+            ));
+        }
+        Ok(Self {
+            user_id: optional_identifier(fields, "user_id", UserId::parse)?,
+            device_id: optional_identifier(fields, "device_id", DeviceId::parse)?,
+            auth_code: secret(fields, "auth_code")?,
+            access_token: secret(fields, "access_token")?,
+            refresh_token: secret(fields, "refresh_token")?,
+            expiration_time: expiration_time(fields)?,
+            user_email: fields.string("user_email")?.try_map(UserEmail::parse)?,
+        })
+    }
+
+    /// Parses a whole PATCH body (REST).
+    pub fn from_fields(mut fields: Fields) -> Result<Self, Error> {
+        let patch = Self::take_from(&mut fields)?;
+        fields.finish()?;
+        Ok(patch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_new(json: &str) -> Result<NewSession, Error> {
+        NewSession::from_fields(Fields::from_slice(json.as_bytes())?)
+    }
+
+    fn message(result: Result<NewSession, Error>) -> String {
+        result.expect_err("should be rejected").to_string()
+    }
+
+    #[test]
+    fn session_id_has_256_random_bits_and_the_users_bucket() {
+        let user = UserId::parse("alice".into()).unwrap();
+        let id = SessionId::generate(&user);
+        assert_eq!(id.as_str().len(), BUCKET_LEN + RANDOM_LEN);
+        assert_eq!(id.bucket(), user.bucket());
+        assert!(id
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(SessionId::parse(id.as_str()), Some(id.clone()));
+        assert_ne!(SessionId::generate(&user), id);
+    }
+
+    #[test]
+    fn session_id_parse_rejects_what_the_service_never_issues() {
+        for bad in [
+            "",
+            "zz",
+            "0g0123456789012345678901234567890123456789012",
+            "../x",
+        ] {
+            assert!(SessionId::parse(bad).is_none(), "{bad}");
+        }
+        let good = format!("0a{}", "A".repeat(RANDOM_LEN));
+        assert!(SessionId::parse(&good).is_some());
+        assert!(SessionId::parse(&format!("{good}A")).is_none());
+        assert!(SessionId::parse(&format!("0a{}", "é".repeat(21))).is_none());
+    }
+
+    #[test]
+    fn identifiers_follow_the_length_and_control_character_rules() {
+        assert!(UserId::parse("u".into()).is_ok());
+        assert!(UserId::parse("ü".repeat(128)).is_ok()); // 256 bytes
+        assert!(UserId::parse("ü".repeat(128) + "x").is_err()); // 257 bytes
+        assert!(UserId::parse(String::new()).is_err());
+        assert!(DeviceId::parse("a\nb".into()).is_err());
+        assert!(DeviceId::parse("a\u{7f}b".into()).is_err());
+        assert!(DeviceId::parse("a\u{85}b".into()).is_err());
+    }
+
+    #[test]
+    fn create_requires_user_and_device_and_names_the_field() {
+        assert!(message(parse_new(r#"{"device_id":"d"}"#)).starts_with("user_id"));
+        assert!(message(parse_new(r#"{"user_id":"u"}"#)).starts_with("device_id"));
+        assert!(message(parse_new(r#"{"user_id":5,"device_id":"d"}"#)).starts_with("user_id"));
+        assert!(message(parse_new(r#"{"user_id":"u","device_id":"d","x":1}"#)).starts_with("x:"));
+        assert!(message(parse_new("[1]")).contains("object"));
+        assert!(message(parse_new("{")).contains("JSON"));
+    }
+
+    #[test]
+    fn create_checks_optional_fields() {
+        let ok = parse_new(
+            r#"{"user_id":"u","device_id":"d","auth_code":"c","exiration_time":7,"user_email":"a@b"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.fields.expiration_time, Some(7));
+        assert_eq!(ok.fields.auth_code.as_ref().map(Secret::expose), Some("c"));
+        let long = "x".repeat(MAX_SECRET_BYTES + 1);
+        let body = format!(r#"{{"user_id":"u","device_id":"d","access_token":"{long}"}}"#);
+        assert!(message(parse_new(&body)).starts_with("access_token"));
+        assert!(message(parse_new(
+            r#"{"user_id":"u","device_id":"d","user_email":"ab"}"#
+        ))
+        .starts_with("user_email"));
+        assert!(message(parse_new(
+            r#"{"user_id":"u","device_id":"d","expiration_time":-1}"#
+        ))
+        .starts_with("expiration_time"));
+        assert!(message(parse_new(
+            r#"{"user_id":"u","device_id":"d","expiration_time":1.5}"#
+        ))
+        .starts_with("expiration_time"));
+        assert!(message(parse_new(
+            r#"{"user_id":"u","device_id":"d","expiration_time":1,"exiration_time":1}"#
+        ))
+        .starts_with("expiration_time"));
+    }
+
+    #[test]
+    fn patch_must_not_be_empty_and_null_clears() {
+        let empty = SessionPatch::from_fields(Fields::from_slice(b"{}").unwrap());
+        assert!(matches!(empty, Err(Error::InvalidArgument(_))));
+        let patch =
+            SessionPatch::from_fields(Fields::from_slice(br#"{"auth_code":null}"#).unwrap())
+                .unwrap();
+        assert_eq!(patch.auth_code, Field::Null);
+        let null_user =
+            SessionPatch::from_fields(Fields::from_slice(br#"{"user_id":null}"#).unwrap());
+        assert!(null_user.unwrap_err().to_string().starts_with("user_id"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let secret = Secret::parse("access_token", "hunter2".into()).unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(
+            Timestamp::from_unix_millis(1_700_000_000_123).to_rfc3339(),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! The `session-manager` binary: reads settings, sets up logging, runs one instance until
+//! SIGTERM or SIGINT. The only place that uses `anyhow`.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::Parser;
+use session_manager::{
+    config::{Cli, Settings},
+    startup::Application,
+    telemetry,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            let rendered = error.to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!(
+                "session-manager: bad configuration: {}",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if cli.healthcheck {
+        return healthcheck(cli.service_port);
+    }
+    let settings = match Settings::try_from(cli) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("session-manager: bad configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("session-manager: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let application = Application::build(settings)
+        .await
+        .context("session-manager could not start")?;
+    application
+        .run_until_stopped(shutdown_signal())
+        .await
+        .context("session-manager stopped with an error")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested");
+}
+
+/// `--healthcheck`: asks this machine's instance for /healthz (the image has no curl).
+fn healthcheck(port: u16) -> ExitCode {
+    let ask = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer.starts_with("HTTP/1.1 200"))
+    };
+    match ask() {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}

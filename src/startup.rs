@@ -1,0 +1,160 @@
+//! Building and running one instance: connects to Redis and RabbitMQ, binds the REST listener,
+//! and runs the REST front end and the AMQP worker side by side until shutdown. Shutdown comes
+//! in as a future, so tests pass their own and bind port 0.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use lapin::{Connection, ConnectionProperties};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Settings,
+    events::EventPublisher,
+    metrics::Metrics,
+    service::SessionService,
+    store::{Keys, Store},
+    transport::{
+        amqp::{run_worker, WorkerSettings},
+        http::{routes, HttpState},
+    },
+};
+
+/// Why an instance could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot use the Redis settings")]
+    Redis(#[source] redis::RedisError),
+    #[error("cannot connect to RabbitMQ")]
+    Amqp(#[source] lapin::Error),
+    #[error("cannot bind the REST port")]
+    Bind(#[source] std::io::Error),
+    #[error("the command worker failed")]
+    Worker(#[source] lapin::Error),
+}
+
+/// Redis answers within this time or the request fails (redis-rs would default to 500 ms,
+/// too short for a large DeleteUserSessions).
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One built instance, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    amqp: Connection,
+    service: SessionService,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let client =
+            redis::Client::open(settings.redis_url.expose()).map_err(StartupError::Redis)?;
+        let redis_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
+        // Lazy: the instance starts while Redis is down and reports not ready until it is up.
+        let redis = ConnectionManager::new_lazy_with_config(client, redis_config)
+            .map_err(StartupError::Redis)?;
+        let amqp = Connection::connect(
+            settings.amqp_url.expose(),
+            ConnectionProperties::default().with_connection_name("session-manager".into()),
+        )
+        .await
+        .map_err(StartupError::Amqp)?;
+        let metrics = Arc::new(Metrics::new());
+        let events = EventPublisher::open(&amqp, &settings.events_exchange, metrics.clone())
+            .await
+            .map_err(StartupError::Amqp)?;
+        let store = Store::new(
+            redis,
+            Keys::new(&settings.key_prefix),
+            settings.session_lifetime,
+        );
+        let service = SessionService::new(store, events);
+        let listener = TcpListener::bind(("0.0.0.0", settings.port))
+            .await
+            .map_err(StartupError::Bind)?;
+        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        Ok(Self {
+            listener,
+            port,
+            amqp,
+            service,
+            metrics,
+            settings,
+        })
+    }
+
+    /// The REST port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests and commands, finishes
+    /// those in flight and closes the connections.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => stop.cancel(),
+                    () = stop.cancelled() => {}
+                }
+            }
+        });
+
+        let store = self.service.store().clone();
+        let amqp_status = self.amqp.status().clone();
+        let state = Arc::new(HttpState {
+            service: self.service.clone(),
+            metrics: self.metrics.clone(),
+            api_token: self.settings.api_token.clone(),
+            readiness: Arc::new(move || {
+                let store = store.clone();
+                let amqp_connected = amqp_status.connected();
+                Box::pin(async move {
+                    let redis_up = tokio::time::timeout(Duration::from_secs(1), store.ping())
+                        .await
+                        .is_ok_and(|ping| ping.is_ok());
+                    redis_up && amqp_connected
+                })
+            }),
+        });
+        let http = warp::serve(routes(state))
+            .incoming(self.listener)
+            .graceful(stop.clone().cancelled_owned())
+            .run();
+        tracing::info!(port = self.port, "REST front end listening");
+
+        let worker = run_worker(
+            &self.amqp,
+            self.service.clone(),
+            self.metrics.clone(),
+            WorkerSettings {
+                queue: self.settings.command_queue.clone(),
+                prefetch: self.settings.prefetch,
+            },
+            stop.clone(),
+        );
+        let worker = async {
+            let result = worker.await;
+            // However the worker ends, the instance stops as a whole.
+            stop.cancel();
+            result
+        };
+        let ((), worker) = tokio::join!(http, worker);
+        if let Err(error) = self.amqp.close(200, "shutting down".into()).await {
+            tracing::debug!(error = %error, "closing the RabbitMQ connection");
+        }
+        tracing::info!("stopped");
+        worker.map_err(StartupError::Worker)
+    }
+}

@@ -1,0 +1,77 @@
+//! Every Redis key the service writes, in one place. All keys live under the configured prefix
+//! and carry the bucket of their user as Redis Cluster hash tag (`{xx}`), so that everything one
+//! command touches sits in one hash slot.
+//!
+//! # Layout
+//!
+//! ```text
+//! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields u d ac at rt et em c m x)
+//! <prefix>:{<bucket>}:u:<user_id>      sorted set: the user's session ids by creation
+//! <prefix>:{<bucket>}:r:<message_id>   string: recorded outcome of a command, kept 24 h
+//! ```
+
+use crate::domain::{Bucket, MessageId, SessionId, UserId};
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn in_bucket(&self, bucket: Bucket, kind: &str) -> String {
+        format!("{}:{{{bucket}}}:{kind}:", self.prefix)
+    }
+
+    /// Prefix of the session keys of one bucket (scripts append a session id).
+    pub fn session_prefix(&self, bucket: Bucket) -> String {
+        self.in_bucket(bucket, "s")
+    }
+
+    /// Prefix of the user index keys of one bucket (scripts append a user id).
+    pub fn index_prefix(&self, bucket: Bucket) -> String {
+        self.in_bucket(bucket, "u")
+    }
+
+    pub fn session(&self, id: &SessionId) -> String {
+        self.session_prefix(id.bucket()) + id.as_str()
+    }
+
+    pub fn index(&self, user_id: &UserId) -> String {
+        self.index_prefix(user_id.bucket()) + user_id.as_str()
+    }
+
+    /// The idempotency record of a command; for a command without message id, a key of the same
+    /// slot that the scripts never read.
+    pub fn record(&self, bucket: Bucket, message_id: Option<&MessageId>) -> String {
+        self.in_bucket(bucket, "r") + message_id.map_or("", MessageId::as_str)
+    }
+
+    /// The pattern matching every key of this prefix (for tests and operators).
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_keys_and_its_sessions_keys_share_the_hash_tag() {
+        let keys = Keys::new("p");
+        let user = UserId::parse("alice".into()).unwrap();
+        let session = SessionId::generate(&user);
+        let tag = format!("{{{}}}", user.bucket());
+        assert!(keys.index(&user).starts_with(&format!("p:{tag}:u:")));
+        assert!(keys.session(&session).starts_with(&format!("p:{tag}:s:")));
+        assert!(keys
+            .record(session.bucket(), None)
+            .starts_with(&format!("p:{tag}:r:")));
+    }
+}

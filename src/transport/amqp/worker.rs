@@ -1,0 +1,293 @@
+//! The command worker: consumes with a prefetch window and applies up to that many commands
+//! concurrently. A delivery is acknowledged only after its command is applied and its reply
+//! published (with a broker confirm); a message that cannot be understood gets an error reply
+//! and is rejected without requeue, which dead-letters it to `<queue>.dead`.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
+    BasicProperties, Channel, Confirmation, Connection,
+};
+use serde::Serialize;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    domain::{Command, Error, ErrorBody, MessageId, Outcome},
+    metrics::Metrics,
+    service::SessionService,
+};
+
+/// What the worker needs to know about its queue.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub queue: String,
+    pub prefetch: u16,
+}
+
+/// The body of a reply.
+#[derive(Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum Reply<'a> {
+    Ok { result: &'a Outcome },
+    Error { error: ErrorBody },
+}
+
+impl Reply<'_> {
+    fn encode(outcome: &Result<Outcome, Error>) -> Vec<u8> {
+        let reply = match outcome {
+            Ok(result) => Reply::Ok { result },
+            Err(error) => Reply::Error {
+                error: ErrorBody::from(error),
+            },
+        };
+        serde_json::to_vec(&reply).unwrap_or_default()
+    }
+}
+
+/// Declares the durable quorum command queue, dead-lettering to `<queue>.dead`, and the dead
+/// letter queue itself.
+pub async fn declare_topology(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    let dead_letter_queue = format!("{queue}.dead");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(dead_letter_queue.as_str().into(), durable, quorum.clone())
+        .await?;
+    let mut arguments = quorum;
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead_letter_queue.as_str().into()),
+    );
+    channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await?;
+    Ok(())
+}
+
+/// Consumes commands until `shutdown` is cancelled, then stops consuming and waits for the
+/// commands in flight to be answered and acknowledged.
+pub async fn run_worker(
+    connection: &Connection,
+    service: SessionService,
+    metrics: Arc<Metrics>,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    declare_topology(&channel, &settings.queue).await?;
+    // The prefetch window is the worker's concurrency: up to this many commands are applied at
+    // once, and no more are taken while they are (so a stalled Redis stops intake).
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    // Replies go out on their own channel in confirm mode, so an ack follows a confirmed reply.
+    let replies = connection.create_channel().await?;
+    replies
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consumer_tag = format!("session-manager-{}", uuid::Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            consumer_tag.as_str().into(),
+            // Manual acks: a command is acknowledged only once it is applied and answered.
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming commands");
+
+    let in_flight = TaskTracker::new();
+    let handler = Arc::new(Handler {
+        service,
+        replies,
+        metrics,
+        shutdown: shutdown.clone(),
+    });
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => break,
+            delivery = consumer.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let handler = handler.clone();
+                in_flight.spawn(async move { handler.handle(delivery).await });
+            }
+            Some(Err(error)) => {
+                tracing::error!(error = %error, "command consumer failed");
+                return Err(error);
+            }
+            None => {
+                tracing::warn!("command consumer was cancelled by the broker");
+                break;
+            }
+        }
+    }
+    if let Err(error) = channel
+        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::warn!(error = %error, "could not cancel the command consumer");
+    }
+    in_flight.close();
+    in_flight.wait().await;
+    tracing::info!("command worker stopped");
+    Ok(())
+}
+
+struct Handler {
+    service: SessionService,
+    replies: Channel,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Handler {
+    async fn handle(&self, delivery: Delivery) {
+        let started = std::time::Instant::now();
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| MessageId::parse(id.as_str()));
+        let command = match Command::parse(&delivery.data) {
+            Ok(command) => command,
+            Err(error @ Error::InvalidArgument(_)) => {
+                tracing::warn!(error = %error, "dead-lettering a command that cannot be understood");
+                self.reply(&delivery, &Err(error)).await;
+                if let Err(error) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+                    tracing::error!(error = %error, "could not dead-letter a command");
+                }
+                self.metrics
+                    .record_command("invalid", "dead_lettered", started.elapsed());
+                return;
+            }
+            Err(error) => {
+                // Well-formed, but naming a session that cannot exist: answered like any miss.
+                let outcome = Err(error);
+                self.finish(&delivery, "unknown", &outcome, started).await;
+                return;
+            }
+        };
+        let mut delay = RETRY_MIN;
+        let outcome = loop {
+            match self.service.execute(&command, message_id.as_ref()).await {
+                Err(Error::Unavailable(cause)) => {
+                    // Redis or the event exchange is out of reach: keep the delivery unacked and
+                    // retry; with the prefetch window full, no new commands are taken meanwhile.
+                    tracing::warn!(error = %cause, command = command.name(), retry_in = ?delay,
+                        "cannot apply command now; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.cancelled() => {
+                            // Leave it unacked: the broker redelivers it to another consumer.
+                            return;
+                        }
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                outcome => break outcome,
+            }
+        };
+        self.finish(&delivery, command.name(), &outcome, started)
+            .await;
+    }
+
+    /// Replies, then acknowledges the delivery.
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        command: &'static str,
+        outcome: &Result<Outcome, Error>,
+        started: std::time::Instant,
+    ) {
+        if !self.reply(delivery, outcome).await {
+            // Requeued after a pause: the command comes back, and with a message_id its recorded
+            // outcome is what the next reply repeats.
+            tokio::time::sleep(RETRY_MAX).await;
+            if let Err(error) = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+            {
+                tracing::error!(error = %error, "could not requeue a command");
+            }
+            return;
+        }
+        if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+            tracing::error!(error = %error, "could not acknowledge a command");
+            return;
+        }
+        let label = match outcome {
+            Ok(_) => "ok",
+            Err(error) => error.code().as_str(),
+        };
+        if let Err(Error::Internal(cause)) = outcome {
+            tracing::error!(error = %cause, command, "command failed");
+        }
+        self.metrics
+            .record_command(command, label, started.elapsed());
+    }
+
+    /// Publishes the reply when the command asked for one; `false` if it could not be published.
+    async fn reply(&self, delivery: &Delivery, outcome: &Result<Outcome, Error>) -> bool {
+        let Some(reply_to) = delivery.properties.reply_to().clone() else {
+            return true;
+        };
+        let mut properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2);
+        if let Some(correlation_id) = delivery.properties.correlation_id() {
+            properties = properties.with_correlation_id(correlation_id.clone());
+        }
+        let published = async {
+            let confirm = self
+                .replies
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &Reply::encode(outcome),
+                    properties,
+                )
+                .await?;
+            Ok::<_, lapin::Error>(confirm.await?)
+        };
+        match published.await {
+            Ok(Confirmation::Nack(_)) => {
+                tracing::error!("the broker refused a reply");
+                false
+            }
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(error = %error, "could not publish a reply");
+                false
+            }
+        }
+    }
+}

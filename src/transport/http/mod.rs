@@ -1,0 +1,352 @@
+//! The REST front end (contract §2) on warp: one filter takes every request, routes it by path
+//! and method, turns it into a domain `Command` for the core and the outcome into JSON. Every
+//! failure, including those warp itself would produce (no route, wrong method, bad or too large
+//! body, wrong content type), becomes the contract's JSON error; the status mapping of errors is
+//! in [`status_of`] and nowhere else.
+
+use std::{convert::Infallible, sync::Arc, time::Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use warp::{
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    path::FullPath,
+    reply::Response,
+    Filter,
+};
+
+use crate::{
+    config::SecretString,
+    domain::{
+        Command, Error, ErrorBody, ErrorCode, Fields, NewSession, Outcome, SessionId, SessionPatch,
+        UserId,
+    },
+    metrics::Metrics,
+    service::SessionService,
+};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Tells whether the instance can serve: Redis reachable and RabbitMQ connected.
+pub type ReadinessProbe =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
+
+/// What the handlers share.
+pub struct HttpState {
+    pub service: SessionService,
+    pub metrics: Arc<Metrics>,
+    pub api_token: Option<SecretString>,
+    pub readiness: ReadinessProbe,
+}
+
+/// The whole REST API as one warp filter.
+pub fn routes(
+    state: Arc<HttpState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method, path: FullPath, query, headers, body| {
+            let state = state.clone();
+            async move {
+                let request = Request {
+                    method,
+                    path: path.as_str().to_owned(),
+                    query,
+                    headers,
+                };
+                state.handle(request, body).await
+            }
+        })
+        .recover(|rejection: warp::Rejection| async move {
+            // The filter above matches every request; this maps anything warp still rejects.
+            tracing::debug!(?rejection, "request rejected by warp");
+            Ok::<_, Infallible>(error_response(&Error::internal("request rejected")))
+        })
+        .unify()
+}
+
+struct Request {
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+}
+
+/// The routes of the API, also the `route` label of the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    Ready,
+    Metrics,
+    Sessions,
+    Session,
+    Unknown,
+}
+
+impl Route {
+    fn of(path: &str) -> (Self, Option<&str>) {
+        match path {
+            "/healthz" => (Self::Health, None),
+            "/readyz" => (Self::Ready, None),
+            "/metrics" => (Self::Metrics, None),
+            "/a01/session" => (Self::Sessions, None),
+            _ => match path.strip_prefix("/a01/session/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => (Self::Session, Some(id)),
+                _ => (Self::Unknown, None),
+            },
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Health => "/healthz",
+            Self::Ready => "/readyz",
+            Self::Metrics => "/metrics",
+            Self::Sessions => "/a01/session",
+            Self::Session => "/a01/session/{id}",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl HttpState {
+    async fn handle<S, B>(&self, request: Request, body: S) -> Response
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Send,
+        B: Buf,
+    {
+        let started = Instant::now();
+        let (route, id) = Route::of(&request.path);
+        let response = match self.route(&request, route, id, body).await {
+            Ok(response) => response,
+            Err(error) => {
+                if let Error::Internal(cause) | Error::Unavailable(cause) = &error {
+                    tracing::error!(error = %cause, path = route.label(), "request failed");
+                }
+                error_response(&error)
+            }
+        };
+        let status = response.status().as_u16();
+        let took = started.elapsed();
+        self.metrics
+            .record_request(route.label(), request.method.as_str(), status, took);
+        tracing::debug!(method = %request.method, route = route.label(), status, ?took, "request");
+        response
+    }
+
+    async fn route<S, B>(
+        &self,
+        request: &Request,
+        route: Route,
+        id: Option<&str>,
+        body: S,
+    ) -> Result<Response, Error>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Send,
+        B: Buf,
+    {
+        let method = &request.method;
+        if request.path == "/a01" || request.path.starts_with("/a01/") {
+            self.authorize(&request.headers)?;
+        }
+        let command = match (route, method) {
+            (Route::Health, &Method::GET) => return Ok(text_response(StatusCode::OK, "ok\n")),
+            (Route::Ready, &Method::GET) => {
+                return Ok(if (self.readiness)().await {
+                    text_response(StatusCode::OK, "ready\n")
+                } else {
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                })
+            }
+            (Route::Metrics, &Method::GET) => {
+                let mut response = Response::new(self.metrics.render().into());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return Ok(response);
+            }
+            (Route::Unknown, _) => return Err(Error::NotFound("no such route".into())),
+            (Route::Sessions, &Method::POST) => {
+                let fields = json_body(&request.headers, body).await?;
+                Command::CreateSession(NewSession::from_fields(fields)?)
+            }
+            (Route::Sessions, &Method::GET) => Command::ListSessions(user_id_query(request)?),
+            (Route::Sessions, &Method::DELETE) => {
+                Command::DeleteUserSessions(user_id_query(request)?)
+            }
+            (Route::Session, &Method::GET) => Command::GetSession(session_id(id)?),
+            (Route::Session, &Method::PATCH) => {
+                let fields = json_body(&request.headers, body).await?;
+                let patch = SessionPatch::from_fields(fields)?;
+                Command::UpdateSession(session_id(id)?, patch)
+            }
+            (Route::Session, &Method::DELETE) => Command::DeleteSession(session_id(id)?),
+            _ => return Err(Error::MethodNotAllowed),
+        };
+        let outcome = self.service.execute(&command, None).await?;
+        Ok(match &outcome {
+            Outcome::SessionCreated { session_id } => {
+                let mut response = json_response(StatusCode::CREATED, &outcome);
+                if let Ok(location) =
+                    HeaderValue::from_str(&format!("/a01/session/{}", session_id.as_str()))
+                {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                response
+            }
+            _ => json_response(StatusCode::OK, &outcome),
+        })
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Error> {
+        let Some(expected) = &self.api_token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        match given {
+            Some(token) if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => {
+                Ok(())
+            }
+            _ => Err(Error::Unauthorized),
+        }
+    }
+}
+
+/// Compares without returning early at the first difference (the length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn session_id(id: Option<&str>) -> Result<SessionId, Error> {
+    SessionId::parse_existing(id.unwrap_or_default())
+}
+
+fn user_id_query(request: &Request) -> Result<UserId, Error> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&request.query)
+        .map_err(|_| Error::InvalidArgument("query: is not valid form encoding".into()))?;
+    let user_id = pairs
+        .into_iter()
+        .find_map(|(name, value)| (name == "user_id").then_some(value))
+        .ok_or_else(|| Error::InvalidArgument("user_id: query parameter is required".into()))?;
+    UserId::parse(user_id)
+}
+
+/// Checks the content type and reads at most [`MAX_BODY_BYTES`] of the body as a JSON object.
+async fn json_body<S, B>(headers: &HeaderMap, body: S) -> Result<Fields, Error>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(Error::UnsupportedMediaType);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(Error::PayloadTooLarge);
+    }
+    Fields::from_slice(&read_body(body).await?)
+}
+
+async fn read_body<S, B>(body: S) -> Result<Bytes, Error>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|_| Error::InvalidArgument("body: could not be read".into()))?;
+        if collected.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(Error::PayloadTooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let taken = part.len();
+            chunk.advance(taken);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// The HTTP status of each error code.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+fn error_response(error: &Error) -> Response {
+    let mut response = json_response(
+        status_of(error.code()),
+        &ErrorEnvelope {
+            error: ErrorBody::from(error),
+        },
+    );
+    if let Error::Unauthorized = error {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(bytes.into());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response {
+    let mut response = Response::new(text.into());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
