@@ -1,1 +1,8 @@
-//! Integration tests (being written).
+//! Integration tests, one binary: every test runs its own instance (see `helpers`) against the
+//! real Redis and RabbitMQ on this machine.
+
+mod amqp;
+mod events;
+mod helpers;
+mod process;
+mod rest;

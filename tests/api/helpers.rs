@@ -1,0 +1,551 @@
+//! Test harness: `spawn_app()` runs one instance in-process against the real Redis and RabbitMQ
+//! on this machine, isolated by its own key prefix, queue, exchange and OS-chosen port, and
+//! removes all of them when dropped. It also gives an AMQP client (commands with replies, event
+//! subscriptions, the dead-letter queue) and checks messages against `schemas/`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+};
+use redis::AsyncCommands;
+use serde_json::Value;
+use session_manager::{config::Settings, startup::Application};
+use tokio_util::sync::CancellationToken;
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// How long a test waits for a reply or an event before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running instance and clients for it.
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    pub redis: redis::aio::MultiplexedConnection,
+    pub amqp: AmqpClient,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Settings isolated for one test: unique prefix, queue and exchange, port 0.
+pub fn test_settings() -> Settings {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    Settings {
+        port: 0,
+        key_prefix: format!("test-{id}"),
+        command_queue: format!("test.{id}.commands"),
+        events_exchange: format!("test.{id}.events"),
+        ..Settings::local_defaults()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings()).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let application = Application::build(settings.clone())
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            application
+                .run_until_stopped(stop.cancelled_owned())
+                .await
+                .expect("the application runs");
+        }
+    });
+    let redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is running on 127.0.0.1:6379");
+    let amqp = AmqpClient::connect(&settings).await;
+    let app = TestApp {
+        address,
+        settings,
+        http: reqwest::Client::new(),
+        redis,
+        amqp,
+        stop,
+        task: Some(task),
+    };
+    app.wait_until_consuming().await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Waits until the worker has declared its queue and consumes from it.
+    async fn wait_until_consuming(&self) {
+        for _ in 0..100 {
+            // A passive declare of a missing queue closes its channel: use a fresh one each time.
+            let channel = self.amqp.connection.create_channel().await.unwrap();
+            let declared = channel
+                .queue_declare(
+                    self.settings.command_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(queue) if queue.consumer_count() > 0 => return,
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the worker did not start consuming");
+    }
+
+    /// Creates a session over REST and returns its id.
+    pub async fn create_session(&self, body: Value) -> String {
+        let response = self
+            .http
+            .post(self.url("/a01/session"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "create {body}");
+        let created: Value = response.json().await.unwrap();
+        assert_valid("result.SessionCreated.json", &created);
+        created["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Every Redis key under this app's prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}:*", self.settings.key_prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut iter: redis::AsyncIter<String> = redis.scan_match(&pattern).await.unwrap();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key.unwrap());
+        }
+        keys
+    }
+
+    /// Stops the instance gracefully and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("the application stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Remove what the test left in the shared servers, from a thread of its own since drop
+        // cannot await.
+        let settings = self.settings.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(clean_up(&settings));
+        })
+        .join();
+    }
+}
+
+async fn clean_up(settings: &Settings) {
+    if let Ok(client) = redis::Client::open(REDIS_URL) {
+        if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
+            let pattern = format!("{}:*", settings.key_prefix);
+            let keys: Vec<String> = match redis.scan_match::<_, String>(&pattern).await {
+                Ok(mut iter) => {
+                    let mut keys = Vec::new();
+                    while let Some(Ok(key)) = iter.next_item().await {
+                        keys.push(key);
+                    }
+                    keys
+                }
+                Err(_) => Vec::new(),
+            };
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await;
+            }
+        }
+    }
+    if let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+        if let Ok(channel) = connection.create_channel().await {
+            for queue in [
+                settings.command_queue.clone(),
+                format!("{}.dead", settings.command_queue),
+            ] {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = channel
+                .exchange_delete(
+                    settings.events_exchange.as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = connection.close(200, "test done".into()).await;
+    }
+}
+
+/// A reply to a command.
+#[derive(Debug)]
+pub struct Reply {
+    pub body: Value,
+    pub properties: BasicProperties,
+}
+
+/// The test's own AMQP connection: publishes commands, reads replies, events and dead letters.
+pub struct AmqpClient {
+    connection: Connection,
+    pub channel: Channel,
+    queue: String,
+    reply_queue: String,
+    replies: tokio::sync::Mutex<Consumer>,
+    /// Replies that arrived while another correlation id was awaited.
+    early: tokio::sync::Mutex<HashMap<String, Reply>>,
+}
+
+impl AmqpClient {
+    async fn connect(settings: &Settings) -> Self {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is running on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.unwrap();
+        let reply_queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .name()
+            .to_string();
+        let replies = connection
+            .create_channel()
+            .await
+            .unwrap()
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "replies".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            connection,
+            channel,
+            queue: settings.command_queue.clone(),
+            reply_queue,
+            replies: tokio::sync::Mutex::new(replies),
+            early: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes a raw command body with the given properties (persistent, JSON by default).
+    pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
+        let properties = properties
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Publishes `command` with `reply_to` and a fresh correlation id and returns the reply,
+    /// checked against `schemas/reply.json`.
+    pub async fn call(&self, command: &Value) -> Reply {
+        self.call_raw(command.to_string().as_bytes(), None).await
+    }
+
+    /// As [`AmqpClient::call`], with a `message_id`.
+    pub async fn call_with_id(&self, command: &Value, message_id: &str) -> Reply {
+        self.call_raw(command.to_string().as_bytes(), Some(message_id))
+            .await
+    }
+
+    pub async fn call_raw(&self, body: &[u8], message_id: Option<&str>) -> Reply {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let mut properties = BasicProperties::default()
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(correlation_id.as_str().into());
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        self.publish(body, properties).await;
+        self.reply_for(&correlation_id).await
+    }
+
+    /// Waits for the reply carrying `correlation_id`.
+    pub async fn reply_for(&self, correlation_id: &str) -> Reply {
+        if let Some(reply) = self.early.lock().await.remove(correlation_id) {
+            return reply;
+        }
+        let mut replies = self.replies.lock().await;
+        loop {
+            let delivery = tokio::time::timeout(WAIT, replies.next())
+                .await
+                .expect("a reply arrives in time")
+                .expect("the reply consumer is open")
+                .expect("a reply delivery");
+            let reply = reply_of(&delivery);
+            let id = reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            if id == correlation_id {
+                return reply;
+            }
+            self.early.lock().await.insert(id, reply);
+        }
+    }
+
+    /// Waits `for_how_long` and asserts that no reply at all arrives.
+    pub async fn assert_no_reply(&self, for_how_long: Duration) {
+        let mut replies = self.replies.lock().await;
+        if let Ok(Some(delivery)) = tokio::time::timeout(for_how_long, replies.next()).await {
+            panic!(
+                "unexpected reply: {:?}",
+                delivery.map(|d| reply_of(&d).body)
+            );
+        }
+    }
+
+    /// Takes the next message from the dead-letter queue, waiting for it to arrive.
+    pub async fn dead_letter(&self) -> Delivery {
+        let queue = format!("{}.dead", self.queue);
+        for _ in 0..200 {
+            let message = self
+                .channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .unwrap();
+            if let Some(message) = message {
+                message
+                    .delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                return message.delivery;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nothing was dead-lettered to {queue}");
+    }
+
+    /// Number of messages in the dead-letter queue now.
+    pub async fn dead_letter_count(&self) -> u32 {
+        let queue = format!("{}.dead", self.queue);
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Binds a fresh queue to the events exchange; events published from now on arrive there.
+    pub async fn subscribe(&self, exchange: &str) -> EventSubscription {
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .name()
+            .to_string();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                "session.closed".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "events".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        EventSubscription { consumer }
+    }
+}
+
+fn reply_of(delivery: &Delivery) -> Reply {
+    let body: Value = serde_json::from_slice(&delivery.data).expect("a reply is JSON");
+    assert_valid("reply.json", &body);
+    assert_eq!(
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|t| t.as_str()),
+        Some("application/json")
+    );
+    Reply {
+        body,
+        properties: delivery.properties.clone(),
+    }
+}
+
+/// A queue bound to the events exchange.
+pub struct EventSubscription {
+    consumer: Consumer,
+}
+
+/// A received `SessionClosed`, checked against its schema and the contract's properties.
+#[derive(Debug)]
+pub struct Event {
+    pub body: Value,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+}
+
+impl EventSubscription {
+    pub async fn next(&mut self) -> Event {
+        let delivery = tokio::time::timeout(WAIT, self.consumer.next())
+            .await
+            .expect("an event arrives in time")
+            .expect("the event consumer is open")
+            .expect("an event delivery");
+        let body: Value = serde_json::from_slice(&delivery.data).expect("an event is JSON");
+        assert_valid("event.SessionClosed.json", &body);
+        let properties = delivery.properties.clone();
+        assert_eq!(
+            properties.content_type().as_ref().map(|t| t.as_str()),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(
+            properties.message_id().as_ref().map(|t| t.as_str()),
+            body["id"].as_str()
+        );
+        assert_eq!(
+            properties.kind().as_ref().map(|t| t.as_str()),
+            Some("SessionClosed")
+        );
+        assert_eq!(*properties.delivery_mode(), Some(2));
+        assert_eq!(body["subject"], body["data"]["session_id"]);
+        Event {
+            body,
+            routing_key: delivery.routing_key.to_string(),
+            properties,
+        }
+    }
+
+    /// Takes `count` events.
+    pub async fn take(&mut self, count: usize) -> Vec<Event> {
+        let mut events = Vec::with_capacity(count);
+        for _ in 0..count {
+            events.push(self.next().await);
+        }
+        events
+    }
+
+    /// Asserts that no further event arrives within `for_how_long`.
+    pub async fn assert_quiet(&mut self, for_how_long: Duration) {
+        if let Ok(Some(delivery)) = tokio::time::timeout(for_how_long, self.consumer.next()).await {
+            let body = delivery.map(|d| String::from_utf8_lossy(&d.data).into_owned());
+            panic!("unexpected event: {body:?}");
+        }
+    }
+}
+
+/// Asserts that `instance` is valid against `schemas/<schema>`.
+pub fn assert_valid(schema: &str, instance: &Value) {
+    static VALIDATORS: OnceLock<HashMap<String, Arc<jsonschema::Validator>>> = OnceLock::new();
+    let validators = VALIDATORS.get_or_init(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let path = entry.unwrap().path();
+                (path.extension()? == "json").then_some(path)
+            })
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let schema: Value = serde_json::from_str(&text).unwrap();
+                let validator = jsonschema::validator_for(&schema)
+                    .unwrap_or_else(|e| panic!("{} is not a valid schema: {e}", path.display()));
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, Arc::new(validator))
+            })
+            .collect()
+    });
+    let validator = validators
+        .get(schema)
+        .unwrap_or_else(|| panic!("no schema {schema}"));
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{instance} does not match {schema}: {errors:?}"
+    );
+}
