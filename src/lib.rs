@@ -15,7 +15,7 @@
 //! - [`transport`]: the REST (warp) and AMQP (lapin) front ends.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`startup`]: builds and runs one instance.
-//! - [`telemetry`]: logging.
+//! - [`telemetry`]: logging setup.
 
 pub mod config;
 pub mod domain;

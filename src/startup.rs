@@ -53,9 +53,14 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let client =
             redis::Client::open(settings.redis_url.expose()).map_err(StartupError::Redis)?;
+        // Few, short reconnect attempts per request, so that while Redis is down a request fails
+        // as `unavailable` within seconds instead of waiting out a long backoff.
         let redis_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
+            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(500));
         // Lazy: the instance starts while Redis is down and reports not ready until it is up.
         let redis = ConnectionManager::new_lazy_with_config(client, redis_config)
             .map_err(StartupError::Redis)?;

@@ -6,7 +6,7 @@ use std::fmt;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
 use serde::{Serialize, Serializer};
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use time::{macros::format_description, OffsetDateTime};
 
 use super::{
     fields::{Field, Fields},
@@ -234,10 +234,15 @@ impl Timestamp {
         self.0
     }
 
+    /// RFC 3339 in UTC with exactly three fractional digits, so that the text of two
+    /// timestamps sorts like the moments they stand for.
     pub fn to_rfc3339(self) -> String {
+        const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
             .ok()
-            .and_then(|moment| moment.format(&Rfc3339).ok())
+            .and_then(|moment| moment.format(FORMAT).ok())
             .unwrap_or_default()
     }
 }
@@ -499,6 +504,10 @@ mod tests {
         assert_eq!(
             Timestamp::from_unix_millis(1_700_000_000_123).to_rfc3339(),
             "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            Timestamp::from_unix_millis(1_700_000_000_100).to_rfc3339(),
+            "2023-11-14T22:13:20.100Z"
         );
     }
 }

@@ -7,7 +7,7 @@
 //! ```text
 //! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields u d ac at rt et em c m x)
 //! <prefix>:{<bucket>}:u:<user_id>      sorted set: the user's session ids by creation
-//! <prefix>:{<bucket>}:r:<message_id>   string: recorded outcome of a command, kept 24 h
+//! <prefix>:{<bucket>}:r:<type>:<message_id>   string: recorded outcome of a command, 24 h
 //! ```
 
 use crate::domain::{Bucket, MessageId, SessionId, UserId};
@@ -46,10 +46,14 @@ impl Keys {
         self.index_prefix(user_id.bucket()) + user_id.as_str()
     }
 
-    /// The idempotency record of a command; for a command without message id, a key of the same
-    /// slot that the scripts never read.
-    pub fn record(&self, bucket: Bucket, message_id: Option<&MessageId>) -> String {
-        self.in_bucket(bucket, "r") + message_id.map_or("", MessageId::as_str)
+    /// The idempotency record of a command, by command type and message id (so an id reused
+    /// for another kind of command is another command); for a command without message id, a key
+    /// of the same slot that the scripts never read.
+    pub fn record(&self, bucket: Bucket, command: &str, message_id: Option<&MessageId>) -> String {
+        match message_id {
+            Some(id) => format!("{}{command}:{}", self.in_bucket(bucket, "r"), id.as_str()),
+            None => self.in_bucket(bucket, "r"),
+        }
     }
 
     /// The pattern matching every key of this prefix (for tests and operators).
@@ -70,8 +74,10 @@ mod tests {
         let tag = format!("{{{}}}", user.bucket());
         assert!(keys.index(&user).starts_with(&format!("p:{tag}:u:")));
         assert!(keys.session(&session).starts_with(&format!("p:{tag}:s:")));
-        assert!(keys
-            .record(session.bucket(), None)
-            .starts_with(&format!("p:{tag}:r:")));
+        let message_id = MessageId::parse("m-1").unwrap();
+        assert_eq!(
+            keys.record(session.bucket(), "DeleteSession", Some(&message_id)),
+            format!("p:{tag}:r:DeleteSession:m-1")
+        );
     }
 }

@@ -158,7 +158,7 @@ impl Store {
                 invocation = self.scripts.create.prepare_invoke();
                 invocation
                     .key(keys.session(&id))
-                    .key(keys.record(id.bucket(), message_id))
+                    .key(keys.record(id.bucket(), command.name(), message_id))
                     .key(keys.index(&new.user_id))
                     .arg(record_ttl)
                     .arg(keys.session_prefix(id.bucket()))
@@ -176,14 +176,14 @@ impl Store {
                 invocation = self.scripts.get.prepare_invoke();
                 invocation
                     .key(keys.session(id))
-                    .key(keys.record(id.bucket(), message_id))
+                    .key(keys.record(id.bucket(), command.name(), message_id))
                     .arg(record_ttl);
             }
             Command::ListSessions(user_id) => {
                 invocation = self.scripts.list.prepare_invoke();
                 invocation
                     .key(keys.index(user_id))
-                    .key(keys.record(user_id.bucket(), message_id))
+                    .key(keys.record(user_id.bucket(), command.name(), message_id))
                     .arg(record_ttl)
                     .arg(keys.session_prefix(user_id.bucket()));
             }
@@ -199,7 +199,7 @@ impl Store {
                 let set = stored_fields(&set);
                 invocation
                     .key(keys.session(id))
-                    .key(keys.record(id.bucket(), message_id))
+                    .key(keys.record(id.bucket(), command.name(), message_id))
                     .arg(record_ttl)
                     .arg(patch.user_id.as_ref().map_or("", UserId::as_str))
                     .arg(patch.device_id.as_ref().map_or("", DeviceId::as_str))
@@ -222,7 +222,7 @@ impl Store {
                 invocation = self.scripts.delete.prepare_invoke();
                 invocation
                     .key(keys.session(id))
-                    .key(keys.record(id.bucket(), message_id))
+                    .key(keys.record(id.bucket(), command.name(), message_id))
                     .arg(record_ttl)
                     .arg(keys.index_prefix(id.bucket()))
                     .arg(id.as_str());
@@ -231,7 +231,7 @@ impl Store {
                 invocation = self.scripts.delete_user.prepare_invoke();
                 invocation
                     .key(keys.index(user_id))
-                    .key(keys.record(user_id.bucket(), message_id))
+                    .key(keys.record(user_id.bucket(), command.name(), message_id))
                     .arg(record_ttl)
                     .arg(keys.session_prefix(user_id.bucket()));
             }

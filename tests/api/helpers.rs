@@ -172,7 +172,7 @@ impl Drop for TestApp {
     }
 }
 
-async fn clean_up(settings: &Settings) {
+pub async fn clean_up(settings: &Settings) {
     if let Ok(client) = redis::Client::open(REDIS_URL) {
         if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
             let pattern = format!("{}:*", settings.key_prefix);
@@ -231,7 +231,7 @@ pub struct AmqpClient {
 }
 
 impl AmqpClient {
-    async fn connect(settings: &Settings) -> Self {
+    pub async fn connect(settings: &Settings) -> Self {
         let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is running on 127.0.0.1:5672");
@@ -320,12 +320,17 @@ impl AmqpClient {
 
     /// Waits for the reply carrying `correlation_id`.
     pub async fn reply_for(&self, correlation_id: &str) -> Reply {
-        if let Some(reply) = self.early.lock().await.remove(correlation_id) {
-            return reply;
-        }
-        let mut replies = self.replies.lock().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let delivery = tokio::time::timeout(WAIT, replies.next())
+            // Another caller may have parked our reply while we waited for the consumer.
+            if let Some(reply) = self.early.lock().await.remove(correlation_id) {
+                return reply;
+            }
+            let mut replies = self.replies.lock().await;
+            if let Some(reply) = self.early.lock().await.remove(correlation_id) {
+                return reply;
+            }
+            let delivery = tokio::time::timeout_at(deadline, replies.next())
                 .await
                 .expect("a reply arrives in time")
                 .expect("the reply consumer is open")

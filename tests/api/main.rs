@@ -6,3 +6,4 @@ mod events;
 mod helpers;
 mod process;
 mod rest;
+mod servers;

@@ -1,1 +1,294 @@
-//! (to be written)
+//! The real binary as a child process: configuration errors, secrets kept out of the logs,
+//! graceful shutdown on SIGTERM, and the `--healthcheck` flag used by Docker.
+
+use std::{
+    io::Read,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    helpers::{test_settings, AmqpClient, AMQP_URL},
+    servers::{free_port, service_binary, PrivateRedis},
+};
+
+fn run_to_exit(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the service did not exit on bad configuration");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_configuration_stops_the_service_with_one_line_naming_the_variable() {
+    let cases = [
+        ("SERVICE_PORT", "not-a-port"),
+        ("SESSION_EXP_SEC", "0"),
+        ("SESSION_EXP_SEC", "-5"),
+        ("SESSION_KEY_PREFIX", "a{b}"),
+        ("REDIS_URL", "http://nope"),
+        ("REDIS_PORT", "99999"),
+        ("AMQP_URL", "nope://x"),
+        ("AMQP_PREFETCH", "0"),
+        ("SESSION_API_TOKEN", ""),
+        ("SESSION_IDLE_SEC", "60"),
+        ("SESSION_MAX_PER_USER", "3"),
+        ("SESSION_ENCRYPTION_KEY", "c2VjcmV0"),
+    ];
+    for (variable, value) in cases {
+        let output = run_to_exit(service_binary().env(variable, value));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{variable}={value}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{variable}={value}: {stderr}");
+        assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
+        assert!(output.stdout.is_empty(), "{variable}={value}");
+    }
+}
+
+#[test]
+fn a_redis_password_in_a_bad_url_is_not_echoed() {
+    let output = run_to_exit(service_binary().env("REDIS_URL", "redis://:hunter2@[::1"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// A running binary with its output captured; killed if the test ends early.
+struct Service {
+    child: std::process::Child,
+    port: u16,
+    /// Everything the process prints, drained by threads so that it never blocks on a full pipe.
+    output: Vec<std::thread::JoinHandle<String>>,
+}
+
+fn drain(mut stream: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+impl Service {
+    fn start(command: &mut Command, port: u16) -> Self {
+        let mut child = command
+            .env("SERVICE_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = vec![
+            drain(child.stdout.take().unwrap()),
+            drain(child.stderr.take().unwrap()),
+        ];
+        let service = Self {
+            child,
+            port,
+            output,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the service did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends SIGTERM and returns the exit status and everything the process printed.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let printed = self
+            .output
+            .drain(..)
+            .map(|reader| reader.join().unwrap())
+            .collect();
+        (status, printed)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
+    const REDIS_PASSWORD: &str = "redis-pass-7f3a9c";
+    const API_TOKEN: &str = "api-token-51d0e2";
+    const ACCESS_TOKEN: &str = "access-token-9b8c7d";
+    const REFRESH_TOKEN: &str = "refresh-token-6e5f4a";
+    const AUTH_CODE: &str = "auth-code-3c2b1a";
+    let redis = PrivateRedis::start(&["--requirepass", REDIS_PASSWORD]);
+    let settings = test_settings();
+    let port = free_port();
+    let service = Service::start(
+        service_binary()
+            .env("RUST_LOG", "trace")
+            .env(
+                "REDIS_URL",
+                format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/", redis.port),
+            )
+            .env("AMQP_URL", AMQP_URL)
+            .env("SESSION_API_TOKEN", API_TOKEN)
+            .env("SESSION_KEY_PREFIX", &settings.key_prefix)
+            .env("SESSION_COMMAND_QUEUE", &settings.command_queue)
+            .env("SESSION_EVENTS_EXCHANGE", &settings.events_exchange),
+        port,
+    );
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {API_TOKEN}");
+    let created = http
+        .post(service.url("/a01/session"))
+        .header("Authorization", &bearer)
+        .json(
+            &json!({"user_id": "u", "device_id": "d", "access_token": ACCESS_TOKEN,
+                      "refresh_token": REFRESH_TOKEN, "auth_code": AUTH_CODE}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read = http
+        .get(service.url(&format!("/a01/session/{id}")))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(
+        read.json::<serde_json::Value>().await.unwrap()["access_token"],
+        ACCESS_TOKEN
+    );
+    // Failures too: a wrong token, a rejected field carrying a secret, a conflict.
+    let wrong = http
+        .get(service.url("/a01/session?user_id=u"))
+        .header("Authorization", format!("Bearer {API_TOKEN}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let rejected = http
+        .patch(service.url(&format!("/a01/session/{id}")))
+        .header("Authorization", &bearer)
+        .json(&json!({"access_token": 5, "refresh_token": REFRESH_TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), 400);
+    let deleted = http
+        .delete(service.url("/a01/session?user_id=u"))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+
+    // The same secrets through the AMQP front end, including a command that is dead-lettered.
+    let amqp = AmqpClient::connect(&settings).await;
+    let reply = amqp
+        .call(
+            &json!({"type": "CreateSession", "user_id": "u", "device_id": "d",
+                      "access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN}),
+        )
+        .await;
+    assert_eq!(reply.body["status"], "ok");
+    let invalid = amqp
+        .call(&json!({"type": "CreateSession", "user_id": "u", "access_token": ACCESS_TOKEN}))
+        .await;
+    assert_eq!(invalid.body["error"]["code"], "invalid_argument");
+
+    let (status, printed) = service.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}; output:\n{printed}"
+    );
+    assert!(printed.contains("shutdown requested"), "{printed}");
+    for secret in [
+        REDIS_PASSWORD,
+        API_TOKEN,
+        ACCESS_TOKEN,
+        REFRESH_TOKEN,
+        AUTH_CODE,
+        &id,
+    ] {
+        assert!(!printed.contains(secret), "{secret} was logged:\n{printed}");
+    }
+    crate::helpers::clean_up(&settings).await;
+}
+
+#[tokio::test]
+async fn healthcheck_flag_reports_whether_the_instance_answers() {
+    let settings = test_settings();
+    let port = free_port();
+    let service = Service::start(
+        service_binary()
+            .env("SESSION_KEY_PREFIX", &settings.key_prefix)
+            .env("SESSION_COMMAND_QUEUE", &settings.command_queue)
+            .env("SESSION_EVENTS_EXCHANGE", &settings.events_exchange),
+        port,
+    );
+    let healthy = service_binary()
+        .args(["--healthcheck", "--service-port", &port.to_string()])
+        .status()
+        .unwrap();
+    assert!(healthy.success());
+    let (status, _) = service.terminate();
+    assert!(status.success());
+    let unhealthy = service_binary()
+        .args(["--healthcheck", "--service-port", &port.to_string()])
+        .status()
+        .unwrap();
+    assert!(!unhealthy.success());
+    crate::helpers::clean_up(&settings).await;
+}
+
+#[tokio::test]
+async fn an_instance_stops_cleanly_when_asked() {
+    let app = crate::helpers::spawn_app().await;
+    app.create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+    // `stop` asserts that run_until_stopped returned Ok after the shutdown signal.
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the instance stops within 10 s");
+}

@@ -73,6 +73,16 @@ pub async fn declare_topology(channel: &Channel, queue: &str) -> Result<(), lapi
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),
     );
+    // At-least-once dead-lettering (RabbitMQ >= 3.10): a rejected command is kept until the
+    // dead-letter queue has confirmed it, never dropped on the way. It requires reject-publish.
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
     arguments.insert(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(dead_letter_queue.as_str().into()),
@@ -276,7 +286,7 @@ impl Handler {
                     properties,
                 )
                 .await?;
-            Ok::<_, lapin::Error>(confirm.await?)
+            confirm.await
         };
         match published.await {
             Ok(Confirmation::Nack(_)) => {

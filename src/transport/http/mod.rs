@@ -113,6 +113,16 @@ impl Route {
             Self::Unknown => "unknown",
         }
     }
+
+    /// The methods the route has: the `Allow` header of its 405 answers (RFC 9110 §15.5.6).
+    fn allowed_methods(self) -> Option<&'static str> {
+        match self {
+            Self::Health | Self::Ready | Self::Metrics => Some("GET"),
+            Self::Sessions => Some("GET, POST, DELETE"),
+            Self::Session => Some("GET, PATCH, DELETE"),
+            Self::Unknown => None,
+        }
+    }
 }
 
 impl HttpState {
@@ -129,7 +139,14 @@ impl HttpState {
                 if let Error::Internal(cause) | Error::Unavailable(cause) = &error {
                     tracing::error!(error = %cause, path = route.label(), "request failed");
                 }
-                error_response(&error)
+                let mut response = error_response(&error);
+                if let (Error::MethodNotAllowed, Some(allowed)) = (&error, route.allowed_methods())
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+                }
+                response
             }
         };
         let status = response.status().as_u16();
