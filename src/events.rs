@@ -61,6 +61,13 @@ impl EventPublisher {
         })
     }
 
+    /// Closes the events channel (at shutdown, after the last publish).
+    pub async fn close(&self) {
+        if let Err(error) = self.channel.close(200, "shutting down".into()).await {
+            tracing::debug!(error = %error, "closing the events channel");
+        }
+    }
+
     /// Publishes the events and waits until the broker has confirmed every one of them.
     pub async fn publish(&self, events: &[SessionClosed]) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(events.len());

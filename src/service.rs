@@ -24,6 +24,10 @@ impl SessionService {
         &self.store
     }
 
+    pub fn events(&self) -> &EventPublisher {
+        &self.events
+    }
+
     /// Applies `command` once per `message_id` (a repetition returns the first outcome) and
     /// publishes the events of the sessions it ended. When the events cannot be published the
     /// result is `Unavailable`: applying the same command again with the same `message_id`

@@ -156,6 +156,7 @@ impl Application {
             result
         };
         let ((), worker) = tokio::join!(http, worker);
+        self.service.events().close().await;
         if let Err(error) = self.amqp.close(200, "shutting down".into()).await {
             tracing::debug!(error = %error, "closing the RabbitMQ connection");
         }

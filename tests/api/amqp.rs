@@ -17,7 +17,12 @@ use lapin::{
 use serde_json::{json, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use crate::helpers::{assert_valid, spawn_app, Reply, TestApp, WAIT};
+use session_manager::config::{SecretString, Settings};
+
+use crate::{
+    helpers::{assert_valid, spawn_app, spawn_app_with, test_settings, Reply, TestApp, WAIT},
+    servers::TcpProxy,
+};
 
 /// A reply queue owned by the test, so that a test chooses every property of a command and sees
 /// every property of its reply (the harness's `call` picks the correlation id itself).
@@ -926,4 +931,54 @@ async fn two_hundred_concurrent_creates_for_one_user_make_two_hundred_sessions()
         .collect();
     assert_eq!(listed, want);
     assert_eq!(list, rest_list(&app, user).await);
+}
+
+/// With the prefetch window above 1, the worker applies deliveries side by side: while Redis's
+/// answers are held back by a proxy, every one of ten commands reaches Redis. A worker taking one
+/// delivery at a time would send one and wait.
+#[tokio::test]
+async fn the_worker_applies_commands_concurrently() {
+    let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let settings = Settings {
+        redis_url: SecretString::new(format!("redis://127.0.0.1:{}/", proxy.port)),
+        prefetch: 16,
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let id = app
+        .create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+    // Loads the GetSession script, so that each command below is exactly one EVALSHA.
+    let warm = app
+        .amqp
+        .call(&json!({"type": "GetSession", "session_id": id}))
+        .await;
+    assert_eq!(warm.body["status"], "ok");
+
+    proxy.hold_answers(true);
+    let before = proxy.count_sent(b"EVALSHA");
+    let mut correlation_ids = Vec::new();
+    for _ in 0..10 {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let properties = BasicProperties::default()
+            .with_reply_to(app.amqp.reply_queue().into())
+            .with_correlation_id(correlation_id.as_str().into());
+        let command = json!({"type": "GetSession", "session_id": id}).to_string();
+        app.amqp.publish(command.as_bytes(), properties).await;
+        correlation_ids.push(correlation_id);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.count_sent(b"EVALSHA") - before < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_flight = proxy.count_sent(b"EVALSHA") - before;
+    proxy.hold_answers(false);
+    assert_eq!(
+        in_flight, 10,
+        "commands sent to Redis while answers were held"
+    );
+    for correlation_id in correlation_ids {
+        let reply = app.amqp.reply_for(&correlation_id).await;
+        assert_eq!(reply.body["status"], "ok");
+    }
 }

@@ -275,6 +275,11 @@ impl AmqpClient {
         }
     }
 
+    /// The exclusive queue that replies to [`AmqpClient::call`] go to.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
     /// Publishes a raw command body with the given properties (persistent, JSON by default).
     pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
         let properties = properties

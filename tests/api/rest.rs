@@ -1466,6 +1466,7 @@ async fn metrics_count_the_requests_in_prometheus_text() {
         .unwrap_or_default()
         .to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
     let text = response.text().await.unwrap();
     assert!(
         text.contains("# TYPE session_manager_http_requests counter"),

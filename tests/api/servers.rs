@@ -66,3 +66,94 @@ pub fn service_binary() -> Command {
     }
     command
 }
+
+/// A TCP proxy in the test harness, between the service and a server: it can hold back the
+/// server's answers (to see what the service sends meanwhile) and counts what clients sent.
+pub struct TcpProxy {
+    pub port: u16,
+    hold: tokio::sync::watch::Sender<bool>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (hold, _) = tokio::sync::watch::channel(false);
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let hold = hold.clone();
+            let sent = sent.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    tokio::spawn(pipe(client, server, hold.subscribe(), sent.clone()));
+                }
+            }
+        });
+        Self {
+            port,
+            hold,
+            sent,
+            accept,
+        }
+    }
+
+    /// While held, the server's answers wait in the proxy.
+    pub fn hold_answers(&self, held: bool) {
+        self.hold.send_replace(held);
+    }
+
+    /// How often `needle` occurs in everything clients have sent so far.
+    pub fn count_sent(&self, needle: &[u8]) -> usize {
+        let sent = self.sent.lock().unwrap();
+        sent.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn pipe(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = client_read.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            sent.lock().unwrap().extend_from_slice(&buffer[..read]);
+            if server_write.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = server_read.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            if hold.wait_for(|held| !*held).await.is_err() {
+                break;
+            }
+            if client_write.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(upstream, downstream);
+}

@@ -161,6 +161,11 @@ pub async fn run_worker(
     }
     in_flight.close();
     in_flight.wait().await;
+    for open in [&channel, &handler.replies] {
+        if let Err(error) = open.close(200, "shutting down".into()).await {
+            tracing::debug!(error = %error, "closing a worker channel");
+        }
+    }
     tracing::info!("command worker stopped");
     Ok(())
 }

@@ -26,6 +26,8 @@ use crate::{
     service::SessionService,
 };
 
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -173,21 +175,22 @@ impl HttpState {
             self.authorize(&request.headers)?;
         }
         let command = match (route, method) {
-            (Route::Health, &Method::GET) => return Ok(text_response(StatusCode::OK, "ok\n")),
+            (Route::Health, &Method::GET) => {
+                return Ok(text_response(StatusCode::OK, "ok\n", PLAIN_TEXT))
+            }
             (Route::Ready, &Method::GET) => {
                 return Ok(if (self.readiness)().await {
-                    text_response(StatusCode::OK, "ready\n")
+                    text_response(StatusCode::OK, "ready\n", PLAIN_TEXT)
                 } else {
-                    text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", PLAIN_TEXT)
                 })
             }
             (Route::Metrics, &Method::GET) => {
-                let mut response = Response::new(self.metrics.render().into());
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                return Ok(response);
+                return Ok(text_response(
+                    StatusCode::OK,
+                    self.metrics.render(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                ))
             }
             (Route::Unknown, _) => return Err(Error::NotFound("no such route".into())),
             (Route::Sessions, &Method::POST) => {
@@ -356,14 +359,15 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     response
 }
 
-fn text_response(status: StatusCode, text: &'static str) -> Response {
-    let mut response = Response::new(text.into());
+fn text_response(
+    status: StatusCode,
+    text: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response {
+    let mut response = Response::new(text.into().into());
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
