@@ -6,6 +6,8 @@ use std::{fmt, time::Duration};
 
 use clap::Parser;
 
+use crate::store::RedisMode;
+
 /// The command line and environment, as given.
 #[derive(Parser, Debug)]
 #[command(name = "session-manager", version, about)]
@@ -24,6 +26,9 @@ pub struct Cli {
     pub redis_password: Option<String>,
     #[arg(long, env = "REDIS_DB")]
     pub redis_db: Option<u32>,
+    /// `auto` (ask the server at start), `yes` (REDIS_URL is a cluster seed node) or `no`.
+    #[arg(long, env = "REDIS_CLUSTER", default_value = "auto")]
+    pub redis_cluster: String,
     /// RabbitMQ URL.
     #[arg(
         long,
@@ -115,6 +120,7 @@ pub struct Settings {
     pub port: u16,
     /// May carry a password, hence secret.
     pub redis_url: SecretString,
+    pub redis_mode: RedisMode,
     pub amqp_url: SecretString,
     pub session_lifetime: Duration,
     pub key_prefix: String,
@@ -130,6 +136,7 @@ impl Settings {
         Self {
             port: 8090,
             redis_url: SecretString::new("redis://127.0.0.1:6379/"),
+            redis_mode: RedisMode::Auto,
             amqp_url: SecretString::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             session_lifetime: Duration::from_secs(2_592_000),
             key_prefix: "session-manager".into(),
@@ -184,6 +191,12 @@ impl TryFrom<Cli> for Settings {
         // The parse error is not shown: it could quote the password.
         redis::Client::open(redis_url.as_str())
             .map_err(|_| invalid(redis_variable, "is not a valid Redis URL"))?;
+        let redis_mode = match cli.redis_cluster.to_ascii_lowercase().as_str() {
+            "auto" => RedisMode::Auto,
+            "yes" | "true" | "1" => RedisMode::Cluster,
+            "no" | "false" | "0" => RedisMode::Standalone,
+            _ => return Err(invalid("REDIS_CLUSTER", "must be auto, yes or no")),
+        };
         cli.amqp_url
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|_| invalid("AMQP_URL", "is not a valid AMQP URL"))?;
@@ -230,6 +243,7 @@ impl TryFrom<Cli> for Settings {
         Ok(Self {
             port: cli.service_port,
             redis_url: SecretString::new(redis_url),
+            redis_mode,
             amqp_url: SecretString::new(cli.amqp_url),
             session_lifetime: Duration::from_secs(cli.session_exp_sec),
             key_prefix: prefix,
@@ -273,12 +287,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
             (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
             (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
             (&["--redis-url", "nope://x"], "REDIS_URL"),
             (&["--amqp-url", "http://x"], "AMQP_URL"),
             (&["--session-api-token", " "], "SESSION_API_TOKEN"),
+            (&["--redis-cluster", "maybe"], "REDIS_CLUSTER"),
         ];
         for (args, variable) in cases {
             let error = settings(args).unwrap_err();

@@ -5,7 +5,6 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use lapin::{Connection, ConnectionProperties};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +13,7 @@ use crate::{
     events::EventPublisher,
     metrics::Metrics,
     service::SessionService,
-    store::{Keys, Store},
+    store::{Keys, RedisConnection, Store},
     transport::{
         amqp::{run_worker, WorkerSettings},
         http::{routes, HttpState},
@@ -24,7 +23,7 @@ use crate::{
 /// Why an instance could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot use the Redis settings")]
+    #[error("cannot connect to Redis")]
     Redis(#[source] redis::RedisError),
     #[error("cannot connect to RabbitMQ")]
     Amqp(#[source] lapin::Error),
@@ -33,11 +32,6 @@ pub enum StartupError {
     #[error("the command worker failed")]
     Worker(#[source] lapin::Error),
 }
-
-/// Redis answers within this time or the request fails (redis-rs would default to 500 ms,
-/// too short for a large DeleteUserSessions).
-const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One built instance, ready to run.
 pub struct Application {
@@ -51,18 +45,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let client =
-            redis::Client::open(settings.redis_url.expose()).map_err(StartupError::Redis)?;
-        // Few, short reconnect attempts per request, so that while Redis is down a request fails
-        // as `unavailable` within seconds instead of waiting out a long backoff.
-        let redis_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_millis(500));
-        // Lazy: the instance starts while Redis is down and reports not ready until it is up.
-        let redis = ConnectionManager::new_lazy_with_config(client, redis_config)
+        let redis = RedisConnection::open(settings.redis_url.expose(), settings.redis_mode)
+            .await
             .map_err(StartupError::Redis)?;
         let amqp = Connection::connect(
             settings.amqp_url.expose(),

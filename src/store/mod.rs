@@ -6,14 +6,16 @@
 //! when the command has a `message_id`, the same script records that document for 24 hours and
 //! returns it again for every repetition, so a repeated command repeats its first outcome.
 
+mod connection;
 mod keys;
 
 use std::time::Duration;
 
-use redis::{aio::ConnectionManager, RedisError, Script};
+use redis::{RedisError, Script};
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use connection::{RedisConnection, RedisMode};
 pub use keys::Keys;
 
 use crate::domain::{
@@ -99,7 +101,7 @@ impl Scripts {
 /// The session store over one Redis connection (multiplexed, reconnecting).
 #[derive(Clone)]
 pub struct Store {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
     lifetime: Duration,
@@ -117,7 +119,7 @@ struct ScriptOutcome {
 
 impl Store {
     /// `lifetime` is the absolute lifetime of a session (`SESSION_EXP_SEC`).
-    pub fn new(connection: ConnectionManager, keys: Keys, lifetime: Duration) -> Self {
+    pub fn new(connection: RedisConnection, keys: Keys, lifetime: Duration) -> Self {
         Self {
             connection,
             keys,

@@ -2,6 +2,7 @@
 //! real Redis and RabbitMQ on this machine.
 
 mod amqp;
+mod cluster;
 mod events;
 mod helpers;
 mod process;

@@ -1,0 +1,113 @@
+//! The connection to Redis: one multiplexed, reconnecting connection to a standalone server, or
+//! a cluster connection that routes each script call to the node owning its hash slot. Which
+//! one is decided at start (`REDIS_CLUSTER`, or by asking the server when it is `auto`).
+
+use std::time::Duration;
+
+use redis::{
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+    Cmd, Pipeline, RedisFuture, RedisResult, Value,
+};
+
+/// Redis answers within this time or the request fails (redis-rs would default to 500 ms,
+/// too short for a large DeleteUserSessions).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How to talk to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    Standalone,
+    Cluster,
+    /// Ask the server at start (`INFO cluster`); standalone when it cannot be reached then.
+    Auto,
+}
+
+/// A standalone or cluster connection; cheap to clone.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Connects according to `mode`. A standalone connection is lazy, so the service starts
+    /// while Redis is down; a cluster connection needs its seed node now to learn the slots.
+    pub async fn open(url: &str, mode: RedisMode) -> RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let cluster = match mode {
+            RedisMode::Standalone => false,
+            RedisMode::Cluster => true,
+            RedisMode::Auto => is_cluster(&client).await,
+        };
+        if cluster {
+            let connection = ClusterClientBuilder::new(vec![url])
+                .response_timeout(RESPONSE_TIMEOUT)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .retries(2)
+                .build()?
+                .get_async_connection()
+                .await?;
+            return Ok(Self::Cluster(connection));
+        }
+        // Few, short reconnect attempts per request, so that while Redis is down a request
+        // fails as `unavailable` within seconds instead of waiting out a long backoff.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Self::Standalone(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+}
+
+async fn is_cluster(client: &redis::Client) -> bool {
+    let probe = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut connection)
+            .await?;
+        Ok::<_, redis::RedisError>(info.contains("cluster_enabled:1"))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(cluster)) => cluster,
+        _ => {
+            tracing::warn!("Redis not reachable at start; assuming a standalone server");
+            false
+        }
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
