@@ -123,6 +123,10 @@ pub struct Settings {
     pub redis_mode: RedisMode,
     pub amqp_url: SecretString,
     pub session_lifetime: Duration,
+    /// Idle timeout; `None` when off.
+    pub idle_timeout: Option<Duration>,
+    /// Most sessions per user; `None` for no limit.
+    pub max_per_user: Option<u32>,
     pub key_prefix: String,
     pub command_queue: String,
     pub events_exchange: String,
@@ -139,6 +143,8 @@ impl Settings {
             redis_mode: RedisMode::Auto,
             amqp_url: SecretString::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             session_lifetime: Duration::from_secs(2_592_000),
+            idle_timeout: None,
+            max_per_user: None,
             key_prefix: "session-manager".into(),
             command_queue: "session.commands".into(),
             events_exchange: "session.events".into(),
@@ -206,18 +212,17 @@ impl TryFrom<Cli> for Settings {
         if cli.session_exp_sec > 10 * 365 * 24 * 60 * 60 {
             return Err(invalid("SESSION_EXP_SEC", "must be at most ten years"));
         }
-        if cli.session_idle_sec != 0 {
+        if cli.session_idle_sec > cli.session_exp_sec {
             return Err(invalid(
                 "SESSION_IDLE_SEC",
-                "idle expiry is not supported by this version; leave it 0",
+                "must not be longer than SESSION_EXP_SEC (0 turns idle expiry off)",
             ));
         }
-        if cli.session_max_per_user != 0 {
-            return Err(invalid(
-                "SESSION_MAX_PER_USER",
-                "a per-user limit is not supported by this version; leave it 0",
-            ));
-        }
+        let max_per_user = match u32::try_from(cli.session_max_per_user) {
+            Ok(0) => None,
+            Ok(max) => Some(max),
+            Err(_) => return Err(invalid("SESSION_MAX_PER_USER", "is too large")),
+        };
         if cli.session_encryption_key.is_some() {
             return Err(invalid(
                 "SESSION_ENCRYPTION_KEY",
@@ -246,6 +251,9 @@ impl TryFrom<Cli> for Settings {
             redis_mode,
             amqp_url: SecretString::new(cli.amqp_url),
             session_lifetime: Duration::from_secs(cli.session_exp_sec),
+            idle_timeout: (cli.session_idle_sec > 0)
+                .then(|| Duration::from_secs(cli.session_idle_sec)),
+            max_per_user,
             key_prefix: prefix,
             command_queue: non_empty_name("SESSION_COMMAND_QUEUE", cli.session_command_queue)?,
             events_exchange: non_empty_name(

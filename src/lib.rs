@@ -12,6 +12,7 @@
 //! - [`service`]: the core; both front ends call it.
 //! - [`store`]: the only module that knows Redis (keys and Lua scripts).
 //! - [`events`]: publishes `SessionClosed` to the events exchange.
+//! - [`relay`]: the outbox relay and expiry tick, run by every instance.
 //! - [`transport`]: the REST (warp) and AMQP (lapin) front ends.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`startup`]: builds and runs one instance.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod metrics;
+pub mod relay;
 pub mod service;
 pub mod startup;
 pub mod store;

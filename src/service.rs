@@ -1,10 +1,13 @@
-//! The core: applies a [`Command`] for either front end. It asks the store to apply the command
-//! and publishes the `SessionClosed` events of the sessions that ended. Transports build the
+//! The core: applies a [`Command`] for either front end. The store applies it atomically,
+//! writing the `SessionClosed` events of the sessions it ends into the outbox in the same step;
+//! the core then wakes the relay so that they are published at once. Transports build the
 //! command and map the outcome; nothing else talks to the store.
+
+use std::sync::Arc;
 
 use crate::{
     domain::{Command, Error, MessageId, Outcome},
-    events::EventPublisher,
+    relay::RelayWake,
     store::Store,
 };
 
@@ -12,38 +15,36 @@ use crate::{
 #[derive(Clone)]
 pub struct SessionService {
     store: Store,
-    events: EventPublisher,
+    relay_wake: Arc<RelayWake>,
 }
 
 impl SessionService {
-    pub fn new(store: Store, events: EventPublisher) -> Self {
-        Self { store, events }
+    /// `relay_wake` is notified whenever a command may have written events to the outbox.
+    pub fn new(store: Store, relay_wake: Arc<RelayWake>) -> Self {
+        Self { store, relay_wake }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    pub fn events(&self) -> &EventPublisher {
-        &self.events
-    }
-
-    /// Applies `command` once per `message_id` (a repetition returns the first outcome) and
-    /// publishes the events of the sessions it ended. When the events cannot be published the
-    /// result is `Unavailable`: applying the same command again with the same `message_id`
-    /// publishes them again (with the same event ids).
+    /// Applies `command`, once per `message_id`: a repetition returns the first outcome.
     pub async fn execute(
         &self,
         command: &Command,
         message_id: Option<&MessageId>,
     ) -> Result<Outcome, Error> {
-        let applied = self.store.apply(command, message_id).await?;
-        if !applied.closed.is_empty() {
-            self.events
-                .publish(&applied.closed)
-                .await
-                .map_err(|error| Error::Unavailable(Box::new(error)))?;
+        let outcome = self.store.apply(command, message_id).await?;
+        // Deletes and evictions wrote events: have them published now rather than at the next
+        // tick (sessions found past their end are left to the tick).
+        let wrote_events = match command {
+            Command::DeleteSession(_) | Command::DeleteUserSessions(_) => outcome.is_ok(),
+            Command::CreateSession(_) => self.store.evicts(),
+            _ => false,
+        };
+        if wrote_events {
+            self.relay_wake.mark(command.bucket());
         }
-        applied.outcome
+        outcome
     }
 }

@@ -12,8 +12,9 @@ use crate::{
     config::Settings,
     events::EventPublisher,
     metrics::Metrics,
+    relay::{Relay, RelayWake},
     service::SessionService,
-    store::{Keys, RedisConnection, Store},
+    store::{Keys, Policy, RedisConnection, Store},
     transport::{
         amqp::{run_worker, WorkerSettings},
         http::{routes, HttpState},
@@ -39,6 +40,8 @@ pub struct Application {
     port: u16,
     amqp: Connection,
     service: SessionService,
+    relay: Relay,
+    events: EventPublisher,
     metrics: Arc<Metrics>,
     settings: Settings,
 }
@@ -61,9 +64,15 @@ impl Application {
         let store = Store::new(
             redis,
             Keys::new(&settings.key_prefix),
-            settings.session_lifetime,
+            Policy {
+                lifetime: settings.session_lifetime,
+                idle: settings.idle_timeout,
+                max_per_user: settings.max_per_user,
+            },
         );
-        let service = SessionService::new(store, events);
+        let wake = Arc::new(RelayWake::default());
+        let relay = Relay::new(store.clone(), events.clone(), wake.clone());
+        let service = SessionService::new(store, wake);
         let listener = TcpListener::bind(("0.0.0.0", settings.port))
             .await
             .map_err(StartupError::Bind)?;
@@ -73,6 +82,8 @@ impl Application {
             port,
             amqp,
             service,
+            relay,
+            events,
             metrics,
             settings,
         })
@@ -139,8 +150,15 @@ impl Application {
             stop.cancel();
             result
         };
+        // The relay stops after the front ends, so it publishes what their last commands wrote.
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         let ((), worker) = tokio::join!(http, worker);
-        self.service.events().close().await;
+        relay_stop.cancel();
+        if relay.await.is_err() {
+            tracing::error!("the outbox relay panicked");
+        }
+        self.events.close().await;
         if let Err(error) = self.amqp.close(200, "shutting down".into()).await {
             tracing::debug!(error = %error, "closing the RabbitMQ connection");
         }

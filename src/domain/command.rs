@@ -10,8 +10,7 @@
 use serde::Serialize;
 
 use super::{
-    fields::Fields, DeviceId, Error, NewSession, Session, SessionClosed, SessionId, SessionPatch,
-    UserId,
+    fields::Fields, Bucket, DeviceId, Error, NewSession, Session, SessionId, SessionPatch, UserId,
 };
 
 /// One operation on the sessions.
@@ -52,6 +51,17 @@ impl Command {
             other => Err(Error::InvalidArgument(format!(
                 "type: unknown command {other:?}"
             ))),
+        }
+    }
+
+    /// The hash-tag bucket of everything the command touches.
+    pub fn bucket(&self) -> Bucket {
+        match self {
+            Self::CreateSession(new) => new.user_id.bucket(),
+            Self::GetSession(id) | Self::UpdateSession(id, _) | Self::DeleteSession(id) => {
+                id.bucket()
+            }
+            Self::ListSessions(user_id) | Self::DeleteUserSessions(user_id) => user_id.bucket(),
         }
     }
 
@@ -108,13 +118,6 @@ pub enum Outcome {
         user_id: UserId,
         session_ids: Vec<SessionId>,
     },
-}
-
-/// What applying a command did: its outcome and the sessions it ended (whose events are due).
-#[derive(Debug)]
-pub struct Applied {
-    pub outcome: Result<Outcome, Error>,
-    pub closed: Vec<SessionClosed>,
 }
 
 #[cfg(test)]

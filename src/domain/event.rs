@@ -16,6 +16,19 @@ pub enum CloseReason {
     Evicted,
 }
 
+impl CloseReason {
+    /// Parses the wire name, e.g. `"user_sessions_deleted"`.
+    pub fn parse(reason: &str) -> Option<Self> {
+        Some(match reason {
+            "deleted" => Self::Deleted,
+            "user_sessions_deleted" => Self::UserSessionsDeleted,
+            "expired" => Self::Expired,
+            "evicted" => Self::Evicted,
+            _ => return None,
+        })
+    }
+}
+
 /// One ended session.
 #[derive(Debug, Clone)]
 pub struct SessionClosed {

@@ -8,7 +8,7 @@ mod event;
 mod fields;
 mod session;
 
-pub use command::{Applied, Command, MessageId, Outcome, SessionSummary};
+pub use command::{Command, MessageId, Outcome, SessionSummary};
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
 pub use fields::{Field, Fields};

@@ -8,6 +8,9 @@
 //! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields u d ac at rt et em c m x)
 //! <prefix>:{<bucket>}:u:<user_id>      sorted set: the user's session ids by creation
 //! <prefix>:{<bucket>}:r:<type>:<message_id>   string: recorded outcome of a command, 24 h
+//! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
+//! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
+//!                                       (consumer group `relay`)
 //! ```
 
 use crate::domain::{Bucket, MessageId, SessionId, UserId};
@@ -25,25 +28,30 @@ impl Keys {
     }
 
     fn in_bucket(&self, bucket: Bucket, kind: &str) -> String {
-        format!("{}:{{{bucket}}}:{kind}:", self.prefix)
+        format!("{}{kind}:", self.base(bucket))
     }
 
-    /// Prefix of the session keys of one bucket (scripts append a session id).
-    pub fn session_prefix(&self, bucket: Bucket) -> String {
-        self.in_bucket(bucket, "s")
+    /// `<prefix>:{<bucket>}:`, from which the scripts build the keys of one bucket.
+    pub fn base(&self, bucket: Bucket) -> String {
+        format!("{}:{{{bucket}}}:", self.prefix)
     }
 
-    /// Prefix of the user index keys of one bucket (scripts append a user id).
-    pub fn index_prefix(&self, bucket: Bucket) -> String {
-        self.in_bucket(bucket, "u")
+    /// The schedule of the moments at which the bucket's sessions end.
+    pub fn schedule(&self, bucket: Bucket) -> String {
+        self.base(bucket) + "exp"
+    }
+
+    /// The bucket's outbox of events to publish.
+    pub fn outbox(&self, bucket: Bucket) -> String {
+        self.base(bucket) + "outbox"
     }
 
     pub fn session(&self, id: &SessionId) -> String {
-        self.session_prefix(id.bucket()) + id.as_str()
+        self.in_bucket(id.bucket(), "s") + id.as_str()
     }
 
     pub fn index(&self, user_id: &UserId) -> String {
-        self.index_prefix(user_id.bucket()) + user_id.as_str()
+        self.in_bucket(user_id.bucket(), "u") + user_id.as_str()
     }
 
     /// The idempotency record of a command, by command type and message id (so an id reused

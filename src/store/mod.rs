@@ -19,7 +19,7 @@ pub use connection::{RedisConnection, RedisMode};
 pub use keys::Keys;
 
 use crate::domain::{
-    Applied, CloseReason, Command, DeviceId, Error, Field, MessageId, MutableFields, Outcome,
+    Bucket, CloseReason, Command, DeviceId, Error, Field, MessageId, MutableFields, Outcome,
     Secret, Session, SessionClosed, SessionId, SessionSummary, Timestamp, UserEmail, UserId,
 };
 
@@ -83,6 +83,8 @@ struct Scripts {
     list: Script,
     delete: Script,
     delete_user: Script,
+    tick: Script,
+    acknowledge: Script,
 }
 
 impl Scripts {
@@ -94,6 +96,8 @@ impl Scripts {
             list: script(include_str!("lua/list.lua")),
             delete: script(include_str!("lua/delete.lua")),
             delete_user: script(include_str!("lua/delete_user.lua")),
+            tick: Script::new(include_str!("lua/tick.lua")),
+            acknowledge: Script::new(include_str!("lua/acknowledge.lua")),
         }
     }
 }
@@ -104,7 +108,29 @@ pub struct Store {
     connection: RedisConnection,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
-    lifetime: Duration,
+    policy: Policy,
+}
+
+/// When sessions end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Absolute lifetime from creation (`SESSION_EXP_SEC`).
+    pub lifetime: Duration,
+    /// A session not read or updated for this long ends (`SESSION_IDLE_SEC`).
+    pub idle: Option<Duration>,
+    /// Creating one more ends the user's oldest (`SESSION_MAX_PER_USER`).
+    pub max_per_user: Option<u32>,
+}
+
+/// How long Redis keeps a session past its scheduled end, as a safety net: the schedule ends
+/// sessions (with their events); the TTL only frees memory if no instance runs for this long.
+pub const TTL_MARGIN: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// An event taken from an outbox, to publish and then acknowledge.
+#[derive(Debug)]
+pub struct OutboxEntry {
+    pub id: String,
+    pub event: Option<SessionClosed>,
 }
 
 /// The document every script returns.
@@ -118,18 +144,22 @@ struct ScriptOutcome {
 }
 
 impl Store {
-    /// `lifetime` is the absolute lifetime of a session (`SESSION_EXP_SEC`).
-    pub fn new(connection: RedisConnection, keys: Keys, lifetime: Duration) -> Self {
+    pub fn new(connection: RedisConnection, keys: Keys, policy: Policy) -> Self {
         Self {
             connection,
             keys,
             scripts: std::sync::Arc::new(Scripts::new()),
-            lifetime,
+            policy,
         }
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Whether a create may end another session (a per-user limit is set).
+    pub fn evicts(&self) -> bool {
+        self.policy.max_per_user.is_some()
     }
 
     /// Answers whether Redis is reachable now.
@@ -146,27 +176,38 @@ impl Store {
         &self,
         command: &Command,
         message_id: Option<&MessageId>,
-    ) -> Result<Applied, StoreError> {
-        let record_ttl = if message_id.is_some() {
-            RECORD_RETENTION.as_secs()
-        } else {
-            0
+    ) -> Result<Result<Outcome, Error>, StoreError> {
+        let script = match command {
+            Command::CreateSession(_) => &self.scripts.create,
+            Command::GetSession(_) => &self.scripts.get,
+            Command::ListSessions(_) => &self.scripts.list,
+            Command::UpdateSession(..) => &self.scripts.update,
+            Command::DeleteSession(_) => &self.scripts.delete,
+            Command::DeleteUserSessions(_) => &self.scripts.delete_user,
         };
+        let bucket = command.bucket();
         let keys = &self.keys;
-        let mut invocation;
+        let policy = &self.policy;
+        let mut invocation = script.prepare_invoke();
+        // The arguments every script starts with (see lua/prologue.lua).
+        let record_ttl = message_id.map_or(0, |_| RECORD_RETENTION.as_secs());
+        let millis = |duration: Duration| duration.as_millis() as u64;
+        invocation
+            .arg(record_ttl)
+            .arg(keys.base(bucket))
+            .arg(millis(policy.lifetime))
+            .arg(policy.idle.map_or(0, millis))
+            .arg(policy.max_per_user.unwrap_or(0))
+            .arg(millis(TTL_MARGIN));
+        let record = keys.record(bucket, command.name(), message_id);
         match command {
             Command::CreateSession(new) => {
                 let id = SessionId::generate(&new.user_id);
-                invocation = self.scripts.create.prepare_invoke();
                 invocation
                     .key(keys.session(&id))
-                    .key(keys.record(id.bucket(), command.name(), message_id))
+                    .key(record)
                     .key(keys.index(&new.user_id))
-                    .arg(record_ttl)
-                    .arg(keys.session_prefix(id.bucket()))
                     .arg(id.as_str())
-                    .arg(self.lifetime.as_millis() as u64)
-                    .arg("u")
                     .arg(new.user_id.as_str())
                     .arg("d")
                     .arg(new.device_id.as_str());
@@ -174,35 +215,30 @@ impl Store {
                     invocation.arg(name).arg(value);
                 }
             }
-            Command::GetSession(id) => {
-                invocation = self.scripts.get.prepare_invoke();
+            Command::GetSession(id) | Command::DeleteSession(id) => {
                 invocation
                     .key(keys.session(id))
-                    .key(keys.record(id.bucket(), command.name(), message_id))
-                    .arg(record_ttl);
+                    .key(record)
+                    .arg(id.as_str());
             }
-            Command::ListSessions(user_id) => {
-                invocation = self.scripts.list.prepare_invoke();
+            Command::ListSessions(user_id) | Command::DeleteUserSessions(user_id) => {
                 invocation
                     .key(keys.index(user_id))
-                    .key(keys.record(user_id.bucket(), command.name(), message_id))
-                    .arg(record_ttl)
-                    .arg(keys.session_prefix(user_id.bucket()));
+                    .key(record)
+                    .arg(user_id.as_str());
             }
             Command::UpdateSession(id, patch) => {
-                invocation = self.scripts.update.prepare_invoke();
-                let set = MutableFields {
+                let set = stored_fields(&MutableFields {
                     auth_code: value_of(&patch.auth_code),
                     access_token: value_of(&patch.access_token),
                     refresh_token: value_of(&patch.refresh_token),
                     expiration_time: value_of(&patch.expiration_time),
                     user_email: value_of(&patch.user_email),
-                };
-                let set = stored_fields(&set);
+                });
                 invocation
                     .key(keys.session(id))
-                    .key(keys.record(id.bucket(), command.name(), message_id))
-                    .arg(record_ttl)
+                    .key(record)
+                    .arg(id.as_str())
                     .arg(patch.user_id.as_ref().map_or("", UserId::as_str))
                     .arg(patch.device_id.as_ref().map_or("", DeviceId::as_str))
                     .arg(set.len());
@@ -220,28 +256,98 @@ impl Store {
                     invocation.arg(*name);
                 }
             }
-            Command::DeleteSession(id) => {
-                invocation = self.scripts.delete.prepare_invoke();
-                invocation
-                    .key(keys.session(id))
-                    .key(keys.record(id.bucket(), command.name(), message_id))
-                    .arg(record_ttl)
-                    .arg(keys.index_prefix(id.bucket()))
-                    .arg(id.as_str());
-            }
-            Command::DeleteUserSessions(user_id) => {
-                invocation = self.scripts.delete_user.prepare_invoke();
-                invocation
-                    .key(keys.index(user_id))
-                    .key(keys.record(user_id.bucket(), command.name(), message_id))
-                    .arg(record_ttl)
-                    .arg(keys.session_prefix(user_id.bucket()));
-            }
         }
         let mut connection = self.connection.clone();
         let document: String = invocation.invoke_async(&mut connection).await?;
         decode(command, &document)
     }
+
+    /// Runs the periodic work of every bucket (see `lua/tick.lua`): ends the sessions whose
+    /// moment has passed and takes up to `limit` outbox entries per bucket for `consumer`.
+    pub async fn tick(
+        &self,
+        buckets: Option<&[Bucket]>,
+        consumer: &str,
+        limit: usize,
+        stale_after: Duration,
+    ) -> Result<Vec<(Bucket, Vec<OutboxEntry>)>, StoreError> {
+        let buckets: Vec<Bucket> = match buckets {
+            Some(buckets) => buckets.to_vec(),
+            None => Bucket::all().collect(),
+        };
+        let calls = buckets.into_iter().map(|bucket| {
+            let mut invocation = self.scripts.tick.prepare_invoke();
+            invocation
+                .key(self.keys.schedule(bucket))
+                .arg(self.keys.base(bucket))
+                .arg(consumer)
+                .arg(limit)
+                .arg(stale_after.as_millis() as u64);
+            let mut connection = self.connection.clone();
+            async move {
+                let entries: Vec<(String, Vec<String>)> =
+                    invocation.invoke_async(&mut connection).await?;
+                let entries = entries
+                    .into_iter()
+                    .map(|(id, fields)| OutboxEntry {
+                        event: outbox_event(fields),
+                        id,
+                    })
+                    .collect::<Vec<_>>();
+                Ok::<_, StoreError>((bucket, entries))
+            }
+        });
+        let mut batches = Vec::new();
+        for result in futures_util::future::join_all(calls).await {
+            let (bucket, entries) = result?;
+            if !entries.is_empty() {
+                batches.push((bucket, entries));
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Removes published entries from a bucket's outbox.
+    pub async fn acknowledge(&self, bucket: Bucket, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.acknowledge.prepare_invoke();
+        invocation.key(self.keys.outbox(bucket));
+        for id in ids {
+            invocation.arg(id);
+        }
+        let mut connection = self.connection.clone();
+        invocation
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(StoreError::from)
+    }
+}
+
+/// The event of an outbox entry (fields `s u d r t`); `None` when it cannot be read.
+fn outbox_event(fields: Vec<String>) -> Option<SessionClosed> {
+    let mut fields = fields.into_iter();
+    let (mut session_id, mut user_id, mut device_id, mut reason, mut closed_at) =
+        (None, None, None, None, None);
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match name.as_str() {
+            "s" => session_id = SessionId::parse(&value),
+            "u" => user_id = Some(UserId::from_stored(value)),
+            "d" => device_id = Some(DeviceId::from_stored(value)),
+            "r" => reason = CloseReason::parse(&value),
+            "t" => closed_at = value.parse().ok().map(Timestamp::from_unix_millis),
+            _ => {}
+        }
+    }
+    Some(SessionClosed {
+        session_id: session_id?,
+        user_id: user_id?,
+        device_id: device_id?,
+        reason: reason?,
+        closed_at: closed_at?,
+    })
 }
 
 fn value_of<T: Clone>(field: &Field<T>) -> Option<T> {
@@ -341,39 +447,37 @@ fn session_from_pairs(id: &SessionId, pairs: Vec<String>) -> Result<Session, Sto
     })
 }
 
-/// Turns a script's document into the command's outcome and the sessions it ended.
-fn decode(command: &Command, document: &str) -> Result<Applied, StoreError> {
+/// Turns a script's document into the command's outcome.
+fn decode(command: &Command, document: &str) -> Result<Result<Outcome, Error>, StoreError> {
     let outcome: ScriptOutcome =
         serde_json::from_str(document).map_err(|e| corrupt(format!("script outcome: {e}")))?;
-    let failed = |error: Error| Applied {
-        outcome: Err(error),
-        closed: Vec::new(),
-    };
     match outcome.s.as_str() {
         "ok" => {}
-        "not_found" => return Ok(failed(Error::session_not_found())),
+        "not_found" => return Ok(Err(Error::session_not_found())),
         "conflict" => {
             let field = outcome.f.unwrap_or_default();
-            return Ok(failed(Error::Conflict(format!(
+            return Ok(Err(Error::Conflict(format!(
                 "{field}: a session's {field} cannot be changed"
             ))));
         }
         other => return Err(corrupt(format!("unknown script status {other:?}"))),
     }
-    let done = |outcome: Outcome, closed: Vec<SessionClosed>| Applied {
-        outcome: Ok(outcome),
-        closed,
+    let session_ids = |value: Value| -> Result<Vec<SessionId>, StoreError> {
+        strings(value)?
+            .iter()
+            .map(|id| SessionId::parse(id).ok_or_else(|| corrupt("bad session id")))
+            .collect()
     };
-    Ok(match command {
+    Ok(Ok(match command {
         Command::CreateSession(_) => {
             let id = outcome.v.as_str().and_then(SessionId::parse);
-            let id = id.ok_or_else(|| corrupt("create returned no session id"))?;
-            done(Outcome::SessionCreated { session_id: id }, Vec::new())
+            Outcome::SessionCreated {
+                session_id: id.ok_or_else(|| corrupt("create returned no session id"))?,
+            }
         }
-        Command::GetSession(id) | Command::UpdateSession(id, _) => done(
-            Outcome::Session(session_from_pairs(id, strings(outcome.v)?)?),
-            Vec::new(),
-        ),
+        Command::GetSession(id) | Command::UpdateSession(id, _) => {
+            Outcome::Session(session_from_pairs(id, strings(outcome.v)?)?)
+        }
         Command::ListSessions(user_id) => {
             let mut sessions = Vec::new();
             let mut pairs = strings(outcome.v)?.into_iter();
@@ -383,53 +487,17 @@ fn decode(command: &Command, document: &str) -> Result<Applied, StoreError> {
                     device_id: DeviceId::from_stored(device_id),
                 });
             }
-            done(
-                Outcome::SessionList {
-                    user_id: user_id.clone(),
-                    sessions,
-                },
-                Vec::new(),
-            )
-        }
-        Command::DeleteSession(id) => {
-            let values = strings(outcome.v)?;
-            let [user_id, device_id, closed_at] = <[String; 3]>::try_from(values)
-                .map_err(|_| corrupt("delete returned a bad list"))?;
-            let closed = SessionClosed {
-                session_id: id.clone(),
-                user_id: UserId::from_stored(user_id),
-                device_id: DeviceId::from_stored(device_id),
-                reason: CloseReason::Deleted,
-                closed_at: millis(&closed_at)?,
-            };
-            done(
-                Outcome::SessionDeleted {
-                    session_id: id.clone(),
-                },
-                vec![closed],
-            )
-        }
-        Command::DeleteUserSessions(user_id) => {
-            let mut values = strings(outcome.v)?.into_iter();
-            let closed_at = millis(&values.next().unwrap_or_default())?;
-            let mut closed = Vec::new();
-            while let (Some(id), Some(device_id)) = (values.next(), values.next()) {
-                closed.push(SessionClosed {
-                    session_id: SessionId::parse(&id).ok_or_else(|| corrupt("bad session id"))?,
-                    user_id: user_id.clone(),
-                    device_id: DeviceId::from_stored(device_id),
-                    reason: CloseReason::UserSessionsDeleted,
-                    closed_at,
-                });
+            Outcome::SessionList {
+                user_id: user_id.clone(),
+                sessions,
             }
-            let session_ids = closed.iter().map(|c| c.session_id.clone()).collect();
-            done(
-                Outcome::UserSessionsDeleted {
-                    user_id: user_id.clone(),
-                    session_ids,
-                },
-                closed,
-            )
         }
-    })
+        Command::DeleteSession(id) => Outcome::SessionDeleted {
+            session_id: id.clone(),
+        },
+        Command::DeleteUserSessions(user_id) => Outcome::UserSessionsDeleted {
+            user_id: user_id.clone(),
+            session_ids: session_ids(outcome.v)?,
+        },
+    }))
 }

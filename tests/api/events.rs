@@ -324,7 +324,7 @@ async fn nothing_that_ends_no_session_publishes_an_event() {
 }
 
 #[tokio::test]
-async fn a_repeated_delete_session_publishes_its_event_again_with_the_same_id() {
+async fn a_repeated_delete_session_repeats_its_reply_and_publishes_one_event() {
     let app = spawn_app().await;
     let id = app
         .create_session(json!({"user_id": "repeat", "device_id": "d"}))
@@ -343,16 +343,11 @@ async fn a_repeated_delete_session_publishes_its_event_again_with_the_same_id() 
     let event_id = check_closed(&first, &window, &id, "repeat", "d", "deleted");
     events.assert_quiet(QUIET).await;
 
+    // Applied once: the repetition repeats the reply, and the event was written once.
     let second_reply = app.amqp.call_with_id(&command, &message_id).await;
     assert_eq!(second_reply.body, first_reply.body);
-    let second = events.next().await;
-    assert_eq!(
-        check_closed(&second, &window, &id, "repeat", "d", "deleted"),
-        event_id
-    );
-    // The same event, not a new one: subscribers drop it by its id.
-    assert_eq!(second.body, first.body);
     events.assert_quiet(QUIET).await;
+    assert!(!event_id.is_empty());
 
     // A new command finds nothing to delete and publishes nothing.
     let third = app
@@ -364,7 +359,7 @@ async fn a_repeated_delete_session_publishes_its_event_again_with_the_same_id() 
 }
 
 #[tokio::test]
-async fn a_repeated_delete_user_sessions_publishes_the_same_events_again() {
+async fn a_repeated_delete_user_sessions_repeats_its_reply_and_publishes_each_event_once() {
     let app = spawn_app().await;
     let user = "repeat all";
     let created = three_sessions_and_one_more(&app, user).await;
@@ -381,10 +376,8 @@ async fn a_repeated_delete_user_sessions_publishes_the_same_events_again() {
 
     let second_reply = app.amqp.call_with_id(&command, &message_id).await;
     assert_eq!(second_reply.body, first_reply.body);
-    let second = events.take(3).await;
-    let second_ids = check_user_sessions_closed(&second, &window, user, &created, ids);
-    assert_eq!(second_ids, first_ids);
     events.assert_quiet(QUIET).await;
+    assert_eq!(first_ids.len(), 3);
 
     // A new command closes nothing more.
     let third = app

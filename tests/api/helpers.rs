@@ -146,6 +146,31 @@ impl TestApp {
         keys
     }
 
+    /// The keys under this app's prefix once the relay has emptied the outboxes, leaving out the
+    /// fixed bookkeeping (an empty outbox stream per bucket that ever had events).
+    pub async fn keys_left(&self) -> Vec<String> {
+        let mut redis = self.redis.clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut left = Vec::new();
+            let mut outbox_entries = 0;
+            for key in self.keys().await {
+                if key.ends_with(":outbox") {
+                    let length: usize = redis.xlen(&key).await.unwrap();
+                    outbox_entries += length;
+                } else {
+                    left.push(key);
+                }
+            }
+            if outbox_entries == 0 || tokio::time::Instant::now() > deadline {
+                assert_eq!(outbox_entries, 0, "the outbox was not emptied");
+                left.sort();
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the instance gracefully and waits for it to finish.
     pub async fn stop(mut self) {
         self.stop.cancel();

@@ -45,8 +45,10 @@ fn bad_configuration_stops_the_service_with_one_line_naming_the_variable() {
         ("AMQP_URL", "nope://x"),
         ("AMQP_PREFETCH", "0"),
         ("SESSION_API_TOKEN", ""),
-        ("SESSION_IDLE_SEC", "60"),
-        ("SESSION_MAX_PER_USER", "3"),
+        ("SESSION_IDLE_SEC", "2592001"),
+        ("SESSION_IDLE_SEC", "soon"),
+        ("SESSION_MAX_PER_USER", "many"),
+        ("SESSION_MAX_PER_USER", "5000000000"),
         ("SESSION_ENCRYPTION_KEY", "c2VjcmV0"),
     ];
     for (variable, value) in cases {

@@ -1,34 +1,42 @@
--- CreateSession. KEYS[3]: the user's index (sorted set of session ids by creation).
--- ARGV[2]: prefix of session keys in this bucket, ARGV[3]: the new session id,
--- ARGV[4]: lifetime in ms, ARGV[5..]: field/value pairs of the session.
-local session_key, index_key = KEYS[1], KEYS[3]
-local session_prefix, session_id, lifetime = ARGV[2], ARGV[3], tonumber(ARGV[4])
-
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- CreateSession. KEYS[1]: the new session, KEYS[3]: the user's index (sorted set of session ids
+-- by creation). ARGV[7]: the new session id, ARGV[8]: user_id, ARGV[9..]: field/value pairs.
+local session, index = KEYS[1], KEYS[3]
+local session_id, user_id = ARGV[7], ARGV[8]
 local expires = now + lifetime
+local ends = expires
+if idle > 0 then
+  ends = math.min(expires, now + idle)
+end
 
-redis.call('HSET', session_key, 'c', now, 'm', now, 'x', expires, unpack(ARGV, 5))
-redis.call('PEXPIRE', session_key, lifetime)
+redis.call('HSET', session, 'c', now, 'm', now, 'x', expires, 'u', user_id, unpack(ARGV, 9))
+-- The schedule ends the session (with its event); the TTLs are only a safety net behind it.
+redis.call('ZADD', schedule_key, ends, session_id)
+redis.call('PEXPIRE', session, lifetime + margin)
 
 -- Scores are creation times in microseconds, made strictly increasing per user so that the
 -- index order is the creation order even for creates within one microsecond.
 local score = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local newest = redis.call('ZRANGE', index_key, -1, -1, 'WITHSCORES')
+local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
 if newest[2] and tonumber(newest[2]) >= score then
   score = tonumber(newest[2]) + 1
 end
-redis.call('ZADD', index_key, score, session_id)
-if redis.call('PTTL', index_key) < lifetime then
-  redis.call('PEXPIRE', index_key, lifetime)
-end
+redis.call('ZADD', index, score, session_id)
+redis.call('PEXPIRE', index, lifetime + margin)
 
--- Drop index entries of sessions that have already ended (oldest first, a few per create).
-for _, old in ipairs(redis.call('ZRANGE', index_key, 0, 2)) do
-  if redis.call('EXISTS', session_prefix .. old) == 1 then
-    break
+-- One more than the limit ends the user's oldest sessions.
+if max_per_user > 0 then
+  local excess = redis.call('ZCARD', index) - max_per_user
+  if excess > 0 then
+    for _, oldest in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do
+      local device_id = redis.call('HGET', session_key(oldest), 'd')
+      if device_id then
+        end_session(oldest, user_id, device_id, 'evicted', now)
+      else
+        redis.call('ZREM', index, oldest)
+        redis.call('ZREM', schedule_key, oldest)
+      end
+    end
   end
-  redis.call('ZREM', index_key, old)
 end
 
 return finish({s = 'ok', v = session_id})

@@ -1,0 +1,139 @@
+//! The outbox relay: publishes the `SessionClosed` events that the store's scripts wrote into
+//! each bucket's outbox stream, and removes an entry only after the broker confirmed it. Every
+//! instance runs one; they share the work through the stream's consumer group, and an entry
+//! that an instance took but never acknowledged (it crashed, or RabbitMQ was down) is taken
+//! over after [`STALE_AFTER`]. The same periodic tick ends the sessions whose moment has passed.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::{Bucket, SessionClosed},
+    events::EventPublisher,
+    store::{OutboxEntry, Store},
+};
+
+/// How often every bucket is visited (expiry and outbox) when nothing wakes the relay sooner.
+pub const TICK: Duration = Duration::from_millis(250);
+/// An entry taken but not acknowledged for this long is taken over by the next tick.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+/// Most entries (and expired sessions) handled per bucket and tick.
+const BATCH: usize = 200;
+/// At shutdown, how long the relay keeps publishing what is left.
+pub const FLUSH_FOR: Duration = Duration::from_secs(5);
+
+/// Buckets whose outbox just received events; the relay visits them at once.
+#[derive(Default)]
+pub struct RelayWake {
+    dirty: Mutex<HashSet<Bucket>>,
+    notify: Notify,
+}
+
+impl RelayWake {
+    pub fn mark(&self, bucket: Bucket) {
+        if let Ok(mut dirty) = self.dirty.lock() {
+            dirty.insert(bucket);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<Bucket> {
+        self.dirty
+            .lock()
+            .map(|mut dirty| dirty.drain().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One instance's relay.
+pub struct Relay {
+    store: Store,
+    publisher: EventPublisher,
+    wake: Arc<RelayWake>,
+    /// This instance's consumer name in the outbox consumer groups.
+    consumer: String,
+}
+
+impl Relay {
+    pub fn new(store: Store, publisher: EventPublisher, wake: Arc<RelayWake>) -> Self {
+        Self {
+            store,
+            publisher,
+            wake,
+            consumer: format!("relay-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Ticks until `shutdown`, then publishes what is left for at most [`FLUSH_FOR`].
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let buckets = tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => None,
+                () = self.wake.notify.notified() => Some(self.wake.take()),
+            };
+            self.tick(buckets.as_deref()).await;
+        }
+        let flush = async { while self.tick(None).await > 0 {} };
+        if tokio::time::timeout(FLUSH_FOR, flush).await.is_err() {
+            tracing::warn!("outbox not empty at shutdown; another instance will publish the rest");
+        }
+    }
+
+    /// Visits `buckets` (all when `None`); returns how many events it handled.
+    async fn tick(&self, buckets: Option<&[Bucket]>) -> usize {
+        let batches = match self
+            .store
+            .tick(buckets, &self.consumer, BATCH, STALE_AFTER)
+            .await
+        {
+            Ok(batches) => batches,
+            Err(error) => {
+                tracing::warn!(error = %error, "outbox relay cannot reach Redis");
+                return 0;
+            }
+        };
+        let published = batches.into_iter().map(|(bucket, entries)| async move {
+            let count = entries.len();
+            self.publish(bucket, entries).await;
+            count
+        });
+        futures_util::future::join_all(published)
+            .await
+            .into_iter()
+            .sum()
+    }
+
+    async fn publish(&self, bucket: Bucket, entries: Vec<OutboxEntry>) {
+        let (ids, events): (Vec<String>, Vec<Option<SessionClosed>>) = entries
+            .into_iter()
+            .map(|entry| (entry.id, entry.event))
+            .unzip();
+        let events: Vec<SessionClosed> = events
+            .into_iter()
+            .filter_map(|event| {
+                if event.is_none() {
+                    tracing::error!("dropping an outbox entry that cannot be read");
+                }
+                event
+            })
+            .collect();
+        if let Err(error) = self.publisher.publish(&events).await {
+            // Left pending: taken over again after STALE_AFTER, by this or another instance.
+            tracing::warn!(error = %error, count = events.len(), "cannot publish events now");
+            return;
+        }
+        if let Err(error) = self.store.acknowledge(bucket, &ids).await {
+            // Published but still pending: published again later, with the same event ids.
+            tracing::warn!(error = %error, "cannot remove published events from the outbox");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+-- The periodic work of one bucket, run by every instance (atomic, so instances may run it side
+-- by side). KEYS[1]: the bucket's schedule. ARGV[1]: key base of the bucket, ARGV[2]: this
+-- instance's consumer name, ARGV[3]: most sessions to end and entries to take,
+-- ARGV[4]: idle time (ms) after which another consumer's unacknowledged entry is taken over.
+-- 1. Ends the sessions whose moment has passed (reason expired), writing their events.
+-- 2. Returns outbox entries for this consumer to publish: entries another consumer took but
+--    did not acknowledge for ARGV[4] ms, then new ones. Each entry: id, then field/value list.
+local base, consumer = ARGV[1], ARGV[2]
+local limit, stale_after = tonumber(ARGV[3]), tonumber(ARGV[4])
+local schedule_key, outbox_key = KEYS[1], base .. 'outbox'
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', schedule_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #due, 2 do
+  local session_id, ends = due[i], tonumber(due[i + 1])
+  local session = base .. 's:' .. session_id
+  local stored = redis.call('HMGET', session, 'u', 'd')
+  redis.call('ZREM', schedule_key, session_id)
+  if stored[1] then
+    redis.call('DEL', session)
+    redis.call('ZREM', base .. 'u:' .. stored[1], session_id)
+    redis.call('XADD', outbox_key, '*', 's', session_id, 'u', stored[1], 'd', stored[2],
+      'r', 'expired', 't', string.format('%d', ends))
+  end
+end
+
+if redis.call('EXISTS', outbox_key) == 0 then
+  return {}
+end
+redis.pcall('XGROUP', 'CREATE', outbox_key, 'relay', '0')
+local claimed = redis.call('XAUTOCLAIM', outbox_key, 'relay', consumer, stale_after, '0-0',
+  'COUNT', limit)[2]
+local fresh = redis.call('XREADGROUP', 'GROUP', 'relay', consumer, 'COUNT', limit,
+  'STREAMS', outbox_key, '>')
+local entries = {}
+for _, entry in ipairs(claimed) do
+  entries[#entries + 1] = entry
+end
+if fresh and fresh[1] then
+  for _, entry in ipairs(fresh[1][2]) do
+    entries[#entries + 1] = entry
+  end
+end
+return entries
