@@ -38,6 +38,7 @@ pub struct TestApp {
     pub amqp: AmqpClient,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    keep_state: bool,
 }
 
 /// Settings isolated for one test: unique prefix, queue and exchange, port 0.
@@ -85,6 +86,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         amqp,
         stop,
         task: Some(task),
+        keep_state: false,
     };
     app.wait_until_consuming().await;
     app
@@ -173,6 +175,16 @@ impl TestApp {
 
     /// Stops the instance gracefully and waits for it to finish.
     pub async fn stop(mut self) {
+        self.stop_instance().await;
+    }
+
+    /// Stops the instance but keeps its keys, queues and exchange for another instance.
+    pub async fn stop_keeping_state(mut self) {
+        self.stop_instance().await;
+        self.keep_state = true;
+    }
+
+    async fn stop_instance(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("the application stops cleanly");
@@ -183,6 +195,9 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();
+        if self.keep_state {
+            return;
+        }
         // Remove what the test left in the shared servers, from a thread of its own since drop
         // cannot await.
         let settings = self.settings.clone();

@@ -4,6 +4,7 @@
 mod amqp;
 mod cluster;
 mod events;
+mod expiry;
 mod helpers;
 mod process;
 mod rest;

@@ -1,0 +1,215 @@
+//! Sessions that end by time or by the per-user limit: each ends at its moment with exactly one
+//! `SessionClosed` (reason `expired` or `evicted`), also when no instance runs at that moment,
+//! and leaves nothing behind. Prints the measured delay between a session's end and its event.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use session_manager::config::Settings;
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use crate::helpers::{spawn_app_with, test_settings, Event, TestApp};
+
+fn moment(value: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(value.as_str().expect("a timestamp"), &Rfc3339).expect("RFC 3339")
+}
+
+async fn session(app: &TestApp, id: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .get(app.url(&format!("/a01/session/{id}")))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn listed(app: &TestApp, user: &str) -> Vec<String> {
+    let list: Value = app
+        .http
+        .get(app.url("/a01/session"))
+        .query(&[("user_id", user)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Checks an `expired` event of `id` and returns how late it arrived after the session's end.
+fn expired(event: &Event, id: &str, ends: OffsetDateTime) -> Duration {
+    let arrived = OffsetDateTime::now_utc();
+    assert_eq!(event.body["data"]["session_id"], id);
+    assert_eq!(event.body["data"]["reason"], "expired");
+    assert_eq!(moment(&event.body["data"]["closed_at"]), ends);
+    (arrived - ends).try_into().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_session_ends_at_expires_at_with_one_expired_event() {
+    let settings = Settings {
+        session_lifetime: Duration::from_secs(2),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    let id = app
+        .create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+    let (status, stored) = session(&app, &id).await;
+    assert_eq!(status, 200);
+    let ends = moment(&stored["expires_at"]);
+
+    let event = events.next().await;
+    let late = expired(&event, &id, ends);
+    eprintln!(
+        "absolute expiry: event {} ms after the session's end",
+        late.as_millis()
+    );
+    assert!(OffsetDateTime::now_utc() >= ends);
+    assert_eq!(session(&app, &id).await.0, 404);
+    assert!(listed(&app, "u").await.is_empty());
+    events.assert_quiet(Duration::from_millis(700)).await;
+    assert_eq!(app.keys_left().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn reading_or_updating_a_session_extends_its_idle_deadline() {
+    let settings = Settings {
+        session_lifetime: Duration::from_secs(60),
+        idle_timeout: Some(Duration::from_secs(2)),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    let id = app
+        .create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+    // Touched every second for four seconds, over REST (read and update) and AMQP (read): it
+    // outlives its 2 s idle timeout twice over.
+    for step in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match step % 3 {
+            0 => assert_eq!(session(&app, &id).await.0, 200),
+            1 => {
+                let patched = app
+                    .http
+                    .patch(app.url(&format!("/a01/session/{id}")))
+                    .json(&json!({"access_token": format!("t{step}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(patched.status(), 200);
+            }
+            _ => {
+                let reply = app
+                    .amqp
+                    .call(&json!({"type": "GetSession", "session_id": id}))
+                    .await;
+                assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+            }
+        }
+    }
+    events.assert_quiet(Duration::from_millis(100)).await;
+    let last_touch = OffsetDateTime::now_utc();
+    // Listing does not extend it.
+    assert_eq!(listed(&app, "u").await, vec![id.clone()]);
+
+    let event = events.next().await;
+    let ends = moment(&event.body["data"]["closed_at"]);
+    let idle = ends - last_touch;
+    assert!(
+        idle > time::Duration::milliseconds(1500) && idle < time::Duration::milliseconds(2500),
+        "ended {idle} after the last touch, expected about 2 s"
+    );
+    let late = expired(&event, &id, ends);
+    eprintln!(
+        "idle expiry: event {} ms after the session's end",
+        late.as_millis()
+    );
+    assert_eq!(session(&app, &id).await.0, 404);
+    assert_eq!(app.keys_left().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn creating_one_more_than_the_limit_evicts_the_oldest() {
+    let settings = Settings {
+        max_per_user: Some(2),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    let mut ids = Vec::new();
+    for device in ["a", "b", "c", "d"] {
+        ids.push(
+            app.create_session(json!({"user_id": "u", "device_id": device}))
+                .await,
+        );
+    }
+    // Another user is not affected by u's limit.
+    let other = app
+        .create_session(json!({"user_id": "v", "device_id": "a"}))
+        .await;
+    for (evicted, device) in ids[..2].iter().zip(["a", "b"]) {
+        let event = events.next().await;
+        assert_eq!(event.body["data"]["session_id"], evicted.as_str());
+        assert_eq!(event.body["data"]["device_id"], device);
+        assert_eq!(event.body["data"]["reason"], "evicted");
+        assert_eq!(session(&app, evicted).await.0, 404);
+    }
+    events.assert_quiet(Duration::from_millis(500)).await;
+    assert_eq!(listed(&app, "u").await, ids[2..].to_vec());
+    assert_eq!(listed(&app, "v").await, vec![other]);
+}
+
+#[tokio::test]
+async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_starts() {
+    let settings = Settings {
+        session_lifetime: Duration::from_secs(1),
+        ..test_settings()
+    };
+    let first = spawn_app_with(settings.clone()).await;
+    let mut events = first.amqp.subscribe(&first.settings.events_exchange).await;
+    let mut ends = Vec::new();
+    for device in ["a", "b", "c"] {
+        let id = first
+            .create_session(json!({"user_id": "u", "device_id": device}))
+            .await;
+        let (_, stored) = session(&first, &id).await;
+        ends.push((id, moment(&stored["expires_at"])));
+    }
+    first.stop_keeping_state().await;
+
+    // No instance runs while the sessions end.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    events.assert_quiet(Duration::from_millis(10)).await;
+
+    let second = spawn_app_with(settings).await;
+    let started = OffsetDateTime::now_utc();
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        received.push(events.next().await);
+    }
+    let after_start = OffsetDateTime::now_utc() - started;
+    eprintln!(
+        "expired while down: all events {} ms after the next start",
+        after_start.whole_milliseconds()
+    );
+    for (id, end) in &ends {
+        let event = received
+            .iter()
+            .find(|e| e.body["data"]["session_id"] == id.as_str())
+            .expect("an event for every session");
+        expired(event, id, *end);
+    }
+    events.assert_quiet(Duration::from_millis(500)).await;
+    assert!(listed(&second, "u").await.is_empty());
+    assert_eq!(second.keys_left().await, Vec::<String>::new());
+}
