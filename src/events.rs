@@ -61,6 +61,11 @@ impl EventPublisher {
         })
     }
 
+    /// Whether the channel can still publish.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Closes the events channel (at shutdown, after the last publish).
     pub async fn close(&self) {
         if let Err(error) = self.channel.close(200, "shutting down".into()).await {

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{Bucket, SessionClosed},
-    events::EventPublisher,
     store::{OutboxEntry, Store},
+    transport::amqp::AmqpLink,
 };
 
 /// How often every bucket is visited (expiry and outbox) when nothing wakes the relay sooner.
@@ -54,17 +54,17 @@ impl RelayWake {
 /// One instance's relay.
 pub struct Relay {
     store: Store,
-    publisher: EventPublisher,
+    link: Arc<AmqpLink>,
     wake: Arc<RelayWake>,
     /// This instance's consumer name in the outbox consumer groups.
     consumer: String,
 }
 
 impl Relay {
-    pub fn new(store: Store, publisher: EventPublisher, wake: Arc<RelayWake>) -> Self {
+    pub fn new(store: Store, link: Arc<AmqpLink>, wake: Arc<RelayWake>) -> Self {
         Self {
             store,
-            publisher,
+            link,
             wake,
             consumer: format!("relay-{}", uuid::Uuid::new_v4().simple()),
         }
@@ -126,8 +126,13 @@ impl Relay {
                 event
             })
             .collect();
-        if let Err(error) = self.publisher.publish(&events).await {
-            // Left pending: taken over again after STALE_AFTER, by this or another instance.
+        let published = match self.link.publisher().await {
+            Ok(publisher) => publisher.publish(&events).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = published {
+            // Left pending: this instance tries them again at its next tick; another instance
+            // takes them over after STALE_AFTER.
             tracing::warn!(error = %error, count = events.len(), "cannot publish events now");
             return;
         }

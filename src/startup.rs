@@ -4,19 +4,17 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Settings,
-    events::EventPublisher,
     metrics::Metrics,
     relay::{Relay, RelayWake},
     service::SessionService,
     store::{Keys, Policy, RedisConnection, Store},
     transport::{
-        amqp::{run_worker, WorkerSettings},
+        amqp::{run_worker, AmqpLink, WorkerSettings},
         http::{routes, HttpState},
     },
 };
@@ -26,22 +24,17 @@ use crate::{
 pub enum StartupError {
     #[error("cannot connect to Redis")]
     Redis(#[source] redis::RedisError),
-    #[error("cannot connect to RabbitMQ")]
-    Amqp(#[source] lapin::Error),
     #[error("cannot bind the REST port")]
     Bind(#[source] std::io::Error),
-    #[error("the command worker failed")]
-    Worker(#[source] lapin::Error),
 }
 
 /// One built instance, ready to run.
 pub struct Application {
     listener: TcpListener,
     port: u16,
-    amqp: Connection,
+    amqp: Arc<AmqpLink>,
     service: SessionService,
     relay: Relay,
-    events: EventPublisher,
     metrics: Arc<Metrics>,
     settings: Settings,
 }
@@ -51,16 +44,13 @@ impl Application {
         let redis = RedisConnection::open(settings.redis_url.expose(), settings.redis_mode)
             .await
             .map_err(StartupError::Redis)?;
-        let amqp = Connection::connect(
-            settings.amqp_url.expose(),
-            ConnectionProperties::default().with_connection_name("session-manager".into()),
-        )
-        .await
-        .map_err(StartupError::Amqp)?;
         let metrics = Arc::new(Metrics::new());
-        let events = EventPublisher::open(&amqp, &settings.events_exchange, metrics.clone())
-            .await
-            .map_err(StartupError::Amqp)?;
+        // Connected by `run_until_stopped`, and again whenever the connection is lost.
+        let amqp = AmqpLink::new(
+            settings.amqp_url.clone(),
+            settings.events_exchange.clone(),
+            metrics.clone(),
+        );
         let store = Store::new(
             redis,
             Keys::new(&settings.key_prefix),
@@ -71,7 +61,7 @@ impl Application {
             },
         );
         let wake = Arc::new(RelayWake::default());
-        let relay = Relay::new(store.clone(), events.clone(), wake.clone());
+        let relay = Relay::new(store.clone(), amqp.clone(), wake.clone());
         let service = SessionService::new(store, wake);
         let listener = TcpListener::bind(("0.0.0.0", settings.port))
             .await
@@ -83,7 +73,6 @@ impl Application {
             amqp,
             service,
             relay,
-            events,
             metrics,
             settings,
         })
@@ -111,15 +100,17 @@ impl Application {
             }
         });
 
+        let amqp_stop = CancellationToken::new();
+        let amqp = tokio::spawn(self.amqp.clone().maintain(amqp_stop.clone()));
         let store = self.service.store().clone();
-        let amqp_status = self.amqp.status().clone();
+        let link = self.amqp.clone();
         let state = Arc::new(HttpState {
             service: self.service.clone(),
             metrics: self.metrics.clone(),
             api_token: self.settings.api_token.clone(),
             readiness: Arc::new(move || {
                 let store = store.clone();
-                let amqp_connected = amqp_status.connected();
+                let amqp_connected = link.is_connected();
                 Box::pin(async move {
                     let redis_up = tokio::time::timeout(Duration::from_secs(1), store.ping())
                         .await
@@ -135,7 +126,7 @@ impl Application {
         tracing::info!(port = self.port, "REST front end listening");
 
         let worker = run_worker(
-            &self.amqp,
+            self.amqp.clone(),
             self.service.clone(),
             self.metrics.clone(),
             WorkerSettings {
@@ -144,25 +135,20 @@ impl Application {
             },
             stop.clone(),
         );
-        let worker = async {
-            let result = worker.await;
-            // However the worker ends, the instance stops as a whole.
-            stop.cancel();
-            result
-        };
-        // The relay stops after the front ends, so it publishes what their last commands wrote.
+        // The relay stops after the front ends, so it publishes what their last commands wrote;
+        // the RabbitMQ connection is closed last.
         let relay_stop = CancellationToken::new();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
-        let ((), worker) = tokio::join!(http, worker);
+        tokio::join!(http, worker);
         relay_stop.cancel();
         if relay.await.is_err() {
             tracing::error!("the outbox relay panicked");
         }
-        self.events.close().await;
-        if let Err(error) = self.amqp.close(200, "shutting down".into()).await {
-            tracing::debug!(error = %error, "closing the RabbitMQ connection");
+        amqp_stop.cancel();
+        if amqp.await.is_err() {
+            tracing::error!("the RabbitMQ connection task panicked");
         }
         tracing::info!("stopped");
-        worker.map_err(StartupError::Worker)
+        Ok(())
     }
 }

@@ -3,8 +3,9 @@
 -- instance's consumer name, ARGV[3]: most sessions to end and entries to take,
 -- ARGV[4]: idle time (ms) after which another consumer's unacknowledged entry is taken over.
 -- 1. Ends the sessions whose moment has passed (reason expired), writing their events.
--- 2. Returns outbox entries for this consumer to publish: entries another consumer took but
---    did not acknowledge for ARGV[4] ms, then new ones. Each entry: id, then field/value list.
+-- 2. Returns outbox entries for this consumer to publish: its own that it took before but did
+--    not acknowledge (publishing failed), entries another consumer took but did not acknowledge
+--    for ARGV[4] ms, then new ones. Each entry: id, then field/value list.
 local base, consumer = ARGV[1], ARGV[2]
 local limit, stale_after = tonumber(ARGV[3]), tonumber(ARGV[4])
 local schedule_key, outbox_key = KEYS[1], base .. 'outbox'
@@ -29,17 +30,23 @@ if redis.call('EXISTS', outbox_key) == 0 then
   return {}
 end
 redis.pcall('XGROUP', 'CREATE', outbox_key, 'relay', '0')
-local claimed = redis.call('XAUTOCLAIM', outbox_key, 'relay', consumer, stale_after, '0-0',
-  'COUNT', limit)[2]
-local fresh = redis.call('XREADGROUP', 'GROUP', 'relay', consumer, 'COUNT', limit,
-  'STREAMS', outbox_key, '>')
 local entries = {}
-for _, entry in ipairs(claimed) do
-  entries[#entries + 1] = entry
-end
-if fresh and fresh[1] then
-  for _, entry in ipairs(fresh[1][2]) do
-    entries[#entries + 1] = entry
+local function add(list)
+  for _, entry in ipairs(list) do
+    if #entries < limit and entry[2] then
+      entries[#entries + 1] = entry
+    end
   end
+end
+local function read(id)
+  local read = redis.call('XREADGROUP', 'GROUP', 'relay', consumer, 'COUNT', limit,
+    'STREAMS', outbox_key, id)
+  return (read and read[1]) and read[1][2] or {}
+end
+add(read('0'))
+add(redis.call('XAUTOCLAIM', outbox_key, 'relay', consumer, stale_after, '0-0',
+  'COUNT', limit)[2])
+if #entries < limit then
+  add(read('>'))
 end
 return entries

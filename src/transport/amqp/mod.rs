@@ -10,6 +10,8 @@
 //!          {"status": "error", "error": {"code": "not_found", "message": "…"}}
 //! ```
 
+mod link;
 mod worker;
 
+pub use link::AmqpLink;
 pub use worker::{declare_topology, run_worker, WorkerSettings};

@@ -25,6 +25,8 @@ use crate::{
     service::SessionService,
 };
 
+use super::AmqpLink;
+
 /// What the worker needs to know about its queue.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -93,13 +95,46 @@ pub async fn declare_topology(channel: &Channel, queue: &str) -> Result<(), lapi
     Ok(())
 }
 
-/// Consumes commands until `shutdown` is cancelled, then stops consuming and waits for the
-/// commands in flight to be answered and acknowledged.
+/// Consumes commands until `shutdown` is cancelled, on whatever connection `link` has, starting
+/// over (topology, QoS, consumer) on each new connection.
 pub async fn run_worker(
-    connection: &Connection,
+    link: Arc<AmqpLink>,
     service: SessionService,
     metrics: Arc<Metrics>,
     settings: WorkerSettings,
+    shutdown: CancellationToken,
+) {
+    while let Some(connection) = link.connection(&shutdown).await {
+        let consumed = consume(
+            &connection,
+            service.clone(),
+            metrics.clone(),
+            &settings,
+            shutdown.clone(),
+        )
+        .await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match consumed {
+            Ok(()) => tracing::warn!("the broker cancelled the command consumer; consuming again"),
+            Err(error) => tracing::warn!(error = %error, "command consumer stopped; resuming"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_MIN * 5) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("command worker stopped");
+}
+
+/// Consumes commands on one connection until `shutdown` is cancelled or the channel fails,
+/// then stops consuming and waits for the commands in flight to be answered and acknowledged.
+async fn consume(
+    connection: &Connection,
+    service: SessionService,
+    metrics: Arc<Metrics>,
+    settings: &WorkerSettings,
     shutdown: CancellationToken,
 ) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await?;
@@ -133,6 +168,7 @@ pub async fn run_worker(
         metrics,
         shutdown: shutdown.clone(),
     });
+    let mut failure = None;
     loop {
         let delivery = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -144,30 +180,30 @@ pub async fn run_worker(
                 in_flight.spawn(async move { handler.handle(delivery).await });
             }
             Some(Err(error)) => {
-                tracing::error!(error = %error, "command consumer failed");
-                return Err(error);
-            }
-            None => {
-                tracing::warn!("command consumer was cancelled by the broker");
+                failure = Some(error);
                 break;
             }
+            None => break,
         }
     }
-    if let Err(error) = channel
-        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
-        .await
-    {
-        tracing::warn!(error = %error, "could not cancel the command consumer");
+    if channel.status().connected() {
+        if let Err(error) = channel
+            .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(error = %error, "could not cancel the command consumer");
+        }
     }
     in_flight.close();
     in_flight.wait().await;
     for open in [&channel, &handler.replies] {
-        if let Err(error) = open.close(200, "shutting down".into()).await {
-            tracing::debug!(error = %error, "closing a worker channel");
+        if open.status().connected() {
+            if let Err(error) = open.close(200, "shutting down".into()).await {
+                tracing::debug!(error = %error, "closing a worker channel");
+            }
         }
     }
-    tracing::info!("command worker stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 struct Handler {
