@@ -6,6 +6,7 @@ mod cluster;
 mod events;
 mod expiry;
 mod helpers;
+mod outages;
 mod process;
 mod rest;
 mod servers;

@@ -25,7 +25,11 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts a server with the given extra arguments (e.g. `["--requirepass", "x"]`).
     pub fn start(extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts a server on `port` (e.g. again, after stopping one there).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -68,11 +72,14 @@ pub fn service_binary() -> Command {
 }
 
 /// A TCP proxy in the test harness, between the service and a server: it can hold back the
-/// server's answers (to see what the service sends meanwhile) and counts what clients sent.
+/// server's answers (to see what the service sends meanwhile), cut every connection and refuse
+/// new ones, and counts what clients sent.
 pub struct TcpProxy {
     pub port: u16,
     hold: tokio::sync::watch::Sender<bool>,
     sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pipes: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -82,15 +89,23 @@ impl TcpProxy {
         let port = listener.local_addr().unwrap().port();
         let (hold, _) = tokio::sync::watch::channel(false);
         let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pipes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let accept = tokio::spawn({
             let hold = hold.clone();
             let sent = sent.clone();
+            let refusing = refusing.clone();
+            let pipes = pipes.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
+                    }
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         continue;
                     };
-                    tokio::spawn(pipe(client, server, hold.subscribe(), sent.clone()));
+                    let pipe = tokio::spawn(pipe(client, server, hold.subscribe(), sent.clone()));
+                    pipes.lock().unwrap().push(pipe);
                 }
             }
         });
@@ -98,8 +113,26 @@ impl TcpProxy {
             port,
             hold,
             sent,
+            refusing,
+            pipes,
             accept,
         }
+    }
+
+    /// Closes every connection through the proxy; with `refuse`, also every new one until
+    /// [`TcpProxy::allow`].
+    pub fn cut(&self, refuse: bool) {
+        self.refusing
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+        for pipe in self.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Lets new connections through again.
+    pub fn allow(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// While held, the server's answers wait in the proxy.
@@ -117,6 +150,7 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accept.abort();
+        self.cut(true);
     }
 }
 

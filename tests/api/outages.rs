@@ -1,0 +1,145 @@
+//! Outages of the servers the service depends on, broken on purpose: RabbitMQ through a TCP
+//! proxy that cuts and refuses connections, Redis as a private server that is stopped and
+//! started again. The service must notice, answer what it can, and recover by itself.
+
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+use session_manager::config::{SecretString, Settings};
+
+use crate::{
+    helpers::{spawn_app_with, test_settings, TestApp, WAIT},
+    servers::{PrivateRedis, TcpProxy},
+};
+
+async fn readyz(app: &TestApp) -> u16 {
+    app.http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls /readyz until it answers `status`; returns how long that took.
+async fn until_ready_is(app: &TestApp, status: u16) -> Duration {
+    let started = Instant::now();
+    while readyz(app).await != status {
+        assert!(started.elapsed() < WAIT, "/readyz did not become {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+/// Publishes a command with `reply_to` and returns its correlation id.
+async fn publish_command(app: &TestApp, command: &Value, message_id: &str) -> String {
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let properties = BasicProperties::default()
+        .with_reply_to(app.amqp.reply_queue().into())
+        .with_correlation_id(correlation_id.as_str().into())
+        .with_message_id(message_id.into());
+    app.amqp
+        .publish(command.to_string().as_bytes(), properties)
+        .await;
+    correlation_id
+}
+
+#[tokio::test]
+async fn the_service_survives_losing_rabbitmq() {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let settings = Settings {
+        amqp_url: SecretString::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    let id = app
+        .create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+    assert_eq!(readyz(&app).await, 200);
+
+    proxy.cut(true);
+    until_ready_is(&app, 503).await;
+    // REST still serves, and a delete's event waits in the outbox.
+    let deleted = app
+        .http
+        .delete(app.url(&format!("/a01/session/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    // A command sent meanwhile waits in the queue.
+    let command = json!({"type": "CreateSession", "user_id": "u", "device_id": "e"});
+    let correlation_id = publish_command(&app, &command, "while-cut").await;
+    app.amqp.assert_no_reply(Duration::from_millis(500)).await;
+
+    proxy.allow();
+    let took = until_ready_is(&app, 200).await;
+    eprintln!(
+        "ready again {} ms after RabbitMQ came back",
+        took.as_millis()
+    );
+    let reply = app.amqp.reply_for(&correlation_id).await;
+    assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+    let event = events.next().await;
+    assert_eq!(event.body["data"]["session_id"], id.as_str());
+    assert_eq!(event.body["data"]["reason"], "deleted");
+    events.assert_quiet(Duration::from_millis(500)).await;
+    assert_eq!(app.amqp.dead_letter_count().await, 0);
+}
+
+#[tokio::test]
+async fn the_service_survives_a_redis_restart() {
+    let redis = PrivateRedis::start(&[]);
+    let port = redis.port;
+    let settings = Settings {
+        redis_url: SecretString::new(format!("redis://127.0.0.1:{port}/")),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let id = app
+        .create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+
+    drop(redis);
+    let started = Instant::now();
+    let response = app
+        .http
+        .get(app.url(&format!("/a01/session/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(took < Duration::from_secs(5), "503 took {took:?}");
+    until_ready_is(&app, 503).await;
+
+    // A command that cannot be applied now is neither answered, acknowledged nor dead-lettered.
+    let command = json!({"type": "CreateSession", "user_id": "u", "device_id": "e"});
+    let correlation_id = publish_command(&app, &command, "while-redis-down").await;
+    app.amqp.assert_no_reply(Duration::from_secs(2)).await;
+    assert_eq!(app.amqp.dead_letter_count().await, 0);
+
+    let _redis = PrivateRedis::start_on(port, &[]);
+    until_ready_is(&app, 200).await;
+    let reply = app.amqp.reply_for(&correlation_id).await;
+    assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+    let created = reply.body["result"]["session_id"].as_str().unwrap();
+    let listed: Value = app
+        .http
+        .get(app.url("/a01/session?user_id=u"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["sessions"],
+        json!([{"session_id": created, "device_id": "e"}])
+    );
+}
