@@ -22,7 +22,7 @@ use crate::{
 /// How often every bucket is visited (expiry and outbox) when nothing wakes the relay sooner.
 pub const TICK: Duration = Duration::from_millis(250);
 /// An entry taken but not acknowledged for this long is taken over by the next tick.
-pub const STALE_AFTER: Duration = Duration::from_secs(10);
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// Most entries (and expired sessions) handled per bucket and tick.
 const BATCH: usize = 200;
 /// At shutdown, how long the relay keeps publishing what is left.

@@ -88,37 +88,13 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         task: Some(task),
         keep_state: false,
     };
-    app.wait_until_consuming().await;
+    app.amqp.wait_for_consumer().await;
     app
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
-    }
-
-    /// Waits until the worker has declared its queue and consumes from it.
-    async fn wait_until_consuming(&self) {
-        for _ in 0..100 {
-            // A passive declare of a missing queue closes its channel: use a fresh one each time.
-            let channel = self.amqp.connection.create_channel().await.unwrap();
-            let declared = channel
-                .queue_declare(
-                    self.settings.command_queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(queue) if queue.consumer_count() > 0 => return,
-                _ => {}
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the worker did not start consuming");
     }
 
     /// Creates a session over REST and returns its id.
@@ -394,6 +370,38 @@ impl AmqpClient {
         }
     }
 
+    /// The next reply of any command, or `None` when none arrives `within`.
+    pub async fn next_reply(&self, within: Duration) -> Option<Reply> {
+        let mut replies = self.replies.lock().await;
+        match tokio::time::timeout(within, replies.next()).await {
+            Ok(Some(Ok(delivery))) => Some(reply_of(&delivery)),
+            _ => None,
+        }
+    }
+
+    /// Waits until some instance consumes from the command queue.
+    pub async fn wait_for_consumer(&self) {
+        for _ in 0..400 {
+            // A passive declare of a missing queue closes its channel: use a fresh one each time.
+            let channel = self.connection.create_channel().await.unwrap();
+            let declared = channel
+                .queue_declare(
+                    self.queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nobody consumes from {}", self.queue);
+    }
+
     /// Waits `for_how_long` and asserts that no reply at all arrives.
     pub async fn assert_no_reply(&self, for_how_long: Duration) {
         let mut replies = self.replies.lock().await;
@@ -546,6 +554,11 @@ impl EventSubscription {
             routing_key: delivery.routing_key.to_string(),
             properties,
         }
+    }
+
+    /// The next event, or `None` when none arrives `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Event> {
+        tokio::time::timeout(within, self.next()).await.ok()
     }
 
     /// Takes `count` events.

@@ -3,6 +3,7 @@
 
 mod amqp;
 mod cluster;
+mod crashes;
 mod events;
 mod expiry;
 mod helpers;
