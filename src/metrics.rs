@@ -106,7 +106,12 @@ impl Metrics {
     }
 
     pub fn record_request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
-        let method = method.to_owned();
+        // Bounded label values: clients choose the method, and each value is a new series.
+        let method = match method {
+            "GET" | "POST" | "PATCH" | "DELETE" | "PUT" | "HEAD" | "OPTIONS" => method,
+            _ => "other",
+        }
+        .to_owned();
         self.http_latency
             .get_or_create(&RouteLabels {
                 route,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::{Bucket, SessionClosed},
     store::{OutboxEntry, Store},
+    telemetry::Chain,
     transport::amqp::AmqpLink,
 };
 
@@ -97,7 +98,7 @@ impl Relay {
         {
             Ok(batches) => batches,
             Err(error) => {
-                tracing::warn!(error = %error, "outbox relay cannot reach Redis");
+                tracing::warn!(error = %Chain(&error), "outbox relay cannot reach Redis");
                 return 0;
             }
         };
@@ -138,7 +139,7 @@ impl Relay {
         }
         if let Err(error) = self.store.acknowledge(bucket, &ids).await {
             // Published but still pending: published again later, with the same event ids.
-            tracing::warn!(error = %error, "cannot remove published events from the outbox");
+            tracing::warn!(error = %Chain(&error), "cannot remove published events from the outbox");
         }
     }
 }

@@ -1,13 +1,45 @@
-//! Logging: `tracing` to stdout, filtered by `RUST_LOG` (default `info`). Nothing in the service
-//! logs a request body, a token or a URL with credentials.
+//! Logging: `tracing` to stdout, filtered by `RUST_LOG` (default `info`), and [`Chain`] to log
+//! an error with its causes. Nothing in the service logs a request body, a token or a URL with
+//! credentials.
+
+use std::{
+    fmt,
+    io::{stdout, IsTerminal},
+};
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; call once, from `main`.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber; call once, from `main`. A `RUST_LOG` that cannot be parsed
+/// is an error (naming the variable), not silently replaced.
+pub fn init() -> Result<(), crate::config::ConfigError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => {
+            EnvFilter::try_new(&directives).map_err(|error| crate::config::ConfigError {
+                variable: "RUST_LOG",
+                message: format!("is not a valid log filter: {error}"),
+            })?
+        }
+        Err(_) => EnvFilter::new("info"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(stdout().is_terminal())
         .with_target(true)
         .init();
+    Ok(())
+}
+
+/// Displays an error followed by each of its sources: `outer: inner: innermost`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }

@@ -140,7 +140,7 @@ macro_rules! identifier {
             }
 
             /// A value read back from the store, where only checked values are written.
-            pub fn from_stored(value: String) -> Self {
+            pub(crate) fn from_stored(value: String) -> Self {
                 Self(value)
             }
         }
@@ -185,7 +185,7 @@ impl Secret {
     }
 
     /// A value read back from the store, where only checked values are written.
-    pub fn from_stored(value: String) -> Self {
+    pub(crate) fn from_stored(value: String) -> Self {
         Self(value)
     }
 }
@@ -216,7 +216,7 @@ impl UserEmail {
     }
 
     /// A value read back from the store, where only checked values are written.
-    pub fn from_stored(value: String) -> Self {
+    pub(crate) fn from_stored(value: String) -> Self {
         Self(value)
     }
 }

@@ -53,7 +53,9 @@ impl From<RedisError> for StoreError {
                         | redis::ServerErrorKind::MasterDown
                         | redis::ServerErrorKind::ReadOnly
                 )
-            );
+            )
+            // Out of memory, or busy with a long script: the same command may succeed later.
+            || matches!(error.code(), Some("OOM" | "BUSY"));
         if unavailable {
             Self::Unavailable(error)
         } else {

@@ -982,3 +982,55 @@ async fn the_worker_applies_commands_concurrently() {
         assert_eq!(reply.body["status"], "ok");
     }
 }
+
+/// `/metrics` counts AMQP commands by type and outcome, their latency, and published events.
+#[tokio::test]
+async fn metrics_count_commands_and_events() {
+    let app = spawn_app().await;
+    let created = app
+        .amqp
+        .call(&json!({"type": "CreateSession", "user_id": "m", "device_id": "d"}))
+        .await;
+    let id = created.body["result"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    app.amqp
+        .call(&json!({"type": "DeleteSession", "session_id": id}))
+        .await;
+    app.amqp
+        .call(&json!({"type": "DeleteSession", "session_id": id}))
+        .await;
+    app.amqp.call_raw(b"not json", None).await;
+    events.next().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("session_manager_events_published_total 1") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for line in [
+        r#"session_manager_amqp_commands_total{command="CreateSession",outcome="ok"} 1"#,
+        r#"session_manager_amqp_commands_total{command="DeleteSession",outcome="ok"} 1"#,
+        r#"session_manager_amqp_commands_total{command="DeleteSession",outcome="not_found"} 1"#,
+        r#"session_manager_amqp_commands_total{command="invalid",outcome="dead_lettered"} 1"#,
+        r#"session_manager_amqp_command_duration_seconds_count{command="DeleteSession"} 2"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}

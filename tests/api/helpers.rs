@@ -134,7 +134,11 @@ impl TestApp {
             let mut outbox_entries = 0;
             for key in self.keys().await {
                 if key.ends_with(":outbox") {
-                    let length: usize = redis.xlen(&key).await.unwrap();
+                    let length: usize = redis::cmd("XLEN")
+                        .arg(&key)
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap();
                     outbox_entries += length;
                 } else {
                     left.push(key);
@@ -336,7 +340,9 @@ impl AmqpClient {
             properties = properties.with_message_id(id.into());
         }
         self.publish(body, properties).await;
-        self.reply_for(&correlation_id).await
+        let reply = self.reply_for(&correlation_id).await;
+        check_against_schemas(body, &reply.body);
+        reply
     }
 
     /// Waits for the reply carrying `correlation_id`.
@@ -493,6 +499,28 @@ impl AmqpClient {
             .unwrap();
         EventSubscription { consumer }
     }
+}
+
+/// A command the service accepted must match its command schema, and its result the result
+/// schema of its type, so that schemas and code cannot drift apart.
+pub fn check_against_schemas(command: &[u8], reply: &Value) {
+    if reply["status"] != "ok" {
+        return;
+    }
+    let command: Value = serde_json::from_slice(command).expect("an accepted command is JSON");
+    let kind = command["type"]
+        .as_str()
+        .expect("an accepted command has a type");
+    assert_valid(&format!("command.{kind}.json"), &command);
+    let result = match kind {
+        "CreateSession" => "result.SessionCreated.json",
+        "GetSession" | "UpdateSession" => "result.Session.json",
+        "ListSessions" => "result.SessionList.json",
+        "DeleteSession" => "result.SessionDeleted.json",
+        "DeleteUserSessions" => "result.UserSessionsDeleted.json",
+        other => panic!("the service accepted an unknown command {other}"),
+    };
+    assert_valid(result, &reply["result"]);
 }
 
 fn reply_of(delivery: &Delivery) -> Reply {

@@ -49,6 +49,7 @@ fn bad_configuration_stops_the_service_with_one_line_naming_the_variable() {
         ("SESSION_MAX_PER_USER", "many"),
         ("SESSION_MAX_PER_USER", "5000000000"),
         ("SESSION_ENCRYPTION_KEY", "c2VjcmV0"),
+        ("RUST_LOG", "foo=notalevel,["),
     ];
     for (variable, value) in cases {
         let output = run_to_exit(service_binary().env(variable, value));

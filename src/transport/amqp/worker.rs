@@ -23,6 +23,7 @@ use crate::{
     domain::{Command, Error, ErrorBody, MessageId, Outcome},
     metrics::Metrics,
     service::SessionService,
+    telemetry::Chain,
 };
 
 use super::AmqpLink;
@@ -227,7 +228,8 @@ impl Handler {
         let command = match Command::parse(&delivery.data) {
             Ok(command) => command,
             Err(error @ Error::InvalidArgument(_)) => {
-                tracing::warn!(error = %error, "dead-lettering a command that cannot be understood");
+                // Debug-formatted: the message quotes client text, which must not forge log lines.
+                tracing::warn!(error = ?error.to_string(), "dead-lettering a command that cannot be understood");
                 self.reply(&delivery, &Err(error)).await;
                 if let Err(error) = delivery.reject(BasicRejectOptions { requeue: false }).await {
                     tracing::error!(error = %error, "could not dead-letter a command");
@@ -249,7 +251,7 @@ impl Handler {
                 Err(Error::Unavailable(cause)) => {
                     // Redis or the event exchange is out of reach: keep the delivery unacked and
                     // retry; with the prefetch window full, no new commands are taken meanwhile.
-                    tracing::warn!(error = %cause, command = command.name(), retry_in = ?delay,
+                    tracing::warn!(error = %Chain(cause.as_ref()), command = command.name(), retry_in = ?delay,
                         "cannot apply command now; will retry");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -299,7 +301,7 @@ impl Handler {
             Err(error) => error.code().as_str(),
         };
         if let Err(Error::Internal(cause)) = outcome {
-            tracing::error!(error = %cause, command, "command failed");
+            tracing::error!(error = %Chain(cause.as_ref()), command, "command failed");
         }
         self.metrics
             .record_command(command, label, started.elapsed());

@@ -24,6 +24,7 @@ use crate::{
     },
     metrics::Metrics,
     service::SessionService,
+    telemetry::Chain,
 };
 
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
@@ -139,7 +140,7 @@ impl HttpState {
             Ok(response) => response,
             Err(error) => {
                 if let Error::Internal(cause) | Error::Unavailable(cause) = &error {
-                    tracing::error!(error = %cause, path = route.label(), "request failed");
+                    tracing::error!(error = %Chain(cause.as_ref()), path = route.label(), "request failed");
                 }
                 let mut response = error_response(&error);
                 if let (Error::MethodNotAllowed, Some(allowed)) = (&error, route.allowed_methods())
@@ -255,13 +256,49 @@ fn session_id(id: Option<&str>) -> Result<SessionId, Error> {
 }
 
 fn user_id_query(request: &Request) -> Result<UserId, Error> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&request.query)
-        .map_err(|_| Error::InvalidArgument("query: is not valid form encoding".into()))?;
-    let user_id = pairs
-        .into_iter()
-        .find_map(|(name, value)| (name == "user_id").then_some(value))
+    let mut user_id = None;
+    for pair in request.query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(name).as_deref() == Some("user_id") {
+            user_id = Some(form_decode(value).ok_or_else(|| {
+                Error::InvalidArgument("user_id: must be percent-encoded UTF-8".into())
+            })?);
+            break;
+        }
+    }
+    let user_id = user_id
         .ok_or_else(|| Error::InvalidArgument("user_id: query parameter is required".into()))?;
     UserId::parse(user_id)
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component strictly: `None` when the bytes
+/// are not UTF-8 (a lossy decoding would silently name another user).
+fn form_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = |offset: usize| {
+            bytes
+                .get(at + offset)
+                .and_then(|b| (*b as char).to_digit(16))
+        };
+        match (bytes[at], hex(1), hex(2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                at += 3;
+            }
+            (b'+', _, _) => {
+                decoded.push(b' ');
+                at += 1;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 /// Checks the content type and reads at most [`MAX_BODY_BYTES`] of the body as a JSON object.
@@ -370,4 +407,17 @@ fn text_response(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_decode;
+
+    #[test]
+    fn form_components_decode_strictly() {
+        assert_eq!(form_decode("a+b%20c%C3%BC").as_deref(), Some("a b cü"));
+        assert_eq!(form_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(form_decode("%4"), Some("%4".into()));
+        assert_eq!(form_decode("%FF"), None);
+    }
 }
