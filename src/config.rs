@@ -70,6 +70,10 @@ pub struct Cli {
     /// When set (32 bytes, base64), tokens and auth codes are stored encrypted.
     #[arg(long, env = "SESSION_ENCRYPTION_KEY", hide_env_values = true)]
     pub session_encryption_key: Option<String>,
+    /// How long a command's outcome is kept under its message_id, in seconds (at least 24 h
+    /// by the contract; shorter only for tests).
+    #[arg(long, env = "SESSION_IDEMPOTENCY_SEC", default_value_t = 86_400)]
+    pub session_idempotency_sec: u64,
     /// Commands the worker takes from the queue at once and applies concurrently.
     #[arg(long, env = "AMQP_PREFETCH", default_value_t = 64)]
     pub amqp_prefetch: u16,
@@ -127,6 +131,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// Most sessions per user; `None` for no limit.
     pub max_per_user: Option<u32>,
+    /// How long a command's outcome is kept under its message_id.
+    pub idempotency_retention: Duration,
     pub key_prefix: String,
     pub command_queue: String,
     pub events_exchange: String,
@@ -145,6 +151,7 @@ impl Settings {
             session_lifetime: Duration::from_secs(2_592_000),
             idle_timeout: None,
             max_per_user: None,
+            idempotency_retention: Duration::from_secs(86_400),
             key_prefix: "session-manager".into(),
             command_queue: "session.commands".into(),
             events_exchange: "session.events".into(),
@@ -236,6 +243,9 @@ impl TryFrom<Cli> for Settings {
                 "must be non-empty and contain no { or } (they would break hash tags)",
             ));
         }
+        if cli.session_idempotency_sec == 0 {
+            return Err(invalid("SESSION_IDEMPOTENCY_SEC", "must be at least 1"));
+        }
         if cli.amqp_prefetch == 0 {
             return Err(invalid("AMQP_PREFETCH", "must be at least 1"));
         }
@@ -254,6 +264,7 @@ impl TryFrom<Cli> for Settings {
             idle_timeout: (cli.session_idle_sec > 0)
                 .then(|| Duration::from_secs(cli.session_idle_sec)),
             max_per_user,
+            idempotency_retention: Duration::from_secs(cli.session_idempotency_sec),
             key_prefix: prefix,
             command_queue: non_empty_name("SESSION_COMMAND_QUEUE", cli.session_command_queue)?,
             events_exchange: non_empty_name(

@@ -26,6 +26,10 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// Most entries (and expired sessions) handled per bucket and tick.
 const BATCH: usize = 200;
+/// A consumer (of an instance that is gone) idle this long, holding nothing, is forgotten.
+pub const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(60 * 60);
+/// How often the relay looks for such consumers.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 /// At shutdown, how long the relay keeps publishing what is left.
 pub const FLUSH_FOR: Duration = Duration::from_secs(5);
 
@@ -75,25 +79,31 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_forget = tokio::time::Instant::now();
         loop {
             let buckets = tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => None,
                 () = self.wake.notify.notified() => Some(self.wake.take()),
             };
-            self.tick(buckets.as_deref()).await;
+            let forget = (buckets.is_none() && last_forget.elapsed() >= FORGET_EVERY)
+                .then_some(FORGET_CONSUMERS_AFTER);
+            if forget.is_some() {
+                last_forget = tokio::time::Instant::now();
+            }
+            self.tick(buckets.as_deref(), forget).await;
         }
-        let flush = async { while self.tick(None).await > 0 {} };
+        let flush = async { while self.tick(None, None).await > 0 {} };
         if tokio::time::timeout(FLUSH_FOR, flush).await.is_err() {
             tracing::warn!("outbox not empty at shutdown; another instance will publish the rest");
         }
     }
 
     /// Visits `buckets` (all when `None`); returns how many events it handled.
-    async fn tick(&self, buckets: Option<&[Bucket]>) -> usize {
+    async fn tick(&self, buckets: Option<&[Bucket]>, forget: Option<Duration>) -> usize {
         let batches = match self
             .store
-            .tick(buckets, &self.consumer, BATCH, STALE_AFTER)
+            .tick(buckets, &self.consumer, BATCH, STALE_AFTER, forget)
             .await
         {
             Ok(batches) => batches,

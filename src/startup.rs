@@ -58,6 +58,7 @@ impl Application {
                 lifetime: settings.session_lifetime,
                 idle: settings.idle_timeout,
                 max_per_user: settings.max_per_user,
+                record_retention: settings.idempotency_retention,
             },
         );
         let wake = Arc::new(RelayWake::default());

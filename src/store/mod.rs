@@ -23,7 +23,8 @@ use crate::domain::{
     Secret, Session, SessionClosed, SessionId, SessionSummary, Timestamp, UserEmail, UserId,
 };
 
-/// How long a command's outcome is remembered under its `message_id`.
+/// How long a command's outcome is remembered under its `message_id` by default (the
+/// contract's 24 hours).
 pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why the store could not apply a command.
@@ -122,6 +123,8 @@ pub struct Policy {
     pub idle: Option<Duration>,
     /// Creating one more ends the user's oldest (`SESSION_MAX_PER_USER`).
     pub max_per_user: Option<u32>,
+    /// How long a command's outcome is kept under its `message_id`.
+    pub record_retention: Duration,
 }
 
 /// How long Redis keeps a session past its scheduled end, as a safety net: the schedule ends
@@ -192,7 +195,7 @@ impl Store {
         let policy = &self.policy;
         let mut invocation = script.prepare_invoke();
         // The arguments every script starts with (see lua/prologue.lua).
-        let record_ttl = message_id.map_or(0, |_| RECORD_RETENTION.as_secs());
+        let record_ttl = message_id.map_or(0, |_| policy.record_retention.as_secs().max(1));
         let millis = |duration: Duration| duration.as_millis() as u64;
         invocation
             .arg(record_ttl)
@@ -272,6 +275,7 @@ impl Store {
         consumer: &str,
         limit: usize,
         stale_after: Duration,
+        forget_idle_consumers: Option<Duration>,
     ) -> Result<Vec<(Bucket, Vec<OutboxEntry>)>, StoreError> {
         let buckets: Vec<Bucket> = match buckets {
             Some(buckets) => buckets.to_vec(),
@@ -284,7 +288,8 @@ impl Store {
                 .arg(self.keys.base(bucket))
                 .arg(consumer)
                 .arg(limit)
-                .arg(stale_after.as_millis() as u64);
+                .arg(stale_after.as_millis() as u64)
+                .arg(forget_idle_consumers.map_or(0, |idle| idle.as_millis().max(1) as u64));
             let mut connection = self.connection.clone();
             async move {
                 let entries: Vec<(String, Vec<String>)> =

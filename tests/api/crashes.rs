@@ -36,6 +36,22 @@ impl Answers {
 
 #[tokio::test]
 async fn sigkill_in_the_middle_of_thousands_of_creates_loses_and_repeats_nothing() {
+    interrupt_thousands_of_creates(Service::kill).await;
+}
+
+#[tokio::test]
+async fn sigterm_in_the_middle_of_thousands_of_creates_finishes_what_it_took() {
+    interrupt_thousands_of_creates(|service| {
+        let (status, _) = service.terminate();
+        assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    })
+    .await;
+}
+
+/// Publishes thousands of creates with message ids, stops the instance with `stop` after 200
+/// answers, starts another, and checks that every command was answered (a repeated answer
+/// repeating the first) and applied exactly once.
+async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
     const COMMANDS: usize = 3000;
     let settings = test_settings();
     let first = Service::start(&mut Service::with_settings(&settings), free_port());
@@ -60,7 +76,7 @@ async fn sigkill_in_the_middle_of_thousands_of_creates_loses_and_repeats_nothing
                 .expect("replies"),
         );
     }
-    first.kill();
+    stop(first);
     let answered_before = answers.0.len();
     assert!(
         answered_before < COMMANDS,
@@ -75,7 +91,7 @@ async fn sigkill_in_the_middle_of_thousands_of_creates_loses_and_repeats_nothing
             answers.add(reply);
         }
     }
-    eprintln!("killed after {answered_before} of {COMMANDS} answers; all answered after restart");
+    eprintln!("stopped after {answered_before} of {COMMANDS} answers; all answered after restart");
 
     let list: Value = reqwest::get(second.url("/a01/session?user_id=crash"))
         .await

@@ -6,6 +6,7 @@ mod cluster;
 mod crashes;
 mod events;
 mod expiry;
+mod growth;
 mod helpers;
 mod outages;
 mod process;

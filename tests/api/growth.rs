@@ -1,0 +1,116 @@
+//! Nothing grows: after every session has ended and the retention of idempotency records has
+//! passed, nothing is left under the prefix but fixed bookkeeping, and the outbox consumer
+//! groups forget the consumers of instances that are gone.
+
+use std::time::Duration;
+
+use serde_json::json;
+use session_manager::{
+    config::Settings,
+    domain::{SessionId, UserId},
+    store::{Keys, Policy, RedisConnection, RedisMode, Store},
+};
+
+use crate::helpers::{spawn_app_with, test_settings, REDIS_URL};
+
+#[tokio::test]
+async fn idempotency_records_vanish_after_their_retention() {
+    let settings = Settings {
+        idempotency_retention: Duration::from_secs(1),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let created = app
+        .amqp
+        .call_with_id(
+            &json!({"type": "CreateSession", "user_id": "u", "device_id": "d"}),
+            "create-1",
+        )
+        .await;
+    let id = created.body["result"]["session_id"].as_str().unwrap();
+    app.amqp
+        .call_with_id(
+            &json!({"type": "DeleteSession", "session_id": id}),
+            "delete-1",
+        )
+        .await;
+    let left = app.keys_left().await;
+    assert_eq!(left.len(), 2, "the two records: {left:?}");
+    assert!(left.iter().all(|key| key.contains(":r:")), "{left:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(app.keys_left().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn consumers_of_gone_instances_are_forgotten() {
+    let settings = test_settings();
+    let app = spawn_app_with(settings.clone()).await;
+    let mut events = app.amqp.subscribe(&settings.events_exchange).await;
+    let id = app
+        .create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+    let deleted = app
+        .http
+        .delete(app.url(&format!("/a01/session/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    events.next().await;
+    let outbox = format!(
+        "{}:{{{}}}:outbox",
+        settings.key_prefix,
+        UserId::parse("u".into()).unwrap().bucket()
+    );
+    let mut redis = app.redis.clone();
+    let consumers = |redis: &mut redis::aio::MultiplexedConnection| {
+        let outbox = outbox.clone();
+        let mut redis = redis.clone();
+        async move {
+            let infos: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&outbox)
+                .arg("relay")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            infos.len()
+        }
+    };
+    assert_eq!(consumers(&mut redis).await, 1, "the app's relay");
+    let bucket = SessionId::parse(&id).unwrap().bucket();
+    app.stop_keeping_state().await;
+
+    // Another instance's relay, forgetting consumers idle for more than 1 ms.
+    let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
+        .await
+        .unwrap();
+    let store = Store::new(
+        connection,
+        Keys::new(&settings.key_prefix),
+        Policy {
+            lifetime: settings.session_lifetime,
+            idle: None,
+            max_per_user: None,
+            record_retention: settings.idempotency_retention,
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taken = store
+        .tick(
+            Some(&[bucket]),
+            "another-instance",
+            10,
+            Duration::from_secs(5),
+            Some(Duration::from_millis(1)),
+        )
+        .await
+        .unwrap();
+    assert!(taken.is_empty(), "nothing left to publish");
+    assert_eq!(
+        consumers(&mut redis).await,
+        1,
+        "only the new instance's consumer"
+    );
+    crate::helpers::clean_up(&settings).await;
+}
