@@ -1,0 +1,853 @@
+//! `session-bench`: measures the service against minimal ceilings built from the same crates,
+//! on the local Redis and RabbitMQ, and prints a table (optionally written to
+//! `docs/BENCHMARKS.md`).
+//!
+//! ```text
+//! cargo run --release --bin session-bench                 # full run, prints the table
+//! cargo run --release --bin session-bench -- --write      # also writes docs/BENCHMARKS.md
+//! cargo run --release --bin session-bench -- --smoke      # a few hundred ms per case (CI)
+//! ```
+//!
+//! The service runs as a child process (the `session-manager` binary next to this one), so
+//! its peak RSS can be read; the ceilings run as child processes of this same binary
+//! (`session-bench ceiling-rest|ceiling-amqp`): a bare warp handler doing one Redis round trip
+//! per request, and a bare lapin consumer doing one Redis round trip and replying. Each case
+//! alternates rounds of the ceiling and the service, so that drift of the machine cancels.
+//! A benchmark, not a test: it asserts nothing.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use lapin::{
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+    BasicProperties, Connection, ConnectionProperties,
+};
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    sync::{oneshot, Mutex},
+};
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const HTTP_CONNECTIONS: usize = 50;
+const AMQP_IN_FLIGHT: usize = 64;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ceiling-rest") => return ceiling_rest(arg(&args, "--port")?.parse()?).await,
+        Some("ceiling-amqp") => return ceiling_amqp(&arg(&args, "--queue")?).await,
+        _ => {}
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let write = args.iter().any(|a| a == "--write");
+    let round = if smoke {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(3)
+    };
+    let rounds = if smoke { 1 } else { 3 };
+    let report = run(round, rounds).await?;
+    println!("{report}");
+    if write {
+        std::fs::create_dir_all("docs")?;
+        std::fs::write("docs/BENCHMARKS.md", &report)?;
+        eprintln!("written to docs/BENCHMARKS.md");
+    }
+    Ok(())
+}
+
+fn arg(args: &[String], name: &str) -> anyhow::Result<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|at| args.get(at + 1))
+        .cloned()
+        .with_context(|| format!("missing {name}"))
+}
+
+/// A child process killed when dropped.
+struct Child_(Child);
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or(18_099)
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Peak resident set size of a process, in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: latencies of requests run by a fixed number of concurrent workers for a time.
+
+#[derive(Default)]
+struct Sample {
+    ops: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    errors: usize,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.ops += other.ops;
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+    }
+
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        self.latencies_us.sort_unstable();
+        let at = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[at]) / 1000.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 keep-alive client: the load generator must cost little CPU, since it
+// shares the two cores with the service and Redis.
+
+struct HttpConnection {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    line: String,
+}
+
+impl HttpConnection {
+    async fn open(port: u16) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (read, writer) = stream.into_split();
+        Ok(Self {
+            reader: BufReader::new(read),
+            writer,
+            line: String::new(),
+        })
+    }
+
+    /// Sends one request and returns the status and body.
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let request = if body.is_empty() {
+            format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n\r\n")
+        } else {
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        self.writer.write_all(request.as_bytes()).await?;
+        self.line.clear();
+        self.reader.read_line(&mut self.line).await?;
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .context("no status line")?;
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            self.reader.read_line(&mut self.line).await?;
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}
+
+/// One REST operation of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Get,
+    Create,
+    List,
+    Update,
+    Delete,
+    Mix,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Create => "create",
+            Op::List => "list",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Mix => "mix",
+        }
+    }
+
+    /// The mix: 70% get, 10% create, 10% list, 5% update, 5% delete.
+    fn pick(self, n: usize) -> Op {
+        if self != Op::Mix {
+            return self;
+        }
+        match n % 20 {
+            0..=13 => Op::Get,
+            14 | 15 => Op::Create,
+            16 | 17 => Op::List,
+            18 => Op::Update,
+            _ => Op::Delete,
+        }
+    }
+}
+
+/// Sessions to read and users to list, and ids to delete (each deleted once).
+struct Fixture {
+    ids: Vec<String>,
+    users: Vec<String>,
+    deletable: Mutex<Vec<String>>,
+}
+
+const BODY: &str = r#"{"user_id":"bench-user-0","device_id":"bench-device","access_token":"a-token-of-some-length-0123456789abcdef","refresh_token":"r-token-of-some-length-0123456789abcdef","expiration_time":3600,"user_email":"user@example.com"}"#;
+
+fn create_body(n: usize) -> String {
+    BODY.replace("bench-user-0", &format!("bench-user-{}", n % 1000))
+}
+
+async fn rest_worker(
+    port: u16,
+    op: Op,
+    fixture: Arc<Fixture>,
+    until: Instant,
+    seed: usize,
+) -> anyhow::Result<Sample> {
+    let mut connection = HttpConnection::open(port).await?;
+    let mut sample = Sample::default();
+    let started = Instant::now();
+    let mut n = seed.wrapping_mul(7919);
+    while Instant::now() < until {
+        n = n.wrapping_add(1);
+        let id = &fixture.ids[n % fixture.ids.len()];
+        let user = &fixture.users[n % fixture.users.len()];
+        let begun = Instant::now();
+        let (status, expected) = match op.pick(n) {
+            Op::Get => (
+                connection
+                    .send("GET", &format!("/a01/session/{id}"), "")
+                    .await?
+                    .0,
+                200,
+            ),
+            Op::Create => (
+                connection
+                    .send("POST", "/a01/session", &create_body(n))
+                    .await?
+                    .0,
+                201,
+            ),
+            Op::List => (
+                connection
+                    .send("GET", &format!("/a01/session?user_id={user}"), "")
+                    .await?
+                    .0,
+                200,
+            ),
+            Op::Update => (
+                connection
+                    .send(
+                        "PATCH",
+                        &format!("/a01/session/{id}"),
+                        r#"{"access_token":"renewed"}"#,
+                    )
+                    .await?
+                    .0,
+                200,
+            ),
+            Op::Delete | Op::Mix => {
+                let Some(victim) = fixture.deletable.lock().await.pop() else {
+                    break;
+                };
+                (
+                    connection
+                        .send("DELETE", &format!("/a01/session/{victim}"), "")
+                        .await?
+                        .0,
+                    200,
+                )
+            }
+        };
+        sample
+            .latencies_us
+            .push(begun.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        sample.ops += 1;
+        if status != expected {
+            sample.errors += 1;
+        }
+    }
+    sample.elapsed = started.elapsed();
+    Ok(sample)
+}
+
+/// Runs `connections` workers against `port` for `round`; throughput over the round.
+async fn rest_load(
+    port: u16,
+    op: Op,
+    fixture: &Arc<Fixture>,
+    round: Duration,
+) -> anyhow::Result<Sample> {
+    let until = Instant::now() + round;
+    let workers: Vec<_> = (0..HTTP_CONNECTIONS)
+        .map(|seed| tokio::spawn(rest_worker(port, op, fixture.clone(), until, seed)))
+        .collect();
+    let mut total = Sample::default();
+    let mut longest = Duration::ZERO;
+    for worker in workers {
+        let sample = worker.await??;
+        longest = longest.max(sample.elapsed);
+        total.merge(sample);
+    }
+    total.elapsed = longest;
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The REST ceiling: warp, one Redis round trip per request.
+
+async fn ceiling_rest(port: u16) -> anyhow::Result<()> {
+    use warp::Filter;
+    let redis = redis::Client::open(REDIS_URL)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let get = {
+        let redis = redis.clone();
+        warp::get()
+            .and(warp::path!("a01" / "session" / String))
+            .then(move |id: String| {
+                let mut redis = redis.clone();
+                async move {
+                    let fields: HashMap<String, String> = redis
+                        .hgetall(format!("bench-ceiling:s:{id}"))
+                        .await
+                        .unwrap_or_default();
+                    warp::reply::json(&fields)
+                }
+            })
+    };
+    let create = warp::post()
+        .and(warp::path!("a01" / "session"))
+        .and(warp::body::json())
+        .then(move |body: HashMap<String, Value>| {
+            let mut redis = redis.clone();
+            async move {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let fields: Vec<(String, String)> =
+                    body.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+                let _: Result<(), _> = redis
+                    .hset_multiple(format!("bench-ceiling:s:{id}"), &fields)
+                    .await;
+                warp::reply::with_status(
+                    warp::reply::json(&json!({"session_id": id})),
+                    warp::http::StatusCode::CREATED,
+                )
+            }
+        });
+    warp::serve(get.or(create))
+        .run(([127, 0, 0, 1], port))
+        .await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The AMQP ceiling: lapin, one Redis round trip per command, then the reply.
+
+async fn ceiling_amqp(queue: &str) -> anyhow::Result<()> {
+    let redis = redis::Client::open(REDIS_URL)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_qos(AMQP_IN_FLIGHT as u16, BasicQosOptions::default())
+        .await?;
+    let replies = connection.create_channel().await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let mut redis = redis.clone();
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let command: Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
+            let id = command["session_id"].as_str().unwrap_or_default();
+            let fields: HashMap<String, String> = redis
+                .hgetall(format!("bench-ceiling:s:{id}"))
+                .await
+                .unwrap_or_default();
+            let body =
+                serde_json::to_vec(&json!({"status": "ok", "result": fields})).unwrap_or_default();
+            if let Some(reply_to) = delivery.properties.reply_to() {
+                let mut properties = BasicProperties::default();
+                if let Some(correlation_id) = delivery.properties.correlation_id() {
+                    properties = properties.with_correlation_id(correlation_id.clone());
+                }
+                let _ = replies
+                    .basic_publish(
+                        "".into(),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await;
+            }
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        });
+    }
+    Ok(())
+}
+
+/// An AMQP client keeping `AMQP_IN_FLIGHT` persistent commands in flight.
+async fn amqp_load(
+    connection: &Connection,
+    queue: &str,
+    op: Op,
+    fixture: &Arc<Fixture>,
+    round: Duration,
+) -> anyhow::Result<Sample> {
+    let channel = connection.create_channel().await?;
+    let reply_queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .name()
+        .to_string();
+    let pending: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
+    let mut consumer = channel
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = {
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if let Some(id) = delivery.properties.correlation_id() {
+                    if let Some(done) = pending.lock().unwrap().remove(id.as_str()) {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })
+    };
+    let until = Instant::now() + round;
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..AMQP_IN_FLIGHT)
+        .map(|seed| {
+            let channel = channel.clone();
+            let pending = pending.clone();
+            let fixture = fixture.clone();
+            let queue = queue.to_owned();
+            let reply_queue = reply_queue.clone();
+            let counter = counter.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut sample = Sample::default();
+                let mut n = seed.wrapping_mul(7919);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    n = n.wrapping_add(1);
+                    let id = &fixture.ids[n % fixture.ids.len()];
+                    let user = &fixture.users[n % fixture.users.len()];
+                    let command = match op.pick(n) {
+                        Op::Get => json!({"type": "GetSession", "session_id": id}),
+                        Op::Create => serde_json::from_str::<Value>(&create_body(n)).map(|mut body| {
+                            body["type"] = json!("CreateSession");
+                            body
+                        })?,
+                        Op::List => json!({"type": "ListSessions", "user_id": user}),
+                        Op::Update => json!({"type": "UpdateSession", "session_id": id, "access_token": "renewed"}),
+                        Op::Delete | Op::Mix => {
+                            let Some(victim) = fixture.deletable.lock().await.pop() else { break };
+                            json!({"type": "DeleteSession", "session_id": victim})
+                        }
+                    };
+                    let correlation_id = format!("{seed}-{}", counter.fetch_add(1, Ordering::Relaxed));
+                    let (done, answered) = oneshot::channel();
+                    pending.lock().unwrap().insert(correlation_id.clone(), done);
+                    let begun = Instant::now();
+                    channel
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            command.to_string().as_bytes(),
+                            BasicProperties::default()
+                                .with_content_type("application/json".into())
+                                .with_delivery_mode(2)
+                                .with_reply_to(reply_queue.as_str().into())
+                                .with_correlation_id(correlation_id.as_str().into()),
+                        )
+                        .await?;
+                    if tokio::time::timeout(Duration::from_secs(10), answered).await.is_err() {
+                        sample.errors += 1;
+                        continue;
+                    }
+                    sample.latencies_us.push(begun.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    sample.ops += 1;
+                }
+                Ok::<_, anyhow::Error>(sample)
+            })
+        })
+        .collect();
+    let mut total = Sample::default();
+    for worker in workers {
+        total.merge(worker.await??);
+    }
+    total.elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    listener.abort();
+    let _ = channel.close(200, "done".into()).await;
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Row {
+    case: String,
+    sample: Sample,
+    ceiling: Option<f64>,
+}
+
+async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("bench-{run_id}");
+    let command_queue = format!("bench.{run_id}.commands");
+    let ceiling_queue = format!("bench.{run_id}.ceiling");
+    let service_port = free_port();
+    let service = Child_(
+        Command::new(sibling("session-manager")?)
+            .env("SERVICE_PORT", service_port.to_string())
+            .env("SESSION_KEY_PREFIX", &prefix)
+            .env("SESSION_COMMAND_QUEUE", &command_queue)
+            .env("SESSION_EVENTS_EXCHANGE", format!("bench.{run_id}.events"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting session-manager")?,
+    );
+    let ceiling_port = free_port();
+    let exe = std::env::current_exe()?;
+    let _ceiling_rest = Child_(
+        Command::new(&exe)
+            .args(["ceiling-rest", "--port", &ceiling_port.to_string()])
+            .spawn()?,
+    );
+    let _ceiling_amqp = Child_(
+        Command::new(&exe)
+            .args(["ceiling-amqp", "--queue", &ceiling_queue])
+            .spawn()?,
+    );
+    wait_for_port(service_port).await?;
+    wait_for_port(ceiling_port).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Fixture: sessions to read (in the service and the ceiling's keys), users with 10 each.
+    let mut redis = redis::Client::open(REDIS_URL)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let memory_before = used_memory(&mut redis).await?;
+    let mut http = HttpConnection::open(service_port).await?;
+    let mut ids = Vec::new();
+    for n in 0..2000 {
+        let (status, body) = http.send("POST", "/a01/session", &create_body(n)).await?;
+        if status != 201 {
+            bail!("fixture create answered {status}");
+        }
+        let created: Value = serde_json::from_slice(&body)?;
+        let id = created["session_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let fields: Vec<(&str, &str)> = vec![
+            ("user_id", "u"),
+            ("device_id", "d"),
+            ("access_token", "a-token-of-some-length-0123456789abcdef"),
+        ];
+        let _: () = redis
+            .hset_multiple(format!("bench-ceiling:s:{id}"), &fields)
+            .await?;
+        ids.push(id);
+    }
+    let memory_after = used_memory(&mut redis).await?;
+    let users = (0..1000).map(|n| format!("bench-user-{n}")).collect();
+    let fixture = Arc::new(Fixture {
+        ids,
+        users,
+        deletable: Mutex::new(Vec::new()),
+    });
+    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+
+    let mut rows = Vec::new();
+    for op in [
+        Op::Get,
+        Op::Create,
+        Op::List,
+        Op::Update,
+        Op::Delete,
+        Op::Mix,
+    ] {
+        let has_ceiling = matches!(op, Op::Get | Op::Create);
+        let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
+        for _ in 0..rounds {
+            if has_ceiling {
+                ceiling_sample.merge(rest_load(ceiling_port, op, &fixture, round).await?);
+            }
+            refill(&fixture, service_port, op).await?;
+            service_sample.merge(rest_load(service_port, op, &fixture, round).await?);
+        }
+        let ceiling = has_ceiling.then(|| ceiling_sample.rate());
+        rows.push(Row {
+            case: format!("REST {}", op.name()),
+            sample: service_sample,
+            ceiling,
+        });
+    }
+    for op in [
+        Op::Get,
+        Op::Create,
+        Op::List,
+        Op::Update,
+        Op::Delete,
+        Op::Mix,
+    ] {
+        let has_ceiling = op == Op::Get;
+        let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
+        for _ in 0..rounds {
+            if has_ceiling {
+                ceiling_sample.merge(amqp_load(&amqp, &ceiling_queue, op, &fixture, round).await?);
+            }
+            refill(&fixture, service_port, op).await?;
+            service_sample.merge(amqp_load(&amqp, &command_queue, op, &fixture, round).await?);
+        }
+        let ceiling = has_ceiling.then(|| ceiling_sample.rate());
+        rows.push(Row {
+            case: format!("AMQP {}", op.name()),
+            sample: service_sample,
+            ceiling,
+        });
+    }
+    let rss = peak_rss_mib(service.0.id());
+
+    // Clean up what the run created.
+    drop(service);
+    let channel = amqp.create_channel().await?;
+    for queue in [
+        command_queue.clone(),
+        format!("{command_queue}.dead"),
+        ceiling_queue,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            format!("bench.{run_id}.events").as_str().into(),
+            Default::default(),
+        )
+        .await;
+    for pattern in [format!("{prefix}:*"), "bench-ceiling:*".to_owned()] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut redis)
+            .await?;
+        for chunk in keys.chunks(1000) {
+            let _: () = redis.del(chunk).await?;
+        }
+    }
+
+    let per_session = (memory_after.saturating_sub(memory_before)) as f64 / 2000.0;
+    Ok(render(&mut rows, rss, per_session, round, rounds))
+}
+
+/// Before a round that deletes, creates sessions for it to delete (not timed).
+async fn refill(fixture: &Arc<Fixture>, port: u16, op: Op) -> anyhow::Result<()> {
+    if !matches!(op, Op::Delete | Op::Mix) {
+        return Ok(());
+    }
+    let wanted: usize = if op == Op::Delete { 30_000 } else { 5_000 };
+    let mut deletable = fixture.deletable.lock().await;
+    let missing = wanted.saturating_sub(deletable.len());
+    let created = Arc::new(Mutex::new(Vec::with_capacity(missing)));
+    let workers: Vec<_> = (0..HTTP_CONNECTIONS)
+        .map(|worker| {
+            let created = created.clone();
+            tokio::spawn(async move {
+                let mut http = HttpConnection::open(port).await?;
+                for n in (worker..missing).step_by(HTTP_CONNECTIONS) {
+                    let (_, body) = http.send("POST", "/a01/session", &create_body(n)).await?;
+                    let body: Value = serde_json::from_slice(&body)?;
+                    if let Some(id) = body["session_id"].as_str() {
+                        created.lock().await.push(id.to_owned());
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await??;
+    }
+    deletable.extend(created.lock().await.drain(..));
+    Ok(())
+}
+
+async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .context("no used_memory in INFO")
+}
+
+fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds: usize) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Benchmarks\n\nRun by `cargo run --release --bin session-bench -- --write` on a machine with {cores} cores, \
+         against the local Redis and RabbitMQ; REST over HTTP/1.1 keep-alive with {HTTP_CONNECTIONS} connections, \
+         AMQP with {AMQP_IN_FLIGHT} persistent commands in flight. Each case: {rounds} round(s) of {:.1} s, \
+         alternating with its ceiling (a bare warp handler / lapin consumer doing one Redis round trip).\n",
+        round.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| case | ops/s | p50 ms | p99 ms | errors | ceiling ops/s | service/ceiling |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for row in rows.iter_mut() {
+        let rate = row.sample.rate();
+        let (p50, p99) = (
+            row.sample.percentile_ms(0.50),
+            row.sample.percentile_ms(0.99),
+        );
+        let (ceiling, ratio) = match row.ceiling {
+            Some(ceiling) => (
+                format!("{ceiling:.0}"),
+                format!("{:.2}", rate / ceiling.max(1e-9)),
+            ),
+            None => ("".into(), "".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {} | {ceiling} | {ratio} |",
+            row.case, row.sample.errors
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nService peak RSS: {rss:.1} MiB. Redis memory per session (2000 sessions with \
+        ~170 bytes of fields, index and schedule entries included): {per_session:.0} B."
+    );
+    out
+}
