@@ -67,7 +67,7 @@ pub struct Cli {
     /// When set, /a01/* requires `Authorization: Bearer <token>`.
     #[arg(long, env = "SESSION_API_TOKEN", hide_env_values = true)]
     pub session_api_token: Option<String>,
-    /// When set (32 bytes, base64), tokens and auth codes are stored encrypted.
+    /// Encryption of tokens at rest: not supported by this version, setting it stops the start.
     #[arg(long, env = "SESSION_ENCRYPTION_KEY", hide_env_values = true)]
     pub session_encryption_key: Option<String>,
     /// How long a command's outcome is kept under its message_id, in seconds (at least 24 h

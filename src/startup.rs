@@ -111,12 +111,12 @@ impl Application {
             api_token: self.settings.api_token.clone(),
             readiness: Arc::new(move || {
                 let store = store.clone();
-                let amqp_connected = link.is_connected();
+                let amqp_ready = link.is_ready();
                 Box::pin(async move {
                     let redis_up = tokio::time::timeout(Duration::from_secs(1), store.ping())
                         .await
                         .is_ok_and(|ping| ping.is_ok());
-                    redis_up && amqp_connected
+                    redis_up && amqp_ready
                 })
             }),
         });

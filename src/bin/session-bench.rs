@@ -48,6 +48,8 @@ const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const HTTP_CONNECTIONS: usize = 50;
 const AMQP_IN_FLIGHT: usize = 64;
+/// Sessions created before the run, read and updated by it.
+const FIXTURE_SESSIONS: usize = 10_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -654,10 +656,11 @@ async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
     let mut redis = redis::Client::open(REDIS_URL)?
         .get_multiplexed_async_connection()
         .await?;
+    // Redis memory is measured around the service's creates alone.
     let memory_before = used_memory(&mut redis).await?;
     let mut http = HttpConnection::open(service_port).await?;
     let mut ids = Vec::new();
-    for n in 0..2000 {
+    for n in 0..FIXTURE_SESSIONS {
         let (status, body) = http.send("POST", "/a01/session", &create_body(n)).await?;
         if status != 201 {
             bail!("fixture create answered {status}");
@@ -667,17 +670,17 @@ async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let fields: Vec<(&str, &str)> = vec![
-            ("user_id", "u"),
-            ("device_id", "d"),
-            ("access_token", "a-token-of-some-length-0123456789abcdef"),
-        ];
-        let _: () = redis
-            .hset_multiple(format!("bench-ceiling:s:{id}"), &fields)
-            .await?;
         ids.push(id);
     }
     let memory_after = used_memory(&mut redis).await?;
+    // The ceiling reads hashes with the same fields.
+    let body: HashMap<String, Value> = serde_json::from_str(BODY)?;
+    let fields: Vec<(String, String)> = body.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    for id in &ids {
+        let _: () = redis
+            .hset_multiple(format!("bench-ceiling:s:{id}"), &fields)
+            .await?;
+    }
     let users = (0..1000).map(|n| format!("bench-user-{n}")).collect();
     let fixture = Arc::new(Fixture {
         ids,
@@ -765,7 +768,7 @@ async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
         }
     }
 
-    let per_session = (memory_after.saturating_sub(memory_before)) as f64 / 2000.0;
+    let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
     Ok(render(&mut rows, rss, per_session, round, rounds))
 }
 
@@ -846,8 +849,21 @@ fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds:
     }
     let _ = writeln!(
         out,
-        "\nService peak RSS: {rss:.1} MiB. Redis memory per session (2000 sessions with \
-        ~170 bytes of fields, index and schedule entries included): {per_session:.0} B."
+        "\nService peak RSS: {rss:.1} MiB. Redis memory per session ({FIXTURE_SESSIONS} sessions \
+        with {} bytes of field values, key, index and schedule entries included): {per_session:.0} B.",
+        field_bytes()
     );
     out
+}
+
+/// Bytes of the client-set field values of each benchmark session (the session id and the
+/// service's three timestamps come on top).
+fn field_bytes() -> usize {
+    let body: HashMap<String, Value> = serde_json::from_str(BODY).unwrap_or_default();
+    body.values()
+        .map(|value| match value {
+            Value::String(text) => text.len(),
+            other => other.to_string().len(),
+        })
+        .sum()
 }

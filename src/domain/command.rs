@@ -65,6 +65,17 @@ impl Command {
         }
     }
 
+    /// The id the command is about: its session's, or its user's.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::CreateSession(new) => new.user_id.as_str(),
+            Self::GetSession(id) | Self::UpdateSession(id, _) | Self::DeleteSession(id) => {
+                id.as_str()
+            }
+            Self::ListSessions(user_id) | Self::DeleteUserSessions(user_id) => user_id.as_str(),
+        }
+    }
+
     /// The command's `type`, also used as a metrics label.
     pub fn name(&self) -> &'static str {
         match self {

@@ -7,13 +7,16 @@
 //! ```text
 //! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields u d ac at rt et em c m x)
 //! <prefix>:{<bucket>}:u:<user_id>      sorted set: the user's session ids by creation
-//! <prefix>:{<bucket>}:r:<type>:<message_id>   string: recorded outcome of a command, 24 h
+//! <prefix>:{<bucket>}:r:<type>:<n>:<target>:<message_id>
+//!                                       string: recorded outcome of a command (its target is
+//!                                       the session or user id, n its length in bytes), kept
+//!                                       SESSION_IDEMPOTENCY_SEC
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group `relay`)
 //! ```
 
-use crate::domain::{Bucket, MessageId, SessionId, UserId};
+use crate::domain::{Bucket, Command, MessageId, SessionId, UserId};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -54,13 +57,23 @@ impl Keys {
         self.in_bucket(user_id.bucket(), "u") + user_id.as_str()
     }
 
-    /// The idempotency record of a command, by command type and message id (so an id reused
-    /// for another kind of command is another command); for a command without message id, a key
-    /// of the same slot that the scripts never read.
-    pub fn record(&self, bucket: Bucket, command: &str, message_id: Option<&MessageId>) -> String {
+    /// The idempotency record of a command, by command type, target (session or user id) and
+    /// message id: an id reused for another command is another command, and can never return
+    /// another session's outcome. For a command without message id, a key of the same slot
+    /// that the scripts never read.
+    pub fn record(&self, command: &Command, message_id: Option<&MessageId>) -> String {
+        let records = self.in_bucket(command.bucket(), "r");
         match message_id {
-            Some(id) => format!("{}{command}:{}", self.in_bucket(bucket, "r"), id.as_str()),
-            None => self.in_bucket(bucket, "r"),
+            Some(id) => {
+                let target = command.target();
+                format!(
+                    "{records}{}:{}:{target}:{}",
+                    command.name(),
+                    target.len(),
+                    id.as_str()
+                )
+            }
+            None => records,
         }
     }
 
@@ -83,9 +96,10 @@ mod tests {
         assert!(keys.index(&user).starts_with(&format!("p:{tag}:u:")));
         assert!(keys.session(&session).starts_with(&format!("p:{tag}:s:")));
         let message_id = MessageId::parse("m-1").unwrap();
+        let delete = Command::DeleteSession(session.clone());
         assert_eq!(
-            keys.record(session.bucket(), "DeleteSession", Some(&message_id)),
-            format!("p:{tag}:r:DeleteSession:m-1")
+            keys.record(&delete, Some(&message_id)),
+            format!("p:{tag}:r:DeleteSession:45:{}:m-1", session.as_str())
         );
     }
 }

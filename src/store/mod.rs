@@ -3,7 +3,8 @@
 //! round trip and every multi-key change is atomic. It must not know about HTTP or AMQP.
 //!
 //! Each script returns one JSON document (`{"s": "ok", "v": …}` or `{"s": "<error code>"}`);
-//! when the command has a `message_id`, the same script records that document for 24 hours and
+//! when the command has a `message_id`, the same script records that document (for
+//! `SESSION_IDEMPOTENCY_SEC`, 24 hours by default) and
 //! returns it again for every repetition, so a repeated command repeats its first outcome.
 
 mod connection;
@@ -22,10 +23,6 @@ use crate::domain::{
     Bucket, CloseReason, Command, DeviceId, Error, Field, MessageId, MutableFields, Outcome,
     Secret, Session, SessionClosed, SessionId, SessionSummary, Timestamp, UserEmail, UserId,
 };
-
-/// How long a command's outcome is remembered under its `message_id` by default (the
-/// contract's 24 hours).
-pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why the store could not apply a command.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +201,7 @@ impl Store {
             .arg(policy.idle.map_or(0, millis))
             .arg(policy.max_per_user.unwrap_or(0))
             .arg(millis(TTL_MARGIN));
-        let record = keys.record(bucket, command.name(), message_id);
+        let record = keys.record(command, message_id);
         match command {
             Command::CreateSession(new) => {
                 let id = SessionId::generate(&new.user_id);

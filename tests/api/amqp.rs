@@ -213,12 +213,20 @@ async fn ttl(app: &TestApp, key: &str) -> i64 {
         .unwrap()
 }
 
-/// The idempotency record of `message_id` for a `command` on a session of `session_id`'s bucket.
-fn record_key(app: &TestApp, session_id: &str, command: &str, message_id: &str) -> String {
+/// The idempotency record of `message_id` for a `command` about `target` (a session or user id)
+/// in the bucket of `session_id`.
+fn record_key(
+    app: &TestApp,
+    session_id: &str,
+    command: &str,
+    target: &str,
+    message_id: &str,
+) -> String {
     format!(
-        "{}:{{{}}}:r:{command}:{message_id}",
+        "{}:{{{}}}:r:{command}:{}:{target}:{message_id}",
         app.settings.key_prefix,
-        &session_id[..2]
+        &session_id[..2],
+        target.len()
     )
 }
 
@@ -817,7 +825,11 @@ async fn create_session_repeated_with_the_same_message_id_is_applied_once() {
         vec![id.clone()]
     );
 
-    let record_ttl = ttl(&app, &record_key(&app, &id, "CreateSession", &message_id)).await;
+    let record_ttl = ttl(
+        &app,
+        &record_key(&app, &id, "CreateSession", "once", &message_id),
+    )
+    .await;
     assert!(
         (86_000..=86_400).contains(&record_ttl),
         "the record is kept about 24 h, TTL {record_ttl}"
@@ -853,7 +865,11 @@ async fn delete_session_repeated_with_the_same_message_id_repeats_its_outcome() 
     let second = app.amqp.call_with_id(&command, &message_id).await;
     assert_eq!(second.body, first.body);
 
-    let record_ttl = ttl(&app, &record_key(&app, &id, "DeleteSession", &message_id)).await;
+    let record_ttl = ttl(
+        &app,
+        &record_key(&app, &id, "DeleteSession", &id, &message_id),
+    )
+    .await;
     assert!(
         (86_000..=86_400).contains(&record_ttl),
         "the record is kept about 24 h, TTL {record_ttl}"
@@ -1038,4 +1054,47 @@ async fn metrics_count_commands_and_events() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A message id reused for the same kind of command on another session is another command: it
+/// never answers with (or applies to) the first session.
+#[tokio::test]
+async fn a_message_id_reused_for_another_session_is_another_command() {
+    let app = spawn_app().await;
+    let first = app
+        .create_session(json!({"user_id": "reuse", "device_id": "a", "access_token": "first"}))
+        .await;
+    let second = app
+        .create_session(json!({"user_id": "reuse", "device_id": "b", "access_token": "second"}))
+        .await;
+    let message_id = format!("reused-{}", uuid::Uuid::new_v4());
+    let one = app
+        .amqp
+        .call_with_id(
+            &json!({"type": "GetSession", "session_id": first}),
+            &message_id,
+        )
+        .await;
+    let other = app
+        .amqp
+        .call_with_id(
+            &json!({"type": "GetSession", "session_id": second}),
+            &message_id,
+        )
+        .await;
+    assert_eq!(one.body["result"]["access_token"], "first");
+    assert_eq!(other.body["result"]["access_token"], "second");
+    let deleted = app
+        .amqp
+        .call_with_id(
+            &json!({"type": "DeleteSession", "session_id": second}),
+            &message_id,
+        )
+        .await;
+    assert_eq!(deleted.body["status"], "ok");
+    let gone = app
+        .amqp
+        .call(&json!({"type": "GetSession", "session_id": second}))
+        .await;
+    assert_eq!(gone.body["error"]["code"], "not_found");
 }

@@ -58,6 +58,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let app = spawn_app_not_waiting(settings).await;
+    app.amqp.wait_for_consumer().await;
+    app
+}
+
+/// Starts an instance without waiting for its worker to consume.
+pub async fn spawn_app_not_waiting(settings: Settings) -> TestApp {
     let application = Application::build(settings.clone())
         .await
         .expect("the application builds");
@@ -78,7 +85,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         .await
         .expect("Redis is running on 127.0.0.1:6379");
     let amqp = AmqpClient::connect(&settings).await;
-    let app = TestApp {
+    TestApp {
         address,
         settings,
         http: reqwest::Client::new(),
@@ -87,9 +94,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         stop,
         task: Some(task),
         keep_state: false,
-    };
-    app.amqp.wait_for_consumer().await;
-    app
+    }
 }
 
 impl TestApp {

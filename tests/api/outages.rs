@@ -143,3 +143,27 @@ async fn the_service_survives_a_redis_restart() {
         json!([{"session_id": created, "device_id": "e"}])
     );
 }
+
+/// A command queue declared beforehand with other arguments cannot be consumed: the instance
+/// keeps serving REST but is not ready, and says why in its log.
+#[tokio::test]
+async fn an_incompatible_command_queue_makes_the_instance_unready() {
+    let settings = test_settings();
+    let amqp = crate::helpers::AmqpClient::connect(&settings).await;
+    amqp.channel
+        .queue_declare(
+            settings.command_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let app = crate::helpers::spawn_app_not_waiting(settings).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(readyz(&app).await, 503);
+    app.create_session(json!({"user_id": "u", "device_id": "d"}))
+        .await;
+}

@@ -5,7 +5,13 @@
 //! never gives up, re-runs the whole consumer setup (topology, QoS, consume) on every
 //! connection anyway.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{watch, Mutex};
@@ -26,6 +32,8 @@ pub struct AmqpLink {
     metrics: Arc<Metrics>,
     current: watch::Sender<Option<Arc<Connection>>>,
     publisher: Mutex<Option<EventPublisher>>,
+    /// Whether the worker consumes commands now (set by the worker).
+    consuming: AtomicBool,
 }
 
 impl AmqpLink {
@@ -36,6 +44,7 @@ impl AmqpLink {
             metrics,
             current: watch::Sender::new(None),
             publisher: Mutex::new(None),
+            consuming: AtomicBool::new(false),
         })
     }
 
@@ -45,6 +54,17 @@ impl AmqpLink {
             .borrow()
             .as_ref()
             .is_some_and(|connection| connection.status().connected())
+    }
+
+    /// Whether commands are being consumed now: connected, and the worker's consumer is up
+    /// (it is not when, say, the queue exists with other arguments).
+    pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.consuming.load(Ordering::SeqCst)
+    }
+
+    /// Set by the worker when its consumer starts and stops.
+    pub fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::SeqCst);
     }
 
     /// Keeps a connection up until `shutdown`, then closes it.

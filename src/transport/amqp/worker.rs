@@ -108,18 +108,22 @@ pub async fn run_worker(
     while let Some(connection) = link.connection(&shutdown).await {
         let consumed = consume(
             &connection,
+            &link,
             service.clone(),
             metrics.clone(),
             &settings,
             shutdown.clone(),
         )
         .await;
+        link.set_consuming(false);
         if shutdown.is_cancelled() {
             break;
         }
         match consumed {
             Ok(()) => tracing::warn!("the broker cancelled the command consumer; consuming again"),
-            Err(error) => tracing::warn!(error = %error, "command consumer stopped; resuming"),
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "command consumer stopped; resuming")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(RETRY_MIN * 5) => {}
@@ -133,6 +137,7 @@ pub async fn run_worker(
 /// then stops consuming and waits for the commands in flight to be answered and acknowledged.
 async fn consume(
     connection: &Connection,
+    link: &AmqpLink,
     service: SessionService,
     metrics: Arc<Metrics>,
     settings: &WorkerSettings,
@@ -160,6 +165,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    link.set_consuming(true);
     tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming commands");
 
     let in_flight = TaskTracker::new();
@@ -249,7 +255,7 @@ impl Handler {
         let outcome = loop {
             match self.service.execute(&command, message_id.as_ref()).await {
                 Err(Error::Unavailable(cause)) => {
-                    // Redis or the event exchange is out of reach: keep the delivery unacked and
+                    // Redis is out of reach: keep the delivery unacked and
                     // retry; with the prefetch window full, no new commands are taken meanwhile.
                     tracing::warn!(error = %Chain(cause.as_ref()), command = command.name(), retry_in = ?delay,
                         "cannot apply command now; will retry");
