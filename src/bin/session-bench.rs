@@ -285,8 +285,15 @@ struct Fixture {
 
 const BODY: &str = r#"{"user_id":"bench-user-0","device_id":"bench-device","access_token":"a-token-of-some-length-0123456789abcdef","refresh_token":"r-token-of-some-length-0123456789abcdef","expiration_time":3600,"user_email":"user@example.com"}"#;
 
+/// The body of the `n`th create: fixture sessions (`n` below [`FIXTURE_SESSIONS`]) belong to
+/// 1000 listed users, 10 each; later creates to other users, so that lists keep their size.
 fn create_body(n: usize) -> String {
-    BODY.replace("bench-user-0", &format!("bench-user-{}", n % 1000))
+    let user = if n < FIXTURE_SESSIONS {
+        format!("bench-user-{}", n % 1000)
+    } else {
+        format!("bench-new-{}", n % 100_000)
+    };
+    BODY.replace("bench-user-0", &user)
 }
 
 async fn rest_worker(
@@ -315,7 +322,7 @@ async fn rest_worker(
             ),
             Op::Create => (
                 connection
-                    .send("POST", "/a01/session", &create_body(n))
+                    .send("POST", "/a01/session", &create_body(FIXTURE_SESSIONS + n))
                     .await?
                     .0,
                 201,
@@ -561,7 +568,7 @@ async fn amqp_load(
                     let user = &fixture.users[n % fixture.users.len()];
                     let command = match op.pick(n) {
                         Op::Get => json!({"type": "GetSession", "session_id": id}),
-                        Op::Create => serde_json::from_str::<Value>(&create_body(n)).map(|mut body| {
+                        Op::Create => serde_json::from_str::<Value>(&create_body(FIXTURE_SESSIONS + n)).map(|mut body| {
                             body["type"] = json!("CreateSession");
                             body
                         })?,
@@ -787,7 +794,9 @@ async fn refill(fixture: &Arc<Fixture>, port: u16, op: Op) -> anyhow::Result<()>
             tokio::spawn(async move {
                 let mut http = HttpConnection::open(port).await?;
                 for n in (worker..missing).step_by(HTTP_CONNECTIONS) {
-                    let (_, body) = http.send("POST", "/a01/session", &create_body(n)).await?;
+                    let (_, body) = http
+                        .send("POST", "/a01/session", &create_body(FIXTURE_SESSIONS + n))
+                        .await?;
                     let body: Value = serde_json::from_slice(&body)?;
                     if let Some(id) = body["session_id"].as_str() {
                         created.lock().await.push(id.to_owned());
