@@ -6,6 +6,7 @@
 //! cargo run --release --bin session-bench                 # full run, prints the table
 //! cargo run --release --bin session-bench -- --write      # also writes docs/BENCHMARKS.md
 //! cargo run --release --bin session-bench -- --smoke      # a few hundred ms per case (CI)
+//! cargo run --release --bin session-bench -- --only "REST get"   # the cases starting so
 //! ```
 //!
 //! The service runs as a child process (the `session-manager` binary next to this one), so
@@ -67,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(3)
     };
     let rounds = if smoke { 1 } else { 3 };
-    let report = run(round, rounds).await?;
+    let only = arg(&args, "--only").ok();
+    let report = run(round, rounds, only.as_deref()).await?;
     println!("{report}");
     if write {
         std::fs::create_dir_all("docs")?;
@@ -448,11 +450,20 @@ async fn ceiling_amqp(queue: &str) -> anyhow::Result<()> {
         .await?;
     let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
+    // The same kind of queue as the service's command queue: durable and quorum.
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            quorum,
         )
         .await?;
     channel
@@ -626,7 +637,7 @@ struct Row {
     ceiling: Option<f64>,
 }
 
-async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
+async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Result<String> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench-{run_id}");
     let command_queue = format!("bench.{run_id}.commands");
@@ -705,6 +716,9 @@ async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
         Op::Delete,
         Op::Mix,
     ] {
+        if !selected(only, "REST", op) {
+            continue;
+        }
         let has_ceiling = matches!(op, Op::Get | Op::Create);
         let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
         for _ in 0..rounds {
@@ -729,6 +743,9 @@ async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
         Op::Delete,
         Op::Mix,
     ] {
+        if !selected(only, "AMQP", op) {
+            continue;
+        }
         let has_ceiling = op == Op::Get;
         let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
         for _ in 0..rounds {
@@ -777,6 +794,11 @@ async fn run(round: Duration, rounds: usize) -> anyhow::Result<String> {
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
     Ok(render(&mut rows, rss, per_session, round, rounds))
+}
+
+/// Whether `--only <case>` (e.g. `"REST get"`, or `"AMQP"`) selects this case.
+fn selected(only: Option<&str>, front: &str, op: Op) -> bool {
+    only.is_none_or(|only| format!("{front} {}", op.name()).starts_with(only))
 }
 
 /// Before a round that deletes, creates sessions for it to delete (not timed).

@@ -179,6 +179,13 @@ impl Store {
         command: &Command,
         message_id: Option<&MessageId>,
     ) -> Result<Result<Outcome, Error>, StoreError> {
+        // A plain read changes nothing (no record, no idle deadline to move): read it without a
+        // script, unless it turns out to be past its end, which the script then ends.
+        if let (Command::GetSession(id), None, None) = (command, message_id, self.policy.idle) {
+            if let Some(outcome) = self.read(id).await? {
+                return Ok(outcome);
+            }
+        }
         let script = match command {
             Command::CreateSession(_) => &self.scripts.create,
             Command::GetSession(_) => &self.scripts.get,
@@ -262,6 +269,30 @@ impl Store {
         let mut connection = self.connection.clone();
         let document: String = invocation.invoke_async(&mut connection).await?;
         decode(command, &document)
+    }
+
+    /// Reads a session in one pipelined round trip (its fields, its scheduled end and the
+    /// server's clock); `None` when it is past its end and must be ended by the script.
+    async fn read(&self, id: &SessionId) -> Result<Option<Result<Outcome, Error>>, StoreError> {
+        let mut connection = self.connection.clone();
+        let (fields, ends, (seconds, micros)): (Vec<String>, Option<f64>, (u64, u64)) =
+            redis::pipe()
+                .cmd("HGETALL")
+                .arg(self.keys.session(id))
+                .cmd("ZSCORE")
+                .arg(self.keys.schedule(id.bucket()))
+                .arg(id.as_str())
+                .cmd("TIME")
+                .query_async(&mut connection)
+                .await?;
+        if fields.is_empty() {
+            return Ok(Some(Err(Error::session_not_found())));
+        }
+        let now = (seconds * 1000 + micros / 1000) as f64;
+        if ends.is_some_and(|ends| ends <= now) {
+            return Ok(None);
+        }
+        Ok(Some(Ok(Outcome::Session(session_from_pairs(id, fields)?))))
     }
 
     /// Runs the periodic work of every bucket (see `lua/tick.lua`): ends the sessions whose

@@ -964,10 +964,10 @@ async fn the_worker_applies_commands_concurrently() {
     let id = app
         .create_session(json!({"user_id": "u", "device_id": "d"}))
         .await;
-    // Loads the GetSession script, so that each command below is exactly one EVALSHA.
+    // Loads the UpdateSession script, so that each command below is exactly one EVALSHA.
     let warm = app
         .amqp
-        .call(&json!({"type": "GetSession", "session_id": id}))
+        .call(&json!({"type": "UpdateSession", "session_id": id, "access_token": "t"}))
         .await;
     assert_eq!(warm.body["status"], "ok");
 
@@ -979,7 +979,8 @@ async fn the_worker_applies_commands_concurrently() {
         let properties = BasicProperties::default()
             .with_reply_to(app.amqp.reply_queue().into())
             .with_correlation_id(correlation_id.as_str().into());
-        let command = json!({"type": "GetSession", "session_id": id}).to_string();
+        let command =
+            json!({"type": "UpdateSession", "session_id": id, "access_token": "t"}).to_string();
         app.amqp.publish(command.as_bytes(), properties).await;
         correlation_ids.push(correlation_id);
     }
