@@ -10,11 +10,15 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
+use mimalloc::MiMalloc;
 use session_manager::{
     config::{Cli, Settings},
     startup::Application,
     telemetry,
 };
+
+#[global_allocator]
+static ALLOCATOR: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -45,6 +45,10 @@ use tokio::{
     sync::{oneshot, Mutex},
 };
 
+/// The same allocator as the service, so that the ceilings are built from the same parts.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const HTTP_CONNECTIONS: usize = 50;
