@@ -128,6 +128,10 @@ pub struct Policy {
 /// sessions (with their events); the TTL only frees memory if no instance runs for this long.
 pub const TTL_MARGIN: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How far this host's clock may be from Redis's for a read to skip the script: a session
+/// ending sooner than this is read by the script, which judges by Redis's clock.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(5);
+
 /// An event taken from an outbox, to publish and then acknowledge.
 #[derive(Debug)]
 pub struct OutboxEntry {
@@ -180,7 +184,7 @@ impl Store {
         message_id: Option<&MessageId>,
     ) -> Result<Result<Outcome, Error>, StoreError> {
         // A plain read changes nothing (no record, no idle deadline to move): read it without a
-        // script, unless it turns out to be past its end, which the script then ends.
+        // script, unless it is near or past its end, which the script then judges (and ends).
         if let (Command::GetSession(id), None, None) = (command, message_id, self.policy.idle) {
             if let Some(outcome) = self.read(id).await? {
                 return Ok(outcome);
@@ -271,28 +275,26 @@ impl Store {
         decode(command, &document)
     }
 
-    /// Reads a session in one pipelined round trip (its fields, its scheduled end and the
-    /// server's clock); `None` when it is past its end and must be ended by the script.
+    /// Reads a session with one `HGETALL`; `None` when the script must answer instead: the
+    /// session ends within [`CLOCK_SLACK`] by this host's clock (the schedule, on Redis's clock,
+    /// may already have ended it). Without idle expiry a session ends at its `expires_at`.
     async fn read(&self, id: &SessionId) -> Result<Option<Result<Outcome, Error>>, StoreError> {
         let mut connection = self.connection.clone();
-        let (fields, ends, (seconds, micros)): (Vec<String>, Option<f64>, (u64, u64)) =
-            redis::pipe()
-                .cmd("HGETALL")
-                .arg(self.keys.session(id))
-                .cmd("ZSCORE")
-                .arg(self.keys.schedule(id.bucket()))
-                .arg(id.as_str())
-                .cmd("TIME")
-                .query_async(&mut connection)
-                .await?;
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.keys.session(id))
+            .query_async(&mut connection)
+            .await?;
         if fields.is_empty() {
             return Ok(Some(Err(Error::session_not_found())));
         }
-        let now = (seconds * 1000 + micros / 1000) as f64;
-        if ends.is_some_and(|ends| ends <= now) {
+        let session = session_from_pairs(id, fields)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        if session.expires_at.unix_millis() <= now + CLOCK_SLACK.as_millis() as i64 {
             return Ok(None);
         }
-        Ok(Some(Ok(Outcome::Session(session_from_pairs(id, fields)?))))
+        Ok(Some(Ok(Outcome::Session(session))))
     }
 
     /// Runs the periodic work of every bucket (see `lua/tick.lua`): ends the sessions whose

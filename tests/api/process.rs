@@ -152,6 +152,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
 
     // The same secrets through the AMQP front end, including a command that is dead-lettered.
     let amqp = AmqpClient::connect(&settings).await;
+    amqp.wait_for_consumer().await;
     let reply = amqp
         .call(
             &json!({"type": "CreateSession", "user_id": "u", "device_id": "d",
