@@ -60,8 +60,12 @@ const FIXTURE_SESSIONS: usize = 10_000;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("ceiling-rest") => return ceiling_rest(arg(&args, "--port")?.parse()?).await,
-        Some("ceiling-amqp") => return ceiling_amqp(&arg(&args, "--queue")?).await,
+        Some("ceiling-rest") => {
+            return ceiling_rest(arg(&args, "--port")?.parse()?, arg(&args, "--prefix")?).await
+        }
+        Some("ceiling-amqp") => {
+            return ceiling_amqp(&arg(&args, "--queue")?, arg(&args, "--prefix")?).await
+        }
         _ => {}
     }
     let smoke = args.iter().any(|a| a == "--smoke");
@@ -401,7 +405,8 @@ async fn rest_load(
 // ---------------------------------------------------------------------------------------------
 // The REST ceiling: warp, one Redis round trip per request.
 
-async fn ceiling_rest(port: u16) -> anyhow::Result<()> {
+async fn ceiling_rest(port: u16, prefix: String) -> anyhow::Result<()> {
+    let prefix: &'static str = prefix.leak();
     use warp::Filter;
     let redis = redis::Client::open(REDIS_URL)?
         .get_multiplexed_async_connection()
@@ -414,7 +419,7 @@ async fn ceiling_rest(port: u16) -> anyhow::Result<()> {
                 let mut redis = redis.clone();
                 async move {
                     let fields: HashMap<String, String> = redis
-                        .hgetall(format!("bench-ceiling:s:{id}"))
+                        .hgetall(format!("{prefix}:s:{id}"))
                         .await
                         .unwrap_or_default();
                     warp::reply::json(&fields)
@@ -431,7 +436,7 @@ async fn ceiling_rest(port: u16) -> anyhow::Result<()> {
                 let fields: Vec<(String, String)> =
                     body.into_iter().map(|(k, v)| (k, v.to_string())).collect();
                 let _: Result<(), _> = redis
-                    .hset_multiple(format!("bench-ceiling:s:{id}"), &fields)
+                    .hset_multiple(format!("{prefix}:s:{id}"), &fields)
                     .await;
                 warp::reply::with_status(
                     warp::reply::json(&json!({"session_id": id})),
@@ -448,7 +453,8 @@ async fn ceiling_rest(port: u16) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The AMQP ceiling: lapin, one Redis round trip per command, then the reply.
 
-async fn ceiling_amqp(queue: &str) -> anyhow::Result<()> {
+async fn ceiling_amqp(queue: &str, prefix: String) -> anyhow::Result<()> {
+    let prefix: &'static str = prefix.leak();
     let redis = redis::Client::open(REDIS_URL)?
         .get_multiplexed_async_connection()
         .await?;
@@ -489,7 +495,7 @@ async fn ceiling_amqp(queue: &str) -> anyhow::Result<()> {
             let command: Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
             let id = command["session_id"].as_str().unwrap_or_default();
             let fields: HashMap<String, String> = redis
-                .hgetall(format!("bench-ceiling:s:{id}"))
+                .hgetall(format!("{prefix}:s:{id}"))
                 .await
                 .unwrap_or_default();
             let body =
@@ -644,6 +650,7 @@ struct Row {
 async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Result<String> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench-{run_id}");
+    let ceiling_prefix = format!("bench-{run_id}-ceiling");
     let command_queue = format!("bench.{run_id}.commands");
     let ceiling_queue = format!("bench.{run_id}.ceiling");
     let service_port = free_port();
@@ -663,11 +670,13 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
     let _ceiling_rest = Child_(
         Command::new(&exe)
             .args(["ceiling-rest", "--port", &ceiling_port.to_string()])
+            .args(["--prefix", &ceiling_prefix])
             .spawn()?,
     );
     let _ceiling_amqp = Child_(
         Command::new(&exe)
             .args(["ceiling-amqp", "--queue", &ceiling_queue])
+            .args(["--prefix", &ceiling_prefix])
             .spawn()?,
     );
     wait_for_port(service_port).await?;
@@ -700,7 +709,7 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
     let fields: Vec<(String, String)> = body.into_iter().map(|(k, v)| (k, v.to_string())).collect();
     for id in &ids {
         let _: () = redis
-            .hset_multiple(format!("bench-ceiling:s:{id}"), &fields)
+            .hset_multiple(format!("{ceiling_prefix}:s:{id}"), &fields)
             .await?;
     }
     let users = (0..1000).map(|n| format!("bench-user-{n}")).collect();
@@ -786,13 +795,18 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
             Default::default(),
         )
         .await;
-    for pattern in [format!("{prefix}:*"), "bench-ceiling:*".to_owned()] {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query_async(&mut redis)
-            .await?;
+    for pattern in [format!("{prefix}:*"), format!("{ceiling_prefix}:*")] {
+        // SCAN, not KEYS: a run leaves hundreds of thousands of keys.
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = redis.scan_match(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            keys
+        };
         for chunk in keys.chunks(1000) {
-            let _: () = redis.del(chunk).await?;
+            let _: () = redis::cmd("UNLINK").arg(chunk).query_async(&mut redis).await?;
         }
     }
 
