@@ -806,7 +806,10 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
             keys
         };
         for chunk in keys.chunks(1000) {
-            let _: () = redis::cmd("UNLINK").arg(chunk).query_async(&mut redis).await?;
+            let _: () = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut redis)
+                .await?;
         }
     }
 

@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 use session_manager::config::Settings;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use crate::helpers::{spawn_app_with, test_settings, Event, TestApp};
+use session_manager::{
+    domain::{Command, Fields, NewSession, Outcome, UserId},
+    store::{Keys, Policy, RedisConnection, RedisMode, Store},
+};
+
+use crate::helpers::{spawn_app_with, test_settings, Event, TestApp, REDIS_URL};
 
 fn moment(value: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(value.as_str().expect("a timestamp"), &Rfc3339).expect("RFC 3339")
@@ -212,4 +217,80 @@ async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_star
     events.assert_quiet(Duration::from_millis(500)).await;
     assert!(listed(&second, "u").await.is_empty());
     assert_eq!(second.keys_left().await, Vec::<String>::new());
+}
+
+/// A session already past its idle deadline, that no tick has ended yet, does not count toward
+/// the limit: the create ends it as expired, and evicts no live session. Run on the store alone,
+/// so that no relay tick ends the idle session first.
+#[tokio::test]
+async fn sessions_past_their_end_do_not_count_toward_the_limit() {
+    let settings = test_settings();
+    let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
+        .await
+        .unwrap();
+    let store = Store::new(
+        connection,
+        Keys::new(&settings.key_prefix),
+        Policy {
+            lifetime: Duration::from_secs(60),
+            idle: Some(Duration::from_secs(1)),
+            max_per_user: Some(2),
+            record_retention: Duration::from_secs(60),
+        },
+    );
+    let create = |device: &str| {
+        let body = json!({"user_id": "u", "device_id": device}).to_string();
+        Command::CreateSession(
+            NewSession::from_fields(Fields::from_slice(body.as_bytes()).unwrap()).unwrap(),
+        )
+    };
+    let id_of = |outcome: Outcome| match outcome {
+        Outcome::SessionCreated { session_id } => session_id,
+        other => panic!("{other:?}"),
+    };
+    let kept = id_of(store.apply(&create("kept"), None).await.unwrap().unwrap());
+    let idle = id_of(store.apply(&create("idle"), None).await.unwrap().unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Read (and so kept alive) halfway; `idle` is not.
+    store
+        .apply(&Command::GetSession(kept.clone()), None)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let new = id_of(store.apply(&create("new"), None).await.unwrap().unwrap());
+
+    let user = UserId::parse("u".into()).unwrap();
+    let listed = match store
+        .apply(&Command::ListSessions(user.clone()), None)
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Outcome::SessionList { sessions, .. } => sessions
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed, vec![kept, new]);
+    // The outbox holds exactly one event: `idle`, expired.
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let outbox = format!("{}:{{{}}}:outbox", settings.key_prefix, user.bucket());
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(&outbox)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let fields = &entries[0].1;
+    assert_eq!(fields[1], idle.as_str());
+    assert_eq!(fields[7], "expired", "{fields:?}");
+    crate::helpers::clean_up(&settings).await;
 }

@@ -23,19 +23,22 @@ end
 redis.call('ZADD', index, score, session_id)
 redis.call('PEXPIRE', index, lifetime + margin)
 
--- One more than the limit ends the user's oldest sessions.
-if max_per_user > 0 then
-  local excess = redis.call('ZCARD', index) - max_per_user
-  if excess > 0 then
-    for _, oldest in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do
-      local device_id = redis.call('HGET', session_key(oldest), 'd')
-      if device_id then
-        end_session(oldest, user_id, device_id, 'evicted', now)
-      else
-        redis.call('ZREM', index, oldest)
-        redis.call('ZREM', schedule_key, oldest)
-      end
+-- One more than the limit ends the user's oldest live sessions. Sessions already past their end
+-- are ended as expired first and do not count; entries without a session are dropped.
+if max_per_user > 0 and redis.call('ZCARD', index) > max_per_user then
+  local alive, devices = {}, {}
+  for _, other in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    local device_id = redis.call('HGET', session_key(other), 'd')
+    if not device_id then
+      redis.call('ZREM', index, other)
+      redis.call('ZREM', schedule_key, other)
+    elseif live(other, user_id, device_id) then
+      alive[#alive + 1] = other
+      devices[other] = device_id
     end
+  end
+  for i = 1, #alive - max_per_user do
+    end_session(alive[i], user_id, devices[alive[i]], 'evicted', now)
   end
 end
 
