@@ -8,8 +8,8 @@ use clap::Parser;
 
 use crate::store::RedisMode;
 
-/// The command line and environment, as given.
-#[derive(Parser, Debug)]
+/// The command line and environment, as given (not `Debug`: it holds secrets).
+#[derive(Parser)]
 #[command(name = "session-manager", version, about)]
 pub struct Cli {
     /// REST port.

@@ -99,7 +99,7 @@ impl Relay {
         }
     }
 
-    /// Visits `buckets` (all when `None`); returns how many events it handled.
+    /// Visits `buckets` (all when `None`); returns how many events it published.
     async fn tick(&self, buckets: Option<&[Bucket]>, forget: Option<Duration>) -> usize {
         let batches = match self
             .store
@@ -114,8 +114,11 @@ impl Relay {
         };
         let published = batches.into_iter().map(|(bucket, entries)| async move {
             let count = entries.len();
-            self.publish(bucket, entries).await;
-            count
+            if self.publish(bucket, entries).await {
+                count
+            } else {
+                0
+            }
         });
         futures_util::future::join_all(published)
             .await
@@ -123,7 +126,8 @@ impl Relay {
             .sum()
     }
 
-    async fn publish(&self, bucket: Bucket, entries: Vec<OutboxEntry>) {
+    /// Publishes a bucket's entries and removes them; `false` when they could not be published.
+    async fn publish(&self, bucket: Bucket, entries: Vec<OutboxEntry>) -> bool {
         let (ids, events): (Vec<String>, Vec<Option<SessionClosed>>) = entries
             .into_iter()
             .map(|entry| (entry.id, entry.event))
@@ -137,19 +141,24 @@ impl Relay {
                 event
             })
             .collect();
-        let published = match self.link.publisher().await {
-            Ok(publisher) => publisher.publish(&events).await.map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
+        let publish = async {
+            let publisher = self.link.publisher().await.map_err(|e| e.to_string())?;
+            publisher.publish(&events).await.map_err(|e| e.to_string())
         };
+        // A blocked connection (a broker alarm) never confirms: give up for this tick.
+        let published = tokio::time::timeout(STALE_AFTER, publish)
+            .await
+            .unwrap_or_else(|_| Err("no confirm from the broker in time".into()));
         if let Err(error) = published {
             // Left pending: this instance tries them again at its next tick; another instance
             // takes them over after STALE_AFTER.
             tracing::warn!(error = %error, count = events.len(), "cannot publish events now");
-            return;
+            return false;
         }
         if let Err(error) = self.store.acknowledge(bucket, &ids).await {
             // Published but still pending: published again later, with the same event ids.
             tracing::warn!(error = %Chain(&error), "cannot remove published events from the outbox");
         }
+        true
     }
 }

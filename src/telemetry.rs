@@ -9,18 +9,20 @@ use std::{
 
 use tracing_subscriber::EnvFilter;
 
+/// Directives appended to every filter.
+const NO_FRAMES: &str = "lapin=debug,amq_protocol=debug";
+
 /// Installs the global subscriber; call once, from `main`. A `RUST_LOG` that cannot be parsed
 /// is an error (naming the variable), not silently replaced.
 pub fn init() -> Result<(), crate::config::ConfigError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) => {
-            EnvFilter::try_new(&directives).map_err(|error| crate::config::ConfigError {
-                variable: "RUST_LOG",
-                message: format!("is not a valid log filter: {error}"),
-            })?
-        }
-        Err(_) => EnvFilter::new("info"),
-    };
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    EnvFilter::try_new(&directives).map_err(|error| crate::config::ConfigError {
+        variable: "RUST_LOG",
+        message: format!("is not a valid log filter: {error}"),
+    })?;
+    // lapin logs every AMQP frame at trace level, message bodies (and so tokens) included:
+    // capped at debug whatever RUST_LOG asks.
+    let filter = EnvFilter::new(format!("{directives},{NO_FRAMES}"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(stdout().is_terminal())

@@ -33,22 +33,6 @@ impl ErrorCode {
             Self::Internal => "internal",
         }
     }
-
-    /// Parses a code written by [`ErrorCode::as_str`] (used for recorded outcomes).
-    pub fn parse(code: &str) -> Option<Self> {
-        Some(match code {
-            "invalid_argument" => Self::InvalidArgument,
-            "unauthorized" => Self::Unauthorized,
-            "not_found" => Self::NotFound,
-            "method_not_allowed" => Self::MethodNotAllowed,
-            "conflict" => Self::Conflict,
-            "payload_too_large" => Self::PayloadTooLarge,
-            "unsupported_media_type" => Self::UnsupportedMediaType,
-            "unavailable" => Self::Unavailable,
-            "internal" => Self::Internal,
-            _ => return None,
-        })
-    }
 }
 
 /// Why an operation failed. The `Display` text is the message sent to clients, so it never
@@ -96,21 +80,6 @@ impl Error {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into().into())
-    }
-
-    /// Rebuilds an error from a code and message that were recorded earlier.
-    pub fn from_recorded(code: ErrorCode, message: String) -> Self {
-        match code {
-            ErrorCode::InvalidArgument => Self::InvalidArgument(message),
-            ErrorCode::NotFound => Self::NotFound(message),
-            ErrorCode::Conflict => Self::Conflict(message),
-            ErrorCode::Unauthorized => Self::Unauthorized,
-            ErrorCode::MethodNotAllowed => Self::MethodNotAllowed,
-            ErrorCode::PayloadTooLarge => Self::PayloadTooLarge,
-            ErrorCode::UnsupportedMediaType => Self::UnsupportedMediaType,
-            ErrorCode::Unavailable => Self::Unavailable(message.into()),
-            ErrorCode::Internal => Self::Internal(message.into()),
-        }
     }
 }
 

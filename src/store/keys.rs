@@ -76,11 +76,6 @@ impl Keys {
             None => records,
         }
     }
-
-    /// The pattern matching every key of this prefix (for tests and operators).
-    pub fn pattern(&self) -> String {
-        format!("{}:*", self.prefix)
-    }
 }
 
 #[cfg(test)]

@@ -159,10 +159,6 @@ impl Store {
         }
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Whether a create may end another session (a per-user limit is set).
     pub fn evicts(&self) -> bool {
         self.policy.max_per_user.is_some()

@@ -180,6 +180,10 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
         &id,
     ] {
         assert!(!printed.contains(secret), "{secret} was logged:\n{printed}");
+        // Also as the decimal byte list that a Debug of a byte buffer would print.
+        let bytes: Vec<String> = secret.bytes().map(|b| b.to_string()).collect();
+        let as_bytes = bytes.join(", ");
+        assert!(!printed.contains(&as_bytes), "{secret} was logged as bytes");
     }
     crate::helpers::clean_up(&settings).await;
 }

@@ -96,9 +96,14 @@ impl AmqpLink {
                 Ok(Ok(connection)) => {
                     tracing::info!("connected to RabbitMQ");
                     // The events exchange exists before anything else uses the connection.
-                    let opened = self.open_publisher(&connection).await;
-                    if let Err(error) = opened {
-                        tracing::warn!(error = %error, "cannot open the events channel");
+                    let opened =
+                        EventPublisher::open(&connection, &self.exchange, self.metrics.clone())
+                            .await;
+                    match opened {
+                        Ok(opened) => *self.publisher.lock().await = Some(opened),
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot open the events channel")
+                        }
                     }
                     self.current.send_replace(Some(Arc::new(connection)));
                     delay = RETRY_MIN;
@@ -134,7 +139,8 @@ impl AmqpLink {
     /// The events channel, opened (and the exchange declared) on the current connection when
     /// there is none or the last one broke.
     pub async fn publisher(&self) -> Result<EventPublisher, lapin::Error> {
-        let publisher = self.publisher.lock().await;
+        // Held across the open, so that concurrent callers open one channel, not one each.
+        let mut publisher = self.publisher.lock().await;
         if let Some(open) = publisher.as_ref().filter(|p| p.is_open()) {
             return Ok(open.clone());
         }
@@ -148,16 +154,9 @@ impl AmqpLink {
                     lapin::ConnectionState::Closed,
                 ))
             })?;
-        drop(publisher);
-        self.open_publisher(&connection).await
-    }
-
-    async fn open_publisher(
-        &self,
-        connection: &Connection,
-    ) -> Result<EventPublisher, lapin::Error> {
-        let opened = EventPublisher::open(connection, &self.exchange, self.metrics.clone()).await?;
-        *self.publisher.lock().await = Some(opened.clone());
+        let opened =
+            EventPublisher::open(&connection, &self.exchange, self.metrics.clone()).await?;
+        *publisher = Some(opened.clone());
         Ok(opened)
     }
 

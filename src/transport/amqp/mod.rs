@@ -14,4 +14,4 @@ mod link;
 mod worker;
 
 pub use link::AmqpLink;
-pub use worker::{declare_topology, run_worker, WorkerSettings};
+pub use worker::{run_worker, WorkerSettings};

@@ -57,7 +57,7 @@ impl Reply<'_> {
 
 /// Declares the durable quorum command queue, dead-lettering to `<queue>.dead`, and the dead
 /// letter queue itself.
-pub async fn declare_topology(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+async fn declare_topology(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
     let dead_letter_queue = format!("{queue}.dead");
     let durable = QueueDeclareOptions {
         durable: true,
@@ -169,11 +169,14 @@ async fn consume(
     tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming commands");
 
     let in_flight = TaskTracker::new();
+    // Cancelled when this consumer stops for any reason: a command still waiting for Redis
+    // then gives up its delivery (the broker redelivers it) instead of outliving its channel.
+    let consumer_stopped = shutdown.child_token();
     let handler = Arc::new(Handler {
         service,
         replies,
         metrics,
-        shutdown: shutdown.clone(),
+        stopped: consumer_stopped.clone(),
     });
     let mut failure = None;
     loop {
@@ -201,6 +204,7 @@ async fn consume(
             tracing::warn!(error = %error, "could not cancel the command consumer");
         }
     }
+    consumer_stopped.cancel();
     in_flight.close();
     in_flight.wait().await;
     for open in [&channel, &handler.replies] {
@@ -217,9 +221,12 @@ struct Handler {
     service: SessionService,
     replies: Channel,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
+    /// Cancelled when the consumer stops (shutdown or a lost channel).
+    stopped: CancellationToken,
 }
 
+/// How long a reply may wait for the broker's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -261,7 +268,7 @@ impl Handler {
                         "cannot apply command now; will retry");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.shutdown.cancelled() => {
+                        () = self.stopped.cancelled() => {
                             // Leave it unacked: the broker redelivers it to another consumer.
                             return;
                         }
@@ -283,20 +290,36 @@ impl Handler {
         outcome: &Result<Outcome, Error>,
         started: std::time::Instant,
     ) {
+        let recorded = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .is_some_and(|id| MessageId::parse(id.as_str()).is_some());
         if !self.reply(delivery, outcome).await {
-            // Requeued after a pause: the command comes back, and with a message_id its recorded
-            // outcome is what the next reply repeats.
-            tokio::time::sleep(RETRY_MAX).await;
-            if let Err(error) = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-            {
-                tracing::error!(error = %error, "could not requeue a command");
+            if recorded {
+                // Requeued after a pause: the command comes back, and its recorded outcome is
+                // what the next reply repeats (it is not applied again).
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_MAX) => {}
+                    () = self.stopped.cancelled() => return,
+                }
+                if let Err(error) = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                {
+                    tracing::error!(error = %error, "could not requeue a command");
+                }
+                return;
             }
-            return;
+            // Without a message_id a requeued command would be applied again: acknowledge it,
+            // its reply is lost.
+            tracing::error!(
+                command,
+                "the reply of an applied command without message_id is lost"
+            );
         }
         if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
             tracing::error!(error = %error, "could not acknowledge a command");
@@ -337,14 +360,19 @@ impl Handler {
                 .await?;
             confirm.await
         };
-        match published.await {
-            Ok(Confirmation::Nack(_)) => {
+        // A blocked connection (a broker alarm) never confirms: do not wait forever.
+        match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
+            Ok(Ok(Confirmation::Nack(_))) => {
                 tracing::error!("the broker refused a reply");
                 false
             }
-            Ok(_) => true,
-            Err(error) => {
+            Ok(Ok(_)) => true,
+            Ok(Err(error)) => {
                 tracing::error!(error = %error, "could not publish a reply");
+                false
+            }
+            Err(_) => {
+                tracing::error!("the broker did not confirm a reply in time");
                 false
             }
         }
