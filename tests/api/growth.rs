@@ -2,7 +2,7 @@
 //! passed, nothing is left under the prefix but fixed bookkeeping, and the outbox consumer
 //! groups forget the consumers of instances that are gone.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::json;
 use session_manager::{
@@ -67,17 +67,27 @@ async fn consumers_of_gone_instances_are_forgotten() {
         let outbox = outbox.clone();
         let mut redis = redis.clone();
         async move {
-            let infos: Vec<redis::Value> = redis::cmd("XINFO")
+            let infos: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
                 .arg(&outbox)
                 .arg("relay")
                 .query_async(&mut redis)
                 .await
                 .unwrap();
-            infos.len()
+            infos
+                .iter()
+                .map(|info| match info.get("name") {
+                    Some(redis::Value::BulkString(name)) => {
+                        String::from_utf8_lossy(name).into_owned()
+                    }
+                    other => panic!("no consumer name: {other:?}"),
+                })
+                .collect::<Vec<String>>()
         }
     };
-    assert_eq!(consumers(&mut redis).await, 1, "the app's relay");
+    let before = consumers(&mut redis).await;
+    assert_eq!(before.len(), 1, "the app's relay: {before:?}");
+    assert!(before[0].starts_with("relay-"), "{before:?}");
     let bucket = SessionId::parse(&id).unwrap().bucket();
     app.stop_keeping_state().await;
 
@@ -109,7 +119,7 @@ async fn consumers_of_gone_instances_are_forgotten() {
     assert!(taken.is_empty(), "nothing left to publish");
     assert_eq!(
         consumers(&mut redis).await,
-        1,
+        vec!["another-instance".to_owned()],
         "only the new instance's consumer"
     );
     crate::helpers::clean_up(&settings).await;
