@@ -9,18 +9,16 @@ use std::{
 };
 
 use futures_util::{future::join_all, StreamExt};
-use lapin::{
-    options::{BasicConsumeOptions, QueueDeclareOptions},
-    types::FieldTable,
-    BasicProperties, Consumer,
-};
+use lapin::{BasicProperties, Consumer};
 use serde_json::{json, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use session_manager::config::{SecretString, Settings};
 
 use crate::{
-    helpers::{assert_valid, spawn_app, spawn_app_with, test_settings, Reply, TestApp, WAIT},
+    helpers::{
+        assert_valid, private_queue, spawn_app, spawn_app_with, test_settings, Reply, TestApp, WAIT,
+    },
     servers::TcpProxy,
 };
 
@@ -39,34 +37,7 @@ struct OwnReply {
 
 impl ReplyQueue {
     async fn open(app: &TestApp) -> Self {
-        let channel = &app.amqp.channel;
-        let name = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .name()
-            .to_string();
-        let tag = format!("own-replies-{}", uuid::Uuid::new_v4());
-        let consumer = channel
-            .basic_consume(
-                name.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (name, consumer) = private_queue(&app.amqp.channel, None).await;
         Self { name, consumer }
     }
 

@@ -261,35 +261,8 @@ impl AmqpClient {
             .await
             .expect("RabbitMQ is running on 127.0.0.1:5672");
         let channel = connection.create_channel().await.unwrap();
-        let reply_queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .name()
-            .to_string();
-        let replies = connection
-            .create_channel()
-            .await
-            .unwrap()
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "replies".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let replies_channel = connection.create_channel().await.unwrap();
+        let (reply_queue, replies) = private_queue(&replies_channel, None).await;
         Self {
             connection,
             channel,
@@ -466,20 +439,29 @@ impl AmqpClient {
     /// Binds a fresh queue to the events exchange; events published from now on arrive there.
     pub async fn subscribe(&self, exchange: &str) -> EventSubscription {
         let channel = self.connection.create_channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .name()
-            .to_string();
+        let (_, consumer) = private_queue(&channel, Some(exchange)).await;
+        EventSubscription { consumer }
+    }
+}
+
+/// Declares an exclusive, server-named queue (bound to `exchange` with key `session.closed` when
+/// given) and consumes it without acks; returns its name and the consumer.
+pub async fn private_queue(channel: &Channel, exchange: Option<&str>) -> (String, Consumer) {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    if let Some(exchange) = exchange {
         channel
             .queue_bind(
                 queue.as_str().into(),
@@ -490,20 +472,21 @@ impl AmqpClient {
             )
             .await
             .unwrap();
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "events".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        EventSubscription { consumer }
     }
+    let tag = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (queue, consumer)
 }
 
 /// A command the service accepted must match its command schema, and its result the result
