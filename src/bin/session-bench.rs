@@ -720,60 +720,41 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
     });
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
 
+    let targets = Targets {
+        service_port,
+        ceiling_port,
+        amqp: &amqp,
+        command_queue: &command_queue,
+        ceiling_queue: &ceiling_queue,
+    };
     let mut rows = Vec::new();
-    for op in [
-        Op::Get,
-        Op::Create,
-        Op::List,
-        Op::Update,
-        Op::Delete,
-        Op::Mix,
-    ] {
-        if !selected(only, "REST", op) {
-            continue;
-        }
-        let has_ceiling = matches!(op, Op::Get | Op::Create);
-        let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
-        for _ in 0..rounds {
-            if has_ceiling {
-                ceiling_sample.merge(rest_load(ceiling_port, op, &fixture, round).await?);
+    for front in [Front::Rest, Front::Amqp] {
+        for op in [
+            Op::Get,
+            Op::Create,
+            Op::List,
+            Op::Update,
+            Op::Delete,
+            Op::Mix,
+        ] {
+            if !selected(only, front.name(), op) {
+                continue;
             }
-            refill(&fixture, service_port, op).await?;
-            service_sample.merge(rest_load(service_port, op, &fixture, round).await?);
-        }
-        let ceiling = has_ceiling.then(|| ceiling_sample.rate());
-        rows.push(Row {
-            case: format!("REST {}", op.name()),
-            sample: service_sample,
-            ceiling,
-        });
-    }
-    for op in [
-        Op::Get,
-        Op::Create,
-        Op::List,
-        Op::Update,
-        Op::Delete,
-        Op::Mix,
-    ] {
-        if !selected(only, "AMQP", op) {
-            continue;
-        }
-        let has_ceiling = op == Op::Get;
-        let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
-        for _ in 0..rounds {
-            if has_ceiling {
-                ceiling_sample.merge(amqp_load(&amqp, &ceiling_queue, op, &fixture, round).await?);
+            let has_ceiling = front.has_ceiling(op);
+            let (mut service_sample, mut ceiling_sample) = (Sample::default(), Sample::default());
+            for _ in 0..rounds {
+                if has_ceiling {
+                    ceiling_sample.merge(targets.load(front, true, op, &fixture, round).await?);
+                }
+                refill(&fixture, service_port, op).await?;
+                service_sample.merge(targets.load(front, false, op, &fixture, round).await?);
             }
-            refill(&fixture, service_port, op).await?;
-            service_sample.merge(amqp_load(&amqp, &command_queue, op, &fixture, round).await?);
+            rows.push(Row {
+                case: format!("{} {}", front.name(), op.name()),
+                sample: service_sample,
+                ceiling: has_ceiling.then(|| ceiling_sample.rate()),
+            });
         }
-        let ceiling = has_ceiling.then(|| ceiling_sample.rate());
-        rows.push(Row {
-            case: format!("AMQP {}", op.name()),
-            sample: service_sample,
-            ceiling,
-        });
     }
     let rss = peak_rss_mib(service.0.id());
 
@@ -815,6 +796,62 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
     Ok(render(&mut rows, rss, per_session, round, rounds))
+}
+
+/// The front end a case loads.
+#[derive(Clone, Copy)]
+enum Front {
+    Rest,
+    Amqp,
+}
+
+impl Front {
+    fn name(self) -> &'static str {
+        match self {
+            Front::Rest => "REST",
+            Front::Amqp => "AMQP",
+        }
+    }
+
+    /// The cases measured against a ceiling.
+    fn has_ceiling(self, op: Op) -> bool {
+        match self {
+            Front::Rest => matches!(op, Op::Get | Op::Create),
+            Front::Amqp => op == Op::Get,
+        }
+    }
+}
+
+/// Where the service and the ceilings listen.
+struct Targets<'a> {
+    service_port: u16,
+    ceiling_port: u16,
+    amqp: &'a Connection,
+    command_queue: &'a str,
+    ceiling_queue: &'a str,
+}
+
+impl Targets<'_> {
+    /// One round of `op` against the service or its ceiling, over `front`.
+    async fn load(
+        &self,
+        front: Front,
+        ceiling: bool,
+        op: Op,
+        fixture: &Arc<Fixture>,
+        round: Duration,
+    ) -> anyhow::Result<Sample> {
+        match (front, ceiling) {
+            (Front::Rest, false) => rest_load(self.service_port, op, fixture, round).await,
+            (Front::Rest, true) => rest_load(self.ceiling_port, op, fixture, round).await,
+            (Front::Amqp, false) => {
+                amqp_load(self.amqp, self.command_queue, op, fixture, round).await
+            }
+            (Front::Amqp, true) => {
+                amqp_load(self.amqp, self.ceiling_queue, op, fixture, round).await
+            }
+        }
+    }
 }
 
 /// Whether `--only <case>` (e.g. `"REST get"`, or `"AMQP"`) selects this case.
