@@ -71,8 +71,16 @@ impl From<StoreError> for Error {
     }
 }
 
+/// The keys of a bucket and `end_session`, shared by the command scripts and the tick.
+const BUCKET_LUA: &str = include_str!("lua/bucket.lua");
+
+/// A command script: the record check and policy, the bucket helpers, `live`/`touch`, `body`.
 fn script(body: &str) -> Script {
-    Script::new(&format!("{}{}", include_str!("lua/prologue.lua"), body))
+    Script::new(&format!(
+        "{}{BUCKET_LUA}{}{body}",
+        include_str!("lua/prologue.lua"),
+        include_str!("lua/live.lua")
+    ))
 }
 
 /// The Lua scripts, loaded into Redis once and then called by SHA.
@@ -96,7 +104,10 @@ impl Scripts {
             list: script(include_str!("lua/list.lua")),
             delete: script(include_str!("lua/delete.lua")),
             delete_user: script(include_str!("lua/delete_user.lua")),
-            tick: Script::new(include_str!("lua/tick.lua")),
+            tick: Script::new(&format!(
+                "local base = ARGV[1]\n{BUCKET_LUA}{}",
+                include_str!("lua/tick.lua")
+            )),
             acknowledge: Script::new(include_str!("lua/acknowledge.lua")),
         }
     }

@@ -7,23 +7,18 @@
 -- 2. Returns outbox entries for this consumer to publish: its own that it took before but did
 --    not acknowledge (publishing failed), entries another consumer took but did not acknowledge
 --    for ARGV[4] ms, then new ones. Each entry: id, then field/value list.
-local base, consumer = ARGV[1], ARGV[2]
+-- Preceded by `local base = ARGV[1]` and bucket.lua.
+local consumer = ARGV[2]
 local limit, stale_after, forget_after = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local schedule_key, outbox_key = KEYS[1], base .. 'outbox'
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', schedule_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
   local session_id, ends = due[i], tonumber(due[i + 1])
-  local session = base .. 's:' .. session_id
-  local stored = redis.call('HMGET', session, 'u', 'd')
-  redis.call('ZREM', schedule_key, session_id)
+  local stored = redis.call('HMGET', session_key(session_id), 'u', 'd')
   if stored[1] then
-    redis.call('DEL', session)
-    redis.call('ZREM', base .. 'u:' .. stored[1], session_id)
-    redis.call('XADD', outbox_key, '*', 's', session_id, 'u', stored[1], 'd', stored[2],
-      'r', 'expired', 't', string.format('%d', ends))
+    end_session(session_id, stored[1], stored[2], 'expired', ends)
+  else
+    redis.call('ZREM', schedule_key, session_id)
   end
 end
 
