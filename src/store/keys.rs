@@ -11,6 +11,10 @@
 //!                                       string: recorded outcome of a command (its target is
 //!                                       the session or user id, n its length in bytes), kept
 //!                                       SESSION_IDEMPOTENCY_SEC
+//! <prefix>:{<bucket>}:r:<type>:<n>:<target>:<message_id>:p
+//! <prefix>:{<bucket>}:p:<uuid>          list: progress of a DeleteUserSessions that takes more
+//!                                       than one step (with or without message id), deleted
+//!                                       by its last step
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group `relay`)
@@ -74,6 +78,15 @@ impl Keys {
                 )
             }
             None => records,
+        }
+    }
+
+    /// Where a DeleteUserSessions keeps its progress between steps: beside its record when it
+    /// has a message id (a redelivery resumes it), else under a key of its own.
+    pub fn progress(&self, command: &Command, message_id: Option<&MessageId>) -> String {
+        match message_id {
+            Some(_) => self.record(command, message_id) + ":p",
+            None => self.in_bucket(command.bucket(), "p") + &uuid::Uuid::new_v4().to_string(),
         }
     }
 }

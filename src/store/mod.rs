@@ -139,6 +139,14 @@ pub struct Policy {
 /// sessions (with their events); the TTL only frees memory if no instance runs for this long.
 pub const TTL_MARGIN: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The most sessions one step of a DeleteUserSessions ends: about 4 ms of Redis time (a step
+/// blocks Redis while it runs). A user with no more sessions is deleted in one step.
+pub const DELETE_STEP: usize = 500;
+
+/// How long the progress of an unfinished DeleteUserSessions without message id is kept (an
+/// instance stopped between its steps leaves it behind).
+const PROGRESS_RETENTION: Duration = Duration::from_secs(60 * 60);
+
 /// How far this host's clock may be from Redis's for a read to skip the script: a session
 /// ending sooner than this is read by the script, which judges by Redis's clock.
 pub const CLOCK_SLACK: Duration = Duration::from_secs(5);
@@ -241,11 +249,20 @@ impl Store {
                     .key(record)
                     .arg(id.as_str());
             }
-            Command::ListSessions(user_id) | Command::DeleteUserSessions(user_id) => {
+            Command::ListSessions(user_id) => {
                 invocation
                     .key(keys.index(user_id))
                     .key(record)
                     .arg(user_id.as_str());
+            }
+            Command::DeleteUserSessions(user_id) => {
+                invocation
+                    .key(keys.index(user_id))
+                    .key(record)
+                    .key(keys.progress(command, message_id))
+                    .arg(user_id.as_str())
+                    .arg(DELETE_STEP)
+                    .arg(record_ttl.max(PROGRESS_RETENTION.as_secs()));
             }
             Command::UpdateSession(id, patch) => {
                 let set = stored_fields(&MutableFields {
@@ -278,8 +295,13 @@ impl Store {
             }
         }
         let mut connection = self.connection.clone();
-        let document: String = invocation.invoke_async(&mut connection).await?;
-        decode(command, &document)
+        loop {
+            let document: String = invocation.invoke_async(&mut connection).await?;
+            // Only DeleteUserSessions answers 'more': it has further steps to take.
+            if document != "more" {
+                return decode(command, &document);
+            }
+        }
     }
 
     /// Reads a session with one `HGETALL`; `None` when the script must answer instead: the

@@ -7,6 +7,8 @@ use std::{collections::HashSet, time::Duration};
 use serde_json::{json, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
+use session_manager::store::DELETE_STEP;
+
 use crate::helpers::{assert_valid, spawn_app, Event, TestApp};
 
 const QUIET: Duration = Duration::from_millis(500);
@@ -249,6 +251,28 @@ async fn amqp_delete_user_sessions_publishes_one_event_per_session() {
     assert_eq!(result["user_id"], user);
     let received = events.take(3).await;
     check_user_sessions_closed(&received, &window, user, &created, &result["session_ids"]);
+    events.assert_quiet(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_delete_all_in_several_steps_publishes_one_event_per_session_and_repeats_its_reply() {
+    let app = spawn_app().await;
+    let user = "thousand devices";
+    let created = app.create_sessions(user, 2 * DELETE_STEP + 1).await;
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+
+    let window = Window::open();
+    let command = json!({"type": "DeleteUserSessions", "user_id": user});
+    let reply = app.amqp.call_with_id(&command, "delete-them-all").await;
+    assert_eq!(reply.body["status"], "ok");
+    let result = &reply.body["result"];
+    let received = events.take(created.len()).await;
+    check_user_sessions_closed(&received, &window, user, &created, &result["session_ids"]);
+    events.assert_quiet(QUIET).await;
+
+    // The same command again answers the same, from its record, and ends nothing more.
+    let again = app.amqp.call_with_id(&command, "delete-them-all").await;
+    assert_eq!(again.body, reply.body);
     events.assert_quiet(QUIET).await;
 }
 

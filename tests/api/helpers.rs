@@ -20,7 +20,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 use redis::AsyncCommands;
-use serde_json::Value;
+use serde_json::{json, Value};
 use session_manager::{config::Settings, startup::Application};
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +115,22 @@ impl TestApp {
         let created: Value = response.json().await.unwrap();
         assert_valid("result.SessionCreated.json", &created);
         created["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates `count` sessions of `user_id` (devices `device-<i>`) over REST, 50 at a time, and
+    /// returns their `(session_id, device_id)` pairs in no particular order.
+    pub async fn create_sessions(&self, user_id: &str, count: usize) -> Vec<(String, String)> {
+        let creates = (0..count).map(|i| async move {
+            let device_id = format!("device-{i}");
+            let id = self
+                .create_session(json!({"user_id": user_id, "device_id": device_id}))
+                .await;
+            (id, device_id)
+        });
+        futures_util::stream::iter(creates)
+            .buffer_unordered(50)
+            .collect()
+            .await
     }
 
     /// Every Redis key under this app's prefix.

@@ -13,7 +13,10 @@ use reqwest::{
     Response, StatusCode,
 };
 use serde_json::{json, Value};
-use session_manager::config::{SecretString, Settings};
+use session_manager::{
+    config::{SecretString, Settings},
+    store::DELETE_STEP,
+};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::helpers::{assert_valid, spawn_app, spawn_app_with, test_settings, TestApp};
@@ -1504,6 +1507,108 @@ async fn metrics_count_the_requests_in_prometheus_text() {
 }
 
 // ----- concurrency and clean-up --------------------------------------------------------------
+
+/// Creates `count` sessions of `user_id` and returns their ids in creation order.
+async fn many_sessions(app: &TestApp, user_id: &str, count: usize) -> Vec<String> {
+    let created = app.create_sessions(user_id, count).await;
+    let listed: Vec<String> = listed(app, user_id)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        listed.iter().collect::<HashSet<_>>(),
+        created.iter().map(|(id, _)| id).collect::<HashSet<_>>()
+    );
+    listed
+}
+
+fn ids_of(body: &Value) -> Vec<String> {
+    body["session_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_all_of_more_sessions_than_one_step_ends_them_all_in_creation_order() {
+    let app = spawn_app().await;
+    let count = 2 * DELETE_STEP + 1;
+    let created = many_sessions(&app, "alice", count).await;
+    let bobs = app
+        .create_session(json!({"user_id": "bob", "device_id": "phone"}))
+        .await;
+
+    let body = expect_ok(
+        delete_user(&app, "alice").await,
+        200,
+        "result.UserSessionsDeleted.json",
+    )
+    .await;
+    assert_eq!(ids_of(&body), created);
+    assert!(listed(&app, "alice").await.is_empty());
+    for id in [&created[0], &created[DELETE_STEP], &created[count - 1]] {
+        expect_error(get_session(&app, id).await, 404, "not_found").await;
+    }
+    session(&app, &bobs).await;
+    // Only bob's session is left (and the schedule it is on): no index entry of alice's, no
+    // progress of the steps.
+    let left = app.keys_left().await;
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|key| key.ends_with(":exp") || key.ends_with(":u:bob") || key.ends_with(&bobs)),
+        "{left:?}"
+    );
+}
+
+#[tokio::test]
+async fn sessions_created_while_a_delete_all_runs_are_either_ended_and_reported_or_kept() {
+    let app = spawn_app().await;
+    let before = many_sessions(&app, "alice", 3 * DELETE_STEP).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let creator = async {
+        let mut during = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            during.push(
+                app.create_session(json!({"user_id": "alice", "device_id": "new"}))
+                    .await,
+            );
+        }
+        during
+    };
+    let deleter = async {
+        let response = delete_user(&app, "alice").await;
+        let body = expect_ok(response, 200, "result.UserSessionsDeleted.json").await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ids_of(&body)
+    };
+    let (during, closed) = tokio::join!(creator, deleter);
+
+    // Every session of before the command is ended; the reply lists sessions in creation
+    // order, so those of before come first; a session created meanwhile is either in the reply
+    // or still listed, never both, never neither.
+    assert_eq!(closed[..before.len()], before[..]);
+    let kept: Vec<String> = listed(&app, "alice")
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let ended_during = &closed[before.len()..];
+    assert_eq!(
+        ended_during.iter().chain(&kept).collect::<Vec<_>>(),
+        during.iter().collect::<Vec<_>>(),
+        "created meanwhile: {}, ended: {}, kept: {}",
+        during.len(),
+        ended_during.len(),
+        kept.len()
+    );
+    for id in &kept {
+        session(&app, id).await;
+    }
+}
 
 #[tokio::test]
 async fn a_hundred_concurrent_creates_for_one_user_are_all_listed_in_order() {
