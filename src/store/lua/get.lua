@@ -8,7 +8,7 @@ local stored = {}
 for i = 1, #fields, 2 do
   stored[fields[i]] = fields[i + 1]
 end
-if not live(session_id, stored.u, stored.d) then
+if not live(session_id, stored.u, stored.d, stored.x) then
   return finish({s = 'not_found'})
 end
 touch(session_id, tonumber(stored.x))

@@ -1,7 +1,12 @@
--- Ends the session as expired when its moment has passed (the schedule's score is its end);
--- answers whether it is still live. A session without schedule entry is live until its TTL.
-local function live(session_id, user_id, device_id)
-  local ends = redis.call('ZSCORE', schedule_key, session_id)
+-- Ends the session as expired when its moment has passed; answers whether it is still live.
+-- `expires` is the session's stored `x`. Without idle timeout that is its end (and its score on
+-- the schedule), which spares a schedule lookup; with one, the schedule's score is its end. A
+-- session without an end is live until its TTL.
+local function live(session_id, user_id, device_id, expires)
+  local ends = expires
+  if idle > 0 then
+    ends = redis.call('ZSCORE', schedule_key, session_id)
+  end
   if ends and tonumber(ends) <= now then
     end_session(session_id, user_id, device_id, 'expired', tonumber(ends))
     return false

@@ -3,7 +3,7 @@
 -- ARGV[11 .. 10+2n]: those pairs, ARGV[11+2n ..]: fields to clear.
 local session, session_id = KEYS[1], ARGV[7]
 local stored = redis.call('HMGET', session, 'u', 'd', 'x')
-if not stored[1] or not live(session_id, stored[1], stored[2]) then
+if not stored[1] or not live(session_id, stored[1], stored[2], stored[3]) then
   return finish({s = 'not_found'})
 end
 if ARGV[8] ~= '' and ARGV[8] ~= stored[1] then

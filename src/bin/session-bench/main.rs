@@ -7,6 +7,7 @@
 //! cargo run --release --bin session-bench -- --write      # also writes docs/BENCHMARKS.md
 //! cargo run --release --bin session-bench -- --smoke      # a few hundred ms per case (CI)
 //! cargo run --release --bin session-bench -- --only "REST get"   # the cases starting so
+//! cargo run --release --bin session-bench -- --only scale         # the scale part alone
 //! ```
 //!
 //! The service runs as a child process (the `session-manager` binary next to this one), so
@@ -56,6 +57,8 @@ const AMQP_IN_FLIGHT: usize = 64;
 /// Sessions created before the run, read and updated by it.
 const FIXTURE_SESSIONS: usize = 10_000;
 
+mod scale;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,9 +78,17 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Duration::from_secs(3)
     };
-    let rounds = if smoke { 1 } else { 3 };
     let only = arg(&args, "--only").ok();
-    let report = run(round, rounds, only.as_deref()).await?;
+    let plan = Plan {
+        round,
+        rounds: if smoke { 1 } else { 3 },
+        only: only.as_deref(),
+        scale: only.as_deref().is_none_or(|only| only == "scale"),
+        large: if smoke { 20_000 } else { 1_000_000 },
+        big_user: if smoke { 2 * 500 + 1 } else { 10_000 },
+        probe_requests: if smoke { 200 } else { 2_000 },
+    };
+    let report = run(&plan).await?;
     println!("{report}");
     if write {
         std::fs::create_dir_all("docs")?;
@@ -303,7 +314,45 @@ fn create_body(n: usize) -> String {
     } else {
         format!("bench-new-{}", n % 100_000)
     };
-    BODY.replace("bench-user-0", &user)
+    body_for(&user)
+}
+
+/// The benchmark's create body for a session of `user_id`.
+fn body_for(user_id: &str) -> String {
+    BODY.replace("bench-user-0", user_id)
+}
+
+/// Creates `count` sessions over [`HTTP_CONNECTIONS`] connections, the `n`th with `body(n)`, and
+/// returns their ids.
+async fn create_sessions(
+    port: u16,
+    count: usize,
+    body: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> anyhow::Result<Vec<String>> {
+    let body = Arc::new(body);
+    let workers: Vec<_> = (0..HTTP_CONNECTIONS)
+        .map(|worker| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut http = HttpConnection::open(port).await?;
+                let mut created = Vec::new();
+                for n in (worker..count).step_by(HTTP_CONNECTIONS) {
+                    let (status, answer) = http.send("POST", "/a01/session", &body(n)).await?;
+                    if status != 201 {
+                        bail!("create answered {status}");
+                    }
+                    let answer: Value = serde_json::from_slice(&answer)?;
+                    created.push(answer["session_id"].as_str().unwrap_or_default().to_owned());
+                }
+                Ok::<_, anyhow::Error>(created)
+            })
+        })
+        .collect();
+    let mut created = Vec::with_capacity(count);
+    for worker in workers {
+        created.extend(worker.await??);
+    }
+    Ok(created)
 }
 
 async fn rest_worker(
@@ -641,13 +690,32 @@ async fn amqp_load(
 
 // ---------------------------------------------------------------------------------------------
 
+/// What one run measures.
+struct Plan<'a> {
+    round: Duration,
+    rounds: usize,
+    /// `--only`: the load cases whose name starts so.
+    only: Option<&'a str>,
+    /// Whether to run the scale part (see `scale.rs`), and its sizes.
+    scale: bool,
+    large: u64,
+    big_user: usize,
+    probe_requests: usize,
+}
+
 struct Row {
     case: String,
     sample: Sample,
     ceiling: Option<f64>,
 }
 
-async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Result<String> {
+async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
+    let Plan {
+        round,
+        rounds,
+        only,
+        ..
+    } = *plan;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench-{run_id}");
     let ceiling_prefix = format!("bench-{run_id}-ceiling");
@@ -689,20 +757,7 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
         .await?;
     // Redis memory is measured around the service's creates alone.
     let memory_before = used_memory(&mut redis).await?;
-    let mut http = HttpConnection::open(service_port).await?;
-    let mut ids = Vec::new();
-    for n in 0..FIXTURE_SESSIONS {
-        let (status, body) = http.send("POST", "/a01/session", &create_body(n)).await?;
-        if status != 201 {
-            bail!("fixture create answered {status}");
-        }
-        let created: Value = serde_json::from_slice(&body)?;
-        let id = created["session_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        ids.push(id);
-    }
+    let ids = create_sessions(service_port, FIXTURE_SESSIONS, create_body).await?;
     let memory_after = used_memory(&mut redis).await?;
     // The ceiling reads hashes with the same fields.
     let body: HashMap<String, Value> = serde_json::from_str(BODY)?;
@@ -718,6 +773,10 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
         users,
         deletable: Mutex::new(Vec::new()),
     });
+    let mut small = match plan.scale {
+        true => Some(scale::probe(service_port, &prefix, &fixture, plan.probe_requests).await?),
+        false => None,
+    };
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
 
     let targets = Targets {
@@ -757,6 +816,14 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
         }
     }
     let rss = peak_rss_mib(service.0.id());
+    let mut scale_report = String::new();
+    if let Some(small) = small.as_mut() {
+        eprintln!("filling the store to {} sessions", plan.large);
+        let filled = scale::fill(service_port, &prefix, plan.large).await?;
+        let mut large = scale::probe(service_port, &prefix, &fixture, plan.probe_requests).await?;
+        let big = scale::delete_big_user(service_port, plan.big_user).await?;
+        scale::render(&mut scale_report, small, &mut large, filled, &big);
+    }
 
     // Clean up what the run created.
     drop(service);
@@ -795,7 +862,7 @@ async fn run(round: Duration, rounds: usize, only: Option<&str>) -> anyhow::Resu
     }
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
-    Ok(render(&mut rows, rss, per_session, round, rounds))
+    Ok(render(&mut rows, rss, per_session, round, rounds) + &scale_report)
 }
 
 /// The front end a case loads.
@@ -867,29 +934,7 @@ async fn refill(fixture: &Arc<Fixture>, port: u16, op: Op) -> anyhow::Result<()>
     let wanted: usize = if op == Op::Delete { 30_000 } else { 5_000 };
     let mut deletable = fixture.deletable.lock().await;
     let missing = wanted.saturating_sub(deletable.len());
-    let created = Arc::new(Mutex::new(Vec::with_capacity(missing)));
-    let workers: Vec<_> = (0..HTTP_CONNECTIONS)
-        .map(|worker| {
-            let created = created.clone();
-            tokio::spawn(async move {
-                let mut http = HttpConnection::open(port).await?;
-                for n in (worker..missing).step_by(HTTP_CONNECTIONS) {
-                    let (_, body) = http
-                        .send("POST", "/a01/session", &create_body(FIXTURE_SESSIONS + n))
-                        .await?;
-                    let body: Value = serde_json::from_slice(&body)?;
-                    if let Some(id) = body["session_id"].as_str() {
-                        created.lock().await.push(id.to_owned());
-                    }
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await??;
-    }
-    deletable.extend(created.lock().await.drain(..));
+    deletable.extend(create_sessions(port, missing, |n| create_body(FIXTURE_SESSIONS + n)).await?);
     Ok(())
 }
 
