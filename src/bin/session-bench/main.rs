@@ -169,6 +169,8 @@ struct Sample {
     elapsed: Duration,
     latencies_us: Vec<u32>,
     errors: usize,
+    /// Redis CPU seconds while the sample was taken.
+    redis_cpu: f64,
 }
 
 impl Sample {
@@ -177,6 +179,17 @@ impl Sample {
         self.elapsed += other.elapsed;
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
+        self.redis_cpu += other.redis_cpu;
+    }
+
+    /// Redis CPU time per operation, in microseconds.
+    fn redis_us_per_op(&self) -> f64 {
+        self.redis_cpu * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// The share of one core Redis used.
+    fn redis_busy(&self) -> f64 {
+        self.redis_cpu / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     fn rate(&self) -> f64 {
@@ -706,7 +719,7 @@ struct Plan<'a> {
 struct Row {
     case: String,
     sample: Sample,
-    ceiling: Option<f64>,
+    ceiling: Option<Sample>,
 }
 
 async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
@@ -716,7 +729,8 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
         only,
         ..
     } = *plan;
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    // Short, so that keys are about as long as under the default prefix `session-manager`.
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("bench-{run_id}");
     let ceiling_prefix = format!("bench-{run_id}-ceiling");
     let command_queue = format!("bench.{run_id}.commands");
@@ -811,7 +825,7 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
             rows.push(Row {
                 case: format!("{} {}", front.name(), op.name()),
                 sample: service_sample,
-                ceiling: has_ceiling.then(|| ceiling_sample.rate()),
+                ceiling: has_ceiling.then_some(ceiling_sample),
             });
         }
     }
@@ -821,8 +835,9 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
         eprintln!("filling the store to {} sessions", plan.large);
         let filled = scale::fill(service_port, &prefix, plan.large).await?;
         let mut large = scale::probe(service_port, &prefix, &fixture, plan.probe_requests).await?;
+        let share = scale::memory_share(&prefix, large.live_sessions).await?;
         let big = scale::delete_big_user(service_port, plan.big_user).await?;
-        scale::render(&mut scale_report, small, &mut large, filled, &big);
+        scale::render(&mut scale_report, small, &mut large, filled, &share, &big);
     }
 
     // Clean up what the run created.
@@ -908,7 +923,11 @@ impl Targets<'_> {
         fixture: &Arc<Fixture>,
         round: Duration,
     ) -> anyhow::Result<Sample> {
-        match (front, ceiling) {
+        let mut redis = redis::Client::open(REDIS_URL)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let cpu_before = redis_cpu(&mut redis).await?;
+        let mut sample = match (front, ceiling) {
             (Front::Rest, false) => rest_load(self.service_port, op, fixture, round).await,
             (Front::Rest, true) => rest_load(self.ceiling_port, op, fixture, round).await,
             (Front::Amqp, false) => {
@@ -917,7 +936,9 @@ impl Targets<'_> {
             (Front::Amqp, true) => {
                 amqp_load(self.amqp, self.ceiling_queue, op, fixture, round).await
             }
-        }
+        }?;
+        sample.redis_cpu = redis_cpu(&mut redis).await? - cpu_before;
+        Ok(sample)
     }
 }
 
@@ -938,12 +959,27 @@ async fn refill(fixture: &Arc<Fixture>, port: u16, op: Op) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
+/// A number from one section of Redis's `INFO`.
+async fn info_field(
+    redis: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    name: &str,
+) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO").arg(section).query_async(redis).await?;
     info.lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|value| value.trim().parse().ok())
-        .context("no used_memory in INFO")
+        .with_context(|| format!("no {name} in INFO {section}"))
+}
+
+async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    Ok(info_field(redis, "memory", "used_memory").await? as u64)
+}
+
+/// Redis's CPU time so far (user and system, all threads), in seconds.
+async fn redis_cpu(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    Ok(info_field(redis, "cpu", "used_cpu_user").await?
+        + info_field(redis, "cpu", "used_cpu_sys").await?)
 }
 
 fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds: usize) -> String {
@@ -959,26 +995,30 @@ fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds:
     );
     let _ = writeln!(
         out,
-        "| case | ops/s | p50 ms | p99 ms | errors | ceiling ops/s | service/ceiling |"
+        "| case | ops/s | p50 ms | p99 ms | errors | Redis CPU µs/op | Redis busy | ceiling ops/s | ceiling Redis CPU µs/op | service/ceiling |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows.iter_mut() {
         let rate = row.sample.rate();
         let (p50, p99) = (
             row.sample.percentile_ms(0.50),
             row.sample.percentile_ms(0.99),
         );
-        let (ceiling, ratio) = match row.ceiling {
+        let (ceiling, ceiling_redis, ratio) = match &row.ceiling {
             Some(ceiling) => (
-                format!("{ceiling:.0}"),
-                format!("{:.2}", rate / ceiling.max(1e-9)),
+                format!("{:.0}", ceiling.rate()),
+                format!("{:.1}", ceiling.redis_us_per_op()),
+                format!("{:.2}", rate / ceiling.rate().max(1e-9)),
             ),
-            None => ("".into(), "".into()),
+            None => ("".into(), "".into(), "".into()),
         };
         let _ = writeln!(
             out,
-            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {} | {ceiling} | {ratio} |",
-            row.case, row.sample.errors
+            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {} | {:.1} | {:.0}% | {ceiling} | {ceiling_redis} | {ratio} |",
+            row.case,
+            row.sample.errors,
+            row.sample.redis_us_per_op(),
+            row.sample.redis_busy() * 100.0
         );
     }
     let _ = writeln!(

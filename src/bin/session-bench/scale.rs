@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::bail;
 
-use crate::{create_sessions, used_memory, Fixture, HttpConnection, Sample, REDIS_URL};
+use crate::{create_sessions, redis_cpu, used_memory, Fixture, HttpConnection, Sample, REDIS_URL};
 
 /// Latencies of get, list and delete at one size of the store, and the Redis CPU time each
 /// request cost (the service's background work included).
@@ -41,6 +41,10 @@ pub async fn probe(
         .get_multiplexed_async_connection()
         .await?;
     let mut http = HttpConnection::open(port).await?;
+    // Warm up the connection and both processes before timing.
+    for id in fixture.ids.iter().take(500) {
+        http.send("GET", &format!("/a01/session/{id}"), "").await?;
+    }
     let mut samples: [Sample; 3] = Default::default();
     let mut redis_us = [0.0; 3];
     for (kind, (sample, cost)) in samples.iter_mut().zip(&mut redis_us).enumerate() {
@@ -70,18 +74,6 @@ pub async fn probe(
         delete,
         redis_us,
     })
-}
-
-/// Redis's CPU time so far (user and system, all threads), in seconds.
-async fn redis_cpu(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(redis).await?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Ok(field("used_cpu_user:") + field("used_cpu_sys:"))
 }
 
 async fn timed(
@@ -133,6 +125,72 @@ pub async fn fill(port: u16, prefix: &str, target: u64) -> anyhow::Result<(usize
         missing,
         after.saturating_sub(before) as f64 / missing.max(1) as f64,
     ))
+}
+
+/// Where a session's bytes go in Redis: the average `MEMORY USAGE` of session hashes, of user
+/// indexes per session listed (users have 10), and of the schedules per live session.
+pub struct MemoryShare {
+    pub hash: f64,
+    pub index: f64,
+    pub schedule: f64,
+}
+
+pub async fn memory_share(prefix: &str, live: u64) -> anyhow::Result<MemoryShare> {
+    let mut redis = redis::Client::open(REDIS_URL)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let hash = average_usage(&mut redis, &format!("{prefix}:*:s:*"), 1.0).await?;
+    let index = average_usage(&mut redis, &format!("{prefix}:*:u:bench-user-*"), 10.0).await?;
+    let mut schedule = 0.0;
+    for bucket in 0..=255u8 {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(format!("{prefix}:{{{bucket:02x}}}:exp"))
+            .query_async(&mut redis)
+            .await?;
+        schedule += bytes.unwrap_or(0) as f64;
+    }
+    Ok(MemoryShare {
+        hash,
+        index,
+        schedule: schedule / live.max(1) as f64,
+    })
+}
+
+/// The average `MEMORY USAGE` of up to 200 keys matching `pattern`, divided by `per_key`.
+async fn average_usage(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    per_key: f64,
+) -> anyhow::Result<f64> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(redis)
+            .await?;
+        keys.extend(found);
+        cursor = next;
+        if cursor == 0 || keys.len() >= 200 {
+            break;
+        }
+    }
+    keys.truncate(200);
+    let mut total = 0.0;
+    for key in &keys {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query_async(redis)
+            .await?;
+        total += bytes.unwrap_or(0) as f64;
+    }
+    Ok(total / keys.len().max(1) as f64 / per_key)
 }
 
 /// Deleting all sessions of one user.
@@ -213,6 +271,7 @@ pub fn render(
     small: &mut Probe,
     large: &mut Probe,
     filled: (usize, f64),
+    share: &MemoryShare,
     big: &BigDelete,
 ) {
     let requests = small.get.ops;
@@ -261,8 +320,16 @@ pub fn render(
     let _ = writeln!(
         out,
         "\nRedis memory per session while filling ({} sessions added, key, index, schedule entries and \
-         Redis's own overhead included): {:.0} B.",
-        filled.0, filled.1
+         Redis's own overhead included): {:.0} B, of which (`MEMORY USAGE`, averaged): the session hash \
+         with its key {:.0} B, its share of the user's index {:.0} B, its share of the schedules {:.0} B; \
+         the rest, {:.0} B, is Redis's bookkeeping of each key outside it (entries in the key and \
+         expiry dictionaries) and the index keys' own.",
+        filled.0,
+        filled.1,
+        share.hash,
+        share.index,
+        share.schedule,
+        filled.1 - share.hash - share.index - share.schedule
     );
     let _ = writeln!(
         out,
