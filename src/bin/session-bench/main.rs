@@ -54,6 +54,9 @@ const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const HTTP_CONNECTIONS: usize = 50;
 const AMQP_IN_FLIGHT: usize = 64;
+/// In docs/BENCHMARKS.md, the start of the hand-written notes that `--write` keeps.
+const NOTES_MARKER: &str = "<!-- notes: kept by session-bench --write -->";
+
 /// Sessions created before the run, read and updated by it.
 const FIXTURE_SESSIONS: usize = 10_000;
 
@@ -84,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         rounds: if smoke { 1 } else { 3 },
         only: only.as_deref(),
         scale: only.as_deref().is_none_or(|only| only == "scale"),
-        large: if smoke { 20_000 } else { 1_000_000 },
+        large: if smoke { 60_000 } else { 1_000_000 },
         big_user: if smoke { 2 * 500 + 1 } else { 10_000 },
         probe_requests: if smoke { 200 } else { 2_000 },
     };
@@ -92,7 +95,12 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     if write {
         std::fs::create_dir_all("docs")?;
-        std::fs::write("docs/BENCHMARKS.md", &report)?;
+        // The notes under NOTES_MARKER are written by hand and kept.
+        let notes = std::fs::read_to_string("docs/BENCHMARKS.md")
+            .ok()
+            .and_then(|old| old.find(NOTES_MARKER).map(|at| old[at..].to_owned()))
+            .unwrap_or_default();
+        std::fs::write("docs/BENCHMARKS.md", format!("{report}\n{notes}"))?;
         eprintln!("written to docs/BENCHMARKS.md");
     }
     Ok(())
@@ -974,6 +982,23 @@ async fn info_field(
 
 async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
     Ok(info_field(redis, "memory", "used_memory").await? as u64)
+}
+
+/// Microseconds Redis has spent inside one command so far (`INFO commandstats`).
+async fn command_usec(
+    redis: &mut redis::aio::MultiplexedConnection,
+    command: &str,
+) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
+        .and_then(|stats| stats.split(',').find_map(|pair| pair.strip_prefix("usec=")))
+        .and_then(|usec| usec.parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// Redis's CPU time so far (user and system, all threads), in seconds.

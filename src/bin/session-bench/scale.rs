@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::bail;
 
-use crate::{create_sessions, redis_cpu, used_memory, Fixture, HttpConnection, Sample, REDIS_URL};
+use crate::{
+    command_usec, create_sessions, redis_cpu, used_memory, Fixture, HttpConnection, Sample,
+    REDIS_URL,
+};
 
 /// Latencies of get, list and delete at one size of the store, and the Redis CPU time each
 /// request cost (the service's background work included).
@@ -24,6 +27,9 @@ pub struct Probe {
     pub list: Sample,
     pub delete: Sample,
     pub redis_us: [f64; 3],
+    /// Microseconds inside the command that serves each (`HGETALL` for get, `EVALSHA` for list
+    /// and delete; the relay's scripts count in too), per request.
+    pub command_us: [f64; 3],
 }
 
 /// Measures get (of the fixture's sessions), list (of its users, 10 sessions each) and delete
@@ -46,9 +52,11 @@ pub async fn probe(
         http.send("GET", &format!("/a01/session/{id}"), "").await?;
     }
     let mut samples: [Sample; 3] = Default::default();
-    let mut redis_us = [0.0; 3];
-    for (kind, (sample, cost)) in samples.iter_mut().zip(&mut redis_us).enumerate() {
+    let (mut redis_us, mut command_us) = ([0.0; 3], [0.0; 3]);
+    for (kind, sample) in samples.iter_mut().enumerate() {
+        let command = if kind == 0 { "hgetall" } else { "evalsha" };
         let cpu_before = redis_cpu(&mut redis).await?;
+        let usec_before = command_usec(&mut redis, command).await?;
         for (n, victim) in victims.iter().enumerate() {
             let path = match kind {
                 0 => format!(
@@ -64,7 +72,9 @@ pub async fn probe(
             let method = if kind == 2 { "DELETE" } else { "GET" };
             timed(sample, 200, http.send(method, &path, "")).await?;
         }
-        *cost = (redis_cpu(&mut redis).await? - cpu_before) * 1e6 / requests as f64;
+        redis_us[kind] = (redis_cpu(&mut redis).await? - cpu_before) * 1e6 / requests as f64;
+        command_us[kind] =
+            (command_usec(&mut redis, command).await? - usec_before) / requests as f64;
     }
     let [get, list, delete] = samples;
     Ok(Probe {
@@ -73,6 +83,7 @@ pub async fn probe(
         list,
         delete,
         redis_us,
+        command_us,
     })
 }
 
@@ -282,13 +293,13 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "| live sessions | get p50 | get p99 | list p50 | list p99 | delete p50 | delete p99 | Redis CPU µs per get / list / delete |"
+        "| live sessions | get p50 | get p99 | list p50 | list p99 | delete p50 | delete p99 | Redis CPU µs per get / list / delete | of which in the command |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for probe in [&mut *small, &mut *large] {
         let _ = writeln!(
             out,
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} / {:.0} / {:.0} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} |",
             probe.live_sessions,
             probe.get.percentile_ms(0.5),
             probe.get.percentile_ms(0.99),
@@ -299,6 +310,9 @@ pub fn render(
             probe.redis_us[0],
             probe.redis_us[1],
             probe.redis_us[2],
+            probe.command_us[0],
+            probe.command_us[1],
+            probe.command_us[2],
         );
     }
     let ratio = |large: &mut Sample, small: &mut Sample| {
