@@ -87,7 +87,8 @@ async fn main() -> anyhow::Result<()> {
         rounds: if smoke { 1 } else { 3 },
         only: only.as_deref(),
         scale: only.as_deref().is_none_or(|only| only == "scale"),
-        large: if smoke { 60_000 } else { 1_000_000 },
+        small: if smoke { 2_000 } else { 10_000 },
+        large: if smoke { 20_000 } else { 1_000_000 },
         big_user: if smoke { 2 * 500 + 1 } else { 10_000 },
         probe_requests: if smoke { 200 } else { 2_000 },
     };
@@ -112,6 +113,23 @@ fn arg(args: &[String], name: &str) -> anyhow::Result<String> {
         .and_then(|at| args.get(at + 1))
         .cloned()
         .with_context(|| format!("missing {name}"))
+}
+
+/// Starts the `session-manager` binary on `port` with the key prefix, its queue and exchange
+/// named `<names>.commands` and `<names>.events`, over the Redis at `redis_url`.
+fn spawn_service(port: u16, prefix: &str, names: &str, redis_url: &str) -> anyhow::Result<Child_> {
+    Ok(Child_(
+        Command::new(sibling("session-manager")?)
+            .env("SERVICE_PORT", port.to_string())
+            .env("REDIS_URL", redis_url)
+            .env("SESSION_KEY_PREFIX", prefix)
+            .env("SESSION_COMMAND_QUEUE", format!("{names}.commands"))
+            .env("SESSION_EVENTS_EXCHANGE", format!("{names}.events"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting session-manager")?,
+    ))
 }
 
 /// A child process killed when dropped.
@@ -719,7 +737,8 @@ struct Plan<'a> {
     only: Option<&'a str>,
     /// Whether to run the scale part (see `scale.rs`), and its sizes.
     scale: bool,
-    large: u64,
+    small: usize,
+    large: usize,
     big_user: usize,
     probe_requests: usize,
 }
@@ -744,17 +763,7 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
     let command_queue = format!("bench.{run_id}.commands");
     let ceiling_queue = format!("bench.{run_id}.ceiling");
     let service_port = free_port();
-    let service = Child_(
-        Command::new(sibling("session-manager")?)
-            .env("SERVICE_PORT", service_port.to_string())
-            .env("SESSION_KEY_PREFIX", &prefix)
-            .env("SESSION_COMMAND_QUEUE", &command_queue)
-            .env("SESSION_EVENTS_EXCHANGE", format!("bench.{run_id}.events"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting session-manager")?,
-    );
+    let service = spawn_service(service_port, &prefix, &format!("bench.{run_id}"), REDIS_URL)?;
     let ceiling_port = free_port();
     let exe = std::env::current_exe()?;
     let _ceiling_rest = Child_(
@@ -795,10 +804,6 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
         users,
         deletable: Mutex::new(Vec::new()),
     });
-    let mut small = match plan.scale {
-        true => Some(scale::probe(service_port, &prefix, &fixture, plan.probe_requests).await?),
-        false => None,
-    };
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
 
     let targets = Targets {
@@ -838,16 +843,6 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
         }
     }
     let rss = peak_rss_mib(service.0.id());
-    let mut scale_report = String::new();
-    if let Some(small) = small.as_mut() {
-        eprintln!("filling the store to {} sessions", plan.large);
-        let filled = scale::fill(service_port, &prefix, plan.large).await?;
-        let mut large = scale::probe(service_port, &prefix, &fixture, plan.probe_requests).await?;
-        let share = scale::memory_share(&prefix, large.live_sessions).await?;
-        let big = scale::delete_big_user(service_port, plan.big_user).await?;
-        scale::render(&mut scale_report, small, &mut large, filled, &share, &big);
-    }
-
     // Clean up what the run created.
     drop(service);
     let channel = amqp.create_channel().await?;
@@ -885,6 +880,11 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
     }
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
+    drop(amqp);
+    let scale_report = match plan.scale {
+        true => scale::run(&run_id, plan).await?,
+        false => String::new(),
+    };
     Ok(render(&mut rows, rss, per_session, round, rounds) + &scale_report)
 }
 

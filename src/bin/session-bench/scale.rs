@@ -1,10 +1,13 @@
-//! The scale part of the benchmark: latencies of get, list and delete with the fixture's 10,000
-//! sessions and again with a million (100,000 users of 10), Redis memory per session at that
-//! size, and the deletion of all 10,000 sessions of one user, timed, with a second Redis client
+//! The scale part of the benchmark: two stores side by side, each a private `redis-server`
+//! with its own `session-manager`, one holding 10,000 sessions and one 1,000,000 (users of 10
+//! sessions each); latencies of get, list and delete measured in blocks that alternate between
+//! them, so that drift of the machine cancels; Redis memory per session of the large one; and
+//! the deletion of all 10,000 sessions of one user in it, timed, with a second Redis client
 //! sending `PING` meanwhile to measure the longest time Redis could not answer.
 
 use std::{
     fmt::Write as _,
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -12,79 +15,194 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::{
-    command_usec, create_sessions, redis_cpu, used_memory, Fixture, HttpConnection, Sample,
-    REDIS_URL,
+    command_usec, create_sessions, free_port, redis_cpu, spawn_service, used_memory, wait_for_port,
+    Child_, HttpConnection, Plan, Sample,
 };
+
+/// Blocks of the latency probe per store.
+const BLOCKS: usize = 10;
+
+/// A store of the scale part: a private Redis and a service instance over it.
+struct Store {
+    redis_url: String,
+    port: u16,
+    prefix: String,
+    /// Sessions to read and users to list.
+    ids: Vec<String>,
+    users: Vec<String>,
+    _redis: Child_,
+    _service: Child_,
+}
+
+impl Store {
+    /// Starts a private Redis and a service over it and fills it with `sessions` sessions of
+    /// users of 10 each; returns it and Redis's memory growth per session.
+    async fn start(run_id: &str, name: &str, sessions: usize) -> anyhow::Result<(Self, f64)> {
+        let redis_port = free_port();
+        let redis = Child_(
+            Command::new("redis-server")
+                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting redis-server")?,
+        );
+        wait_for_port(redis_port).await?;
+        let redis_url = format!("redis://127.0.0.1:{redis_port}/");
+        let port = free_port();
+        let prefix = "session-manager".to_owned();
+        let service = spawn_service(port, &prefix, &format!("bench.{run_id}.{name}"), &redis_url)?;
+        wait_for_port(port).await?;
+        let mut connection = connect(&redis_url).await?;
+        let before = used_memory(&mut connection).await?;
+        let ids = create_sessions(port, sessions, |n| {
+            crate::body_for(&format!("bench-user-{}", n / 10))
+        })
+        .await?;
+        let per_session =
+            used_memory(&mut connection).await?.saturating_sub(before) as f64 / sessions as f64;
+        let store = Self {
+            redis_url,
+            port,
+            prefix,
+            ids: ids
+                .into_iter()
+                .step_by((sessions / 10_000).max(1))
+                .collect(),
+            users: (0..sessions.div_ceil(10).min(1000))
+                .map(|n| format!("bench-user-{}", n * (sessions / 10_000).max(1)))
+                .collect(),
+            _redis: redis,
+            _service: service,
+        };
+        Ok((store, per_session))
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// Runs the scale part and returns its section of the report.
+pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
+    eprintln!(
+        "scale: filling a store of {} sessions and one of {}",
+        plan.small, plan.large
+    );
+    let (small, _) = Store::start(run_id, "small", plan.small).await?;
+    let (large, per_session) = Store::start(run_id, "large", plan.large).await?;
+    let requests = plan.probe_requests / BLOCKS;
+    let mut probes = [Probe::default(), Probe::default()];
+    for _ in 0..BLOCKS {
+        for (store, probe) in [&small, &large].into_iter().zip(&mut probes) {
+            probe_block(store, requests, probe).await?;
+        }
+    }
+    let [mut small_probe, mut large_probe] = probes;
+    let share = memory_share(&large).await?;
+    let big = delete_big_user(&large, plan.big_user).await?;
+    let mut out = String::new();
+    render(
+        &mut out,
+        &mut small_probe,
+        &mut large_probe,
+        (plan.large, per_session),
+        &share,
+        &big,
+    );
+    // The services' queues on the shared RabbitMQ.
+    let amqp = lapin::Connection::connect(crate::AMQP_URL, Default::default()).await?;
+    let channel = amqp.create_channel().await?;
+    for name in ["small", "large"] {
+        for queue in [
+            format!("bench.{run_id}.{name}.commands"),
+            format!("bench.{run_id}.{name}.commands.dead"),
+        ] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                format!("bench.{run_id}.{name}.events").as_str().into(),
+                Default::default(),
+            )
+            .await;
+    }
+    Ok(out)
+}
 
 /// Latencies of get, list and delete at one size of the store, and the Redis CPU time each
 /// request cost (the service's background work included).
+#[derive(Default)]
 pub struct Probe {
     pub live_sessions: u64,
     pub get: Sample,
     pub list: Sample,
     pub delete: Sample,
-    pub redis_us: [f64; 3],
-    /// Microseconds inside the command that serves each (`HGETALL` for get, `EVALSHA` for list
-    /// and delete; the relay's scripts count in too), per request.
-    pub command_us: [f64; 3],
+    /// Redis CPU seconds, and seconds inside the command that serves each kind (`HGETALL` for
+    /// get, `EVALSHA` for list and delete; the relay's scripts count in too).
+    pub redis_cpu: [f64; 3],
+    pub command_s: [f64; 3],
 }
 
-/// Measures get (of the fixture's sessions), list (of its users, 10 sessions each) and delete
-/// (of sessions made for it), one request at a time, so that latency is not queueing.
-pub async fn probe(
-    port: u16,
-    prefix: &str,
-    fixture: &Fixture,
-    requests: usize,
-) -> anyhow::Result<Probe> {
-    let victims =
-        create_sessions(port, requests, |n| crate::body_for(&format!("probe-{n}"))).await?;
-    let live_sessions = live_sessions(prefix).await?;
-    let mut redis = redis::Client::open(REDIS_URL)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut http = HttpConnection::open(port).await?;
+impl Probe {
+    fn sample(&mut self, kind: usize) -> &mut Sample {
+        match kind {
+            0 => &mut self.get,
+            1 => &mut self.list,
+            _ => &mut self.delete,
+        }
+    }
+
+    /// Microseconds per request of Redis CPU and inside the command, for each kind.
+    fn per_request(&self, seconds: &[f64; 3]) -> [f64; 3] {
+        let requests = self.get.ops.max(1) as f64;
+        seconds.map(|s| s * 1e6 / requests)
+    }
+}
+
+/// One block of the probe: get (of the store's sessions), list (of its users, 10 sessions each)
+/// and delete (of sessions made for it), one request at a time, so that latency is not
+/// queueing.
+async fn probe_block(store: &Store, requests: usize, probe: &mut Probe) -> anyhow::Result<()> {
+    let victims = create_sessions(store.port, requests, |n| {
+        crate::body_for(&format!("probe-{n}"))
+    })
+    .await?;
+    probe.live_sessions = live_sessions(store).await?;
+    let mut redis = connect(&store.redis_url).await?;
+    let mut http = HttpConnection::open(store.port).await?;
     // Warm up the connection and both processes before timing.
-    for id in fixture.ids.iter().take(500) {
+    for id in store.ids.iter().take(50) {
         http.send("GET", &format!("/a01/session/{id}"), "").await?;
     }
-    let mut samples: [Sample; 3] = Default::default();
-    let (mut redis_us, mut command_us) = ([0.0; 3], [0.0; 3]);
-    for (kind, sample) in samples.iter_mut().enumerate() {
+    for kind in 0..3 {
         let command = if kind == 0 { "hgetall" } else { "evalsha" };
         let cpu_before = redis_cpu(&mut redis).await?;
         let usec_before = command_usec(&mut redis, command).await?;
         for (n, victim) in victims.iter().enumerate() {
+            let spread = (probe.get.ops + n) * 7919;
             let path = match kind {
-                0 => format!(
-                    "/a01/session/{}",
-                    fixture.ids[(n * 7919) % fixture.ids.len()]
-                ),
+                0 => format!("/a01/session/{}", store.ids[spread % store.ids.len()]),
                 1 => format!(
                     "/a01/session?user_id={}",
-                    fixture.users[(n * 7919) % fixture.users.len()]
+                    store.users[spread % store.users.len()]
                 ),
                 _ => format!("/a01/session/{victim}"),
             };
             let method = if kind == 2 { "DELETE" } else { "GET" };
-            timed(sample, 200, http.send(method, &path, "")).await?;
+            timed(probe.sample(kind), 200, http.send(method, &path, "")).await?;
         }
-        redis_us[kind] = (redis_cpu(&mut redis).await? - cpu_before) * 1e6 / requests as f64;
-        command_us[kind] =
-            (command_usec(&mut redis, command).await? - usec_before) / requests as f64;
+        probe.redis_cpu[kind] += redis_cpu(&mut redis).await? - cpu_before;
+        probe.command_s[kind] += (command_usec(&mut redis, command).await? - usec_before) / 1e6;
     }
-    let [get, list, delete] = samples;
-    Ok(Probe {
-        live_sessions,
-        get,
-        list,
-        delete,
-        redis_us,
-        command_us,
-    })
+    Ok(())
 }
 
 async fn timed(
@@ -103,39 +221,16 @@ async fn timed(
     Ok(())
 }
 
-/// Sessions on the schedules of all buckets: every live session of the prefix.
-pub async fn live_sessions(prefix: &str) -> anyhow::Result<u64> {
-    let mut redis = redis::Client::open(REDIS_URL)?
-        .get_multiplexed_async_connection()
-        .await?;
+/// Sessions on the schedules of all buckets: every live session of the store.
+async fn live_sessions(store: &Store) -> anyhow::Result<u64> {
+    let mut redis = connect(&store.redis_url).await?;
     let mut pipe = redis::pipe();
     for bucket in 0..=255u8 {
         pipe.cmd("ZCARD")
-            .arg(format!("{prefix}:{{{bucket:02x}}}:exp"));
+            .arg(format!("{}:{{{bucket:02x}}}:exp", store.prefix));
     }
     let counts: Vec<u64> = pipe.query_async(&mut redis).await?;
     Ok(counts.iter().sum())
-}
-
-/// Adds sessions of users `bench-user-1000` on, 10 each, until `target` sessions are live (the
-/// fixture's users 0–999 already have 10 each). Returns the sessions added and Redis's memory
-/// growth per added session.
-pub async fn fill(port: u16, prefix: &str, target: u64) -> anyhow::Result<(usize, f64)> {
-    let live = live_sessions(prefix).await?;
-    let missing = target.saturating_sub(live) as usize;
-    let mut redis = redis::Client::open(REDIS_URL)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let before = used_memory(&mut redis).await?;
-    create_sessions(port, missing, |n| {
-        crate::body_for(&format!("bench-user-{}", 1000 + n / 10))
-    })
-    .await?;
-    let after = used_memory(&mut redis).await?;
-    Ok((
-        missing,
-        after.saturating_sub(before) as f64 / missing.max(1) as f64,
-    ))
 }
 
 /// Where a session's bytes go in Redis: the average `MEMORY USAGE` of session hashes, of user
@@ -146,10 +241,10 @@ pub struct MemoryShare {
     pub schedule: f64,
 }
 
-pub async fn memory_share(prefix: &str, live: u64) -> anyhow::Result<MemoryShare> {
-    let mut redis = redis::Client::open(REDIS_URL)?
-        .get_multiplexed_async_connection()
-        .await?;
+async fn memory_share(store: &Store) -> anyhow::Result<MemoryShare> {
+    let live = live_sessions(store).await?;
+    let prefix = &store.prefix;
+    let mut redis = connect(&store.redis_url).await?;
     let hash = average_usage(&mut redis, &format!("{prefix}:*:s:*"), 1.0).await?;
     let index = average_usage(&mut redis, &format!("{prefix}:*:u:bench-user-*"), 10.0).await?;
     let mut schedule = 0.0;
@@ -216,7 +311,8 @@ pub struct BigDelete {
 
 /// Creates `sessions` sessions of one user, then deletes them all over REST while a second
 /// client pings Redis.
-pub async fn delete_big_user(port: u16, sessions: usize) -> anyhow::Result<BigDelete> {
+async fn delete_big_user(store: &Store, sessions: usize) -> anyhow::Result<BigDelete> {
+    let port = store.port;
     let user = "bench-big-user";
     create_sessions(port, sessions, |_| crate::body_for(user)).await?;
     let mut http = HttpConnection::open(port).await?;
@@ -234,10 +330,13 @@ pub async fn delete_big_user(port: u16, sessions: usize) -> anyhow::Result<BigDe
     // The same deletion again, pinged: the first one had no pinger, so that its time is not
     // shared with it.
     create_sessions(port, sessions, |_| crate::body_for(user)).await?;
-    let longest_ping_idle = longest_ping_during(tokio::time::sleep(took)).await?.1;
-    let (answer, longest_ping) =
-        longest_ping_during(http.send("DELETE", &format!("/a01/session?user_id={user}"), ""))
-            .await?;
+    let redis = &store.redis_url;
+    let longest_ping_idle = longest_ping_during(redis, tokio::time::sleep(took))
+        .await?
+        .1;
+    let path = format!("/a01/session?user_id={user}");
+    let deletion = http.send("DELETE", &path, "");
+    let (answer, longest_ping) = longest_ping_during(redis, deletion).await?;
     let (status, _) = answer?;
     if status != 200 {
         bail!("deleting the big user again answered {status}");
@@ -253,11 +352,10 @@ pub async fn delete_big_user(port: u16, sessions: usize) -> anyhow::Result<BigDe
 /// Runs `work` while another connection sends `PING` after `PING`; returns the work's output and
 /// the longest round trip.
 async fn longest_ping_during<T>(
+    redis_url: &str,
     work: impl std::future::Future<Output = T>,
 ) -> anyhow::Result<(T, Duration)> {
-    let mut redis = redis::Client::open(REDIS_URL)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut redis = connect(redis_url).await?;
     let done = Arc::new(AtomicBool::new(false));
     let pinger = {
         let done = done.clone();
@@ -277,7 +375,7 @@ async fn longest_ping_during<T>(
 }
 
 /// The scale section of the report.
-pub fn render(
+fn render(
     out: &mut String,
     small: &mut Probe,
     large: &mut Probe,
@@ -288,8 +386,9 @@ pub fn render(
     let requests = small.get.ops;
     let _ = writeln!(
         out,
-        "\n## Scale\n\nLatency of single requests ({requests} of each kind one after another on one connection, \
-         no other load), with the fixture alone and after filling the store with users of 10 sessions each:\n"
+        "\n## Scale\n\nTwo stores side by side, each a private `redis-server` with its own `session-manager`, \
+         filled with users of 10 sessions each. Latency of single requests ({requests} of each kind per store, one \
+         after another on one connection, no other load), in {BLOCKS} blocks alternating between the stores:\n"
     );
     let _ = writeln!(
         out,
@@ -297,6 +396,10 @@ pub fn render(
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for probe in [&mut *small, &mut *large] {
+        let (redis_us, command_us) = (
+            probe.per_request(&probe.redis_cpu),
+            probe.per_request(&probe.command_s),
+        );
         let _ = writeln!(
             out,
             "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} |",
@@ -307,12 +410,12 @@ pub fn render(
             probe.list.percentile_ms(0.99),
             probe.delete.percentile_ms(0.5),
             probe.delete.percentile_ms(0.99),
-            probe.redis_us[0],
-            probe.redis_us[1],
-            probe.redis_us[2],
-            probe.command_us[0],
-            probe.command_us[1],
-            probe.command_us[2],
+            redis_us[0],
+            redis_us[1],
+            redis_us[2],
+            command_us[0],
+            command_us[1],
+            command_us[2],
         );
     }
     let ratio = |large: &mut Sample, small: &mut Sample| {
@@ -333,7 +436,7 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "\nRedis memory per session while filling ({} sessions added, key, index, schedule entries and \
+        "\nRedis memory per session while filling the large store ({} sessions, key, index, schedule entries and \
          Redis's own overhead included): {:.0} B, of which (`MEMORY USAGE`, averaged): the session hash \
          with its key {:.0} B, its share of the user's index {:.0} B, its share of the schedules {:.0} B; \
          the rest, {:.0} B, is Redis's bookkeeping of each key outside it (entries in the key and \
@@ -347,7 +450,7 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "\nDeleting all {} sessions of one user (REST, at the large size): {:.0} ms. Longest `PING` round trip \
+        "\nDeleting all {} sessions of one user (REST, in the large store): {:.0} ms. Longest `PING` round trip \
          of another Redis client during such a deletion: {:.1} ms (during as long a time without it: {:.1} ms).",
         big.sessions,
         big.took.as_secs_f64() * 1000.0,
