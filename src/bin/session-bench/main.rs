@@ -8,6 +8,7 @@
 //! cargo run --release --bin session-bench -- --smoke      # a few hundred ms per case (CI)
 //! cargo run --release --bin session-bench -- --only "REST get"   # the cases starting so
 //! cargo run --release --bin session-bench -- --only scale         # the scale part alone
+//! cargo run --release --bin session-bench -- --only scale --large 10000   # both stores alike
 //! ```
 //!
 //! The service runs as a child process (the `session-manager` binary next to this one), so
@@ -88,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
         only: only.as_deref(),
         scale: only.as_deref().is_none_or(|only| only == "scale"),
         small: if smoke { 2_000 } else { 10_000 },
-        large: if smoke { 20_000 } else { 1_000_000 },
+        large: match arg(&args, "--large") {
+            Ok(large) => large.parse()?,
+            Err(_) if smoke => 20_000,
+            Err(_) => 1_000_000,
+        },
         big_user: if smoke { 2 * 500 + 1 } else { 10_000 },
         probe_requests: if smoke { 200 } else { 2_000 },
     };
