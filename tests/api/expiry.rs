@@ -9,7 +9,7 @@ use session_manager::config::Settings;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use session_manager::{
-    domain::{Command, Fields, NewSession, Outcome, UserId},
+    domain::{Command, Fields, NewSession, Outcome, SessionId, UserId},
     store::{Keys, Policy, RedisConnection, RedisMode, Store},
 };
 
@@ -219,78 +219,135 @@ async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_star
     assert_eq!(second.keys_left().await, Vec::<String>::new());
 }
 
+/// A store without a service around it, so that no relay tick ends sessions before the test
+/// looks.
+struct StoreAlone {
+    settings: Settings,
+    store: Store,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+impl StoreAlone {
+    async fn open(lifetime: Duration, idle: Option<Duration>, max_per_user: Option<u32>) -> Self {
+        let settings = test_settings();
+        let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
+            .await
+            .unwrap();
+        let policy = Policy {
+            lifetime,
+            idle,
+            max_per_user,
+            record_retention: Duration::from_secs(60),
+        };
+        let store = Store::new(connection, Keys::new(&settings.key_prefix), policy);
+        let redis = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Self {
+            settings,
+            store,
+            redis,
+        }
+    }
+
+    async fn apply(&self, command: Command) -> Outcome {
+        self.store.apply(&command, None).await.unwrap().unwrap()
+    }
+
+    /// Creates a session of user `u` and returns its id.
+    async fn create(&self, device: &str) -> SessionId {
+        let body = json!({"user_id": "u", "device_id": device}).to_string();
+        let new = NewSession::from_fields(Fields::from_slice(body.as_bytes()).unwrap()).unwrap();
+        match self.apply(Command::CreateSession(new)).await {
+            Outcome::SessionCreated { session_id } => session_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The ids user `u`'s list shows.
+    async fn listed(&self) -> Vec<SessionId> {
+        let user = UserId::parse("u".into()).unwrap();
+        match self.apply(Command::ListSessions(user)).await {
+            Outcome::SessionList { sessions, .. } => {
+                sessions.into_iter().map(|s| s.session_id).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The (session id, reason) of each event in user `u`'s outbox.
+    async fn outbox(&mut self) -> Vec<(String, String)> {
+        let user = UserId::parse("u".into()).unwrap();
+        let outbox = format!("{}:{{{}}}:outbox", self.settings.key_prefix, user.bucket());
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&outbox)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, fields)| (fields[1].clone(), fields[7].clone()))
+            .collect()
+    }
+
+    async fn clean_up(self) {
+        crate::helpers::clean_up(&self.settings).await;
+    }
+}
+
 /// A session already past its idle deadline, that no tick has ended yet, does not count toward
-/// the limit: the create ends it as expired, and evicts no live session. Run on the store alone,
-/// so that no relay tick ends the idle session first.
+/// the limit: the create ends it as expired, and evicts no live session.
 #[tokio::test]
 async fn sessions_past_their_end_do_not_count_toward_the_limit() {
-    let settings = test_settings();
-    let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
-        .await
-        .unwrap();
-    let store = Store::new(
-        connection,
-        Keys::new(&settings.key_prefix),
-        Policy {
-            lifetime: Duration::from_secs(60),
-            idle: Some(Duration::from_secs(1)),
-            max_per_user: Some(2),
-            record_retention: Duration::from_secs(60),
-        },
-    );
-    let create = |device: &str| {
-        let body = json!({"user_id": "u", "device_id": device}).to_string();
-        Command::CreateSession(
-            NewSession::from_fields(Fields::from_slice(body.as_bytes()).unwrap()).unwrap(),
-        )
-    };
-    let id_of = |outcome: Outcome| match outcome {
-        Outcome::SessionCreated { session_id } => session_id,
-        other => panic!("{other:?}"),
-    };
-    let kept = id_of(store.apply(&create("kept"), None).await.unwrap().unwrap());
-    let idle = id_of(store.apply(&create("idle"), None).await.unwrap().unwrap());
+    let mut alone = StoreAlone::open(
+        Duration::from_secs(60),
+        Some(Duration::from_secs(1)),
+        Some(2),
+    )
+    .await;
+    let kept = alone.create("kept").await;
+    let idle = alone.create("idle").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     // Read (and so kept alive) halfway; `idle` is not.
-    store
-        .apply(&Command::GetSession(kept.clone()), None)
-        .await
-        .unwrap()
-        .unwrap();
+    alone.apply(Command::GetSession(kept.clone())).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let new = id_of(store.apply(&create("new"), None).await.unwrap().unwrap());
+    let new = alone.create("new").await;
 
-    let user = UserId::parse("u".into()).unwrap();
-    let listed = match store
-        .apply(&Command::ListSessions(user.clone()), None)
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        Outcome::SessionList { sessions, .. } => sessions
-            .into_iter()
-            .map(|s| s.session_id)
-            .collect::<Vec<_>>(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(listed, vec![kept, new]);
+    assert_eq!(alone.listed().await, vec![kept, new]);
     // The outbox holds exactly one event: `idle`, expired.
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let outbox = format!("{}:{{{}}}:outbox", settings.key_prefix, user.bucket());
-    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg(&outbox)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    let fields = &entries[0].1;
-    assert_eq!(fields[1], idle.as_str());
-    assert_eq!(fields[7], "expired", "{fields:?}");
-    crate::helpers::clean_up(&settings).await;
+    assert_eq!(
+        alone.outbox().await,
+        vec![(idle.as_str().to_owned(), "expired".to_owned())]
+    );
+    alone.clean_up().await;
+}
+
+/// A list leaves out, and ends as expired, the sessions past their end that no tick has ended
+/// yet: past their absolute end without idle timeout (the index holds it), past their idle
+/// deadline with one (the schedule holds it).
+#[tokio::test]
+async fn a_list_ends_the_sessions_past_their_end() {
+    for idle in [None, Some(Duration::from_secs(1))] {
+        let lifetime = match idle {
+            None => Duration::from_secs(1),
+            Some(_) => Duration::from_secs(60),
+        };
+        let mut alone = StoreAlone::open(lifetime, idle, None).await;
+        let ending = alone.create("ending").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let kept = alone.create("kept").await;
+        assert_eq!(alone.listed().await, vec![ending.clone(), kept.clone()]);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+
+        assert_eq!(alone.listed().await, vec![kept], "idle timeout {idle:?}");
+        assert_eq!(
+            alone.outbox().await,
+            vec![(ending.as_str().to_owned(), "expired".to_owned())]
+        );
+        alone.clean_up().await;
+    }
 }
