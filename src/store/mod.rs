@@ -141,7 +141,7 @@ pub const TTL_MARGIN: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The most sessions one step of a DeleteUserSessions ends. A step blocks Redis while it runs:
 /// `session-bench` saw another client wait at most 6–9 ms during a deletion of 10,000 sessions
-/// (all of it 90–180 ms). A user with no more sessions is deleted in one step.
+/// (all of it 80–180 ms). A user with no more sessions is deleted in one step.
 pub const DELETE_STEP: usize = 500;
 
 /// How long the progress of an unfinished DeleteUserSessions without message id is kept (an
