@@ -11,10 +11,9 @@
 //!                                       string: recorded outcome of a command (its target is
 //!                                       the session or user id, n its length in bytes), kept
 //!                                       SESSION_IDEMPOTENCY_SEC
-//! <prefix>:{<bucket>}:r:<type>:<n>:<target>:<message_id>:p
+//! <prefix>:{<bucket>}:p:<type>:<n>:<target>:<message_id>, or without message id
 //! <prefix>:{<bucket>}:p:<uuid>          list: progress of a DeleteUserSessions that takes more
-//!                                       than one step (with or without message id), deleted
-//!                                       by its last step
+//!                                       than one step, deleted by its last step
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group `relay`)
@@ -66,28 +65,32 @@ impl Keys {
     /// another session's outcome. For a command without message id, a key of the same slot
     /// that the scripts never read.
     pub fn record(&self, command: &Command, message_id: Option<&MessageId>) -> String {
-        let records = self.in_bucket(command.bucket(), "r");
         match message_id {
-            Some(id) => {
-                let target = command.target();
-                format!(
-                    "{records}{}:{}:{target}:{}",
-                    command.name(),
-                    target.len(),
-                    id.as_str()
-                )
-            }
-            None => records,
+            Some(id) => self.of_command("r", command, id),
+            None => self.in_bucket(command.bucket(), "r"),
         }
     }
 
-    /// Where a DeleteUserSessions keeps its progress between steps: beside its record when it
-    /// has a message id (a redelivery resumes it), else under a key of its own.
+    /// Where a DeleteUserSessions keeps its progress between steps: under its command type,
+    /// target and message id like its record, so that a redelivery resumes it; without message
+    /// id, under a key of its own.
     pub fn progress(&self, command: &Command, message_id: Option<&MessageId>) -> String {
         match message_id {
-            Some(_) => self.record(command, message_id) + ":p",
+            Some(id) => self.of_command("p", command, id),
             None => self.in_bucket(command.bucket(), "p") + &uuid::Uuid::new_v4().to_string(),
         }
+    }
+
+    /// `<kind>:<type>:<n>:<target>:<message_id>` in the command's bucket.
+    fn of_command(&self, kind: &str, command: &Command, message_id: &MessageId) -> String {
+        let target = command.target();
+        format!(
+            "{}{}:{}:{target}:{}",
+            self.in_bucket(command.bucket(), kind),
+            command.name(),
+            target.len(),
+            message_id.as_str()
+        )
     }
 }
 

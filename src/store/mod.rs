@@ -1,9 +1,11 @@
 //! The store: the only code that knows Redis. It owns every key ([`keys`]) and every Lua
 //! script (`lua/`), and turns each command into one script call, so that each command is one
-//! round trip and every multi-key change is atomic. It must not know about HTTP or AMQP.
+//! round trip and every multi-key change is atomic; only a DeleteUserSessions of more than
+//! [`DELETE_STEP`] sessions takes one call per step, each atomic. It must not know about HTTP or
+//! AMQP.
 //!
 //! Each script returns one JSON document (`{"s": "ok", "v": …}` or `{"s": "<error code>"}`);
-//! when the command has a `message_id`, the same script records that document (for
+//! when the command has a `message_id`, the same script (the last step's) records that document (for
 //! `SESSION_IDEMPOTENCY_SEC`, 24 hours by default) and
 //! returns it again for every repetition, so a repeated command repeats its first outcome.
 

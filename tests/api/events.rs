@@ -7,9 +7,12 @@ use std::{collections::HashSet, time::Duration};
 use serde_json::{json, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use session_manager::store::DELETE_STEP;
+use session_manager::{
+    domain::{Command, MessageId, Outcome, SessionId, UserId},
+    store::{Keys, DELETE_STEP},
+};
 
-use crate::helpers::{assert_valid, spawn_app, Event, TestApp};
+use crate::helpers::{assert_valid, spawn_app, Event, StoreAlone, TestApp};
 
 const QUIET: Duration = Duration::from_millis(500);
 
@@ -274,6 +277,69 @@ async fn a_delete_all_in_several_steps_publishes_one_event_per_session_and_repea
     let again = app.amqp.call_with_id(&command, "delete-them-all").await;
     assert_eq!(again.body, reply.body);
     events.assert_quiet(QUIET).await;
+}
+
+/// A DeleteUserSessions whose instance stopped between two steps, redelivered: it resumes from
+/// the progress the first step left (its cutoff and the ids it ended), ends the sessions up to
+/// the cutoff, keeps the later ones, and replies with every id. Run on the store alone: the
+/// progress is written here as a first step leaves it.
+#[tokio::test]
+async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
+    let mut alone = StoreAlone::open(Duration::from_secs(60), None, None).await;
+    let [first, second, later] = [
+        alone.create("a").await,
+        alone.create("b").await,
+        alone.create("c").await,
+    ];
+    let user = UserId::parse("u".into()).unwrap();
+    let keys = Keys::new(&alone.settings.key_prefix);
+    let scores: Vec<(String, String)> = redis::cmd("ZRANGE")
+        .arg(keys.index(&user))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut alone.redis)
+        .await
+        .unwrap();
+    // The first step took the cutoff when `later` did not exist yet, ended one session, and
+    // its instance stopped.
+    let ended_before = SessionId::generate(&user);
+    let command = Command::DeleteUserSessions(user.clone());
+    let message_id = MessageId::parse("delete-u").unwrap();
+    let progress = keys.progress(&command, Some(&message_id));
+    let _: () = redis::cmd("RPUSH")
+        .arg(&progress)
+        .arg(&scores[1].1)
+        .arg(ended_before.as_str())
+        .query_async(&mut alone.redis)
+        .await
+        .unwrap();
+
+    let store = alone.store.clone();
+    let deleted = async || match store.apply(&command, Some(&message_id)).await {
+        Ok(Ok(Outcome::UserSessionsDeleted { session_ids, .. })) => session_ids,
+        other => panic!("{other:?}"),
+    };
+    let expected = vec![ended_before, first.clone(), second.clone()];
+    assert_eq!(deleted().await, expected);
+    assert_eq!(alone.listed().await, vec![later]);
+    let reason = "user_sessions_deleted".to_owned();
+    assert_eq!(
+        alone.outbox().await,
+        vec![
+            (first.as_str().to_owned(), reason.clone()),
+            (second.as_str().to_owned(), reason)
+        ]
+    );
+    let left: bool = redis::cmd("EXISTS")
+        .arg(&progress)
+        .query_async(&mut alone.redis)
+        .await
+        .unwrap();
+    assert!(!left, "the last step deletes the progress");
+    // Repeated once more, it answers from its record.
+    assert_eq!(deleted().await, expected);
+    alone.clean_up().await;
 }
 
 #[tokio::test]

@@ -5,15 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use session_manager::config::Settings;
+use session_manager::{config::Settings, domain::Command};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use session_manager::{
-    domain::{Command, Fields, NewSession, Outcome, SessionId, UserId},
-    store::{Keys, Policy, RedisConnection, RedisMode, Store},
-};
-
-use crate::helpers::{spawn_app_with, test_settings, Event, TestApp, REDIS_URL};
+use crate::helpers::{spawn_app_with, test_settings, Event, StoreAlone, TestApp};
 
 fn moment(value: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(value.as_str().expect("a timestamp"), &Rfc3339).expect("RFC 3339")
@@ -219,86 +214,6 @@ async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_star
     assert_eq!(second.keys_left().await, Vec::<String>::new());
 }
 
-/// A store without a service around it, so that no relay tick ends sessions before the test
-/// looks.
-struct StoreAlone {
-    settings: Settings,
-    store: Store,
-    redis: redis::aio::MultiplexedConnection,
-}
-
-impl StoreAlone {
-    async fn open(lifetime: Duration, idle: Option<Duration>, max_per_user: Option<u32>) -> Self {
-        let settings = test_settings();
-        let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
-            .await
-            .unwrap();
-        let policy = Policy {
-            lifetime,
-            idle,
-            max_per_user,
-            record_retention: Duration::from_secs(60),
-        };
-        let store = Store::new(connection, Keys::new(&settings.key_prefix), policy);
-        let redis = redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        Self {
-            settings,
-            store,
-            redis,
-        }
-    }
-
-    async fn apply(&self, command: Command) -> Outcome {
-        self.store.apply(&command, None).await.unwrap().unwrap()
-    }
-
-    /// Creates a session of user `u` and returns its id.
-    async fn create(&self, device: &str) -> SessionId {
-        let body = json!({"user_id": "u", "device_id": device}).to_string();
-        let new = NewSession::from_fields(Fields::from_slice(body.as_bytes()).unwrap()).unwrap();
-        match self.apply(Command::CreateSession(new)).await {
-            Outcome::SessionCreated { session_id } => session_id,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    /// The ids user `u`'s list shows.
-    async fn listed(&self) -> Vec<SessionId> {
-        let user = UserId::parse("u".into()).unwrap();
-        match self.apply(Command::ListSessions(user)).await {
-            Outcome::SessionList { sessions, .. } => {
-                sessions.into_iter().map(|s| s.session_id).collect()
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    /// The (session id, reason) of each event in user `u`'s outbox.
-    async fn outbox(&mut self) -> Vec<(String, String)> {
-        let user = UserId::parse("u".into()).unwrap();
-        let outbox = format!("{}:{{{}}}:outbox", self.settings.key_prefix, user.bucket());
-        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(&outbox)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis)
-            .await
-            .unwrap();
-        entries
-            .into_iter()
-            .map(|(_, fields)| (fields[1].clone(), fields[7].clone()))
-            .collect()
-    }
-
-    async fn clean_up(self) {
-        crate::helpers::clean_up(&self.settings).await;
-    }
-}
-
 /// A session already past its idle deadline, that no tick has ended yet, does not count toward
 /// the limit: the create ends it as expired, and evicts no live session.
 #[tokio::test]
@@ -331,17 +246,17 @@ async fn sessions_past_their_end_do_not_count_toward_the_limit() {
 /// deadline with one (the schedule holds it).
 #[tokio::test]
 async fn a_list_ends_the_sessions_past_their_end() {
-    for idle in [None, Some(Duration::from_secs(1))] {
+    for idle in [None, Some(Duration::from_secs(2))] {
         let lifetime = match idle {
-            None => Duration::from_secs(1),
+            None => Duration::from_secs(2),
             Some(_) => Duration::from_secs(60),
         };
         let mut alone = StoreAlone::open(lifetime, idle, None).await;
         let ending = alone.create("ending").await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let kept = alone.create("kept").await;
         assert_eq!(alone.listed().await, vec![ending.clone(), kept.clone()]);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
 
         assert_eq!(alone.listed().await, vec![kept], "idle timeout {idle:?}");
         assert_eq!(

@@ -21,7 +21,12 @@ use lapin::{
 };
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-use session_manager::{config::Settings, startup::Application};
+use session_manager::{
+    config::Settings,
+    domain::{Command, Fields, NewSession, Outcome, SessionId, UserId},
+    startup::Application,
+    store::{Keys, Policy, RedisConnection, RedisMode, Store},
+};
 use tokio_util::sync::CancellationToken;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -643,4 +648,88 @@ pub fn assert_valid(schema: &str, instance: &Value) {
         errors.is_empty(),
         "{instance} does not match {schema}: {errors:?}"
     );
+}
+
+/// A store without a service around it, so that no relay tick ends sessions before the test
+/// looks.
+pub struct StoreAlone {
+    pub settings: Settings,
+    pub store: Store,
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+impl StoreAlone {
+    pub async fn open(
+        lifetime: Duration,
+        idle: Option<Duration>,
+        max_per_user: Option<u32>,
+    ) -> Self {
+        let settings = test_settings();
+        let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
+            .await
+            .unwrap();
+        let policy = Policy {
+            lifetime,
+            idle,
+            max_per_user,
+            record_retention: Duration::from_secs(60),
+        };
+        let store = Store::new(connection, Keys::new(&settings.key_prefix), policy);
+        let redis = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Self {
+            settings,
+            store,
+            redis,
+        }
+    }
+
+    pub async fn apply(&self, command: Command) -> Outcome {
+        self.store.apply(&command, None).await.unwrap().unwrap()
+    }
+
+    /// Creates a session of user `u` and returns its id.
+    pub async fn create(&self, device: &str) -> SessionId {
+        let body = json!({"user_id": "u", "device_id": device}).to_string();
+        let new = NewSession::from_fields(Fields::from_slice(body.as_bytes()).unwrap()).unwrap();
+        match self.apply(Command::CreateSession(new)).await {
+            Outcome::SessionCreated { session_id } => session_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The ids user `u`'s list shows.
+    pub async fn listed(&self) -> Vec<SessionId> {
+        let user = UserId::parse("u".into()).unwrap();
+        match self.apply(Command::ListSessions(user)).await {
+            Outcome::SessionList { sessions, .. } => {
+                sessions.into_iter().map(|s| s.session_id).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The (session id, reason) of each event in user `u`'s outbox.
+    pub async fn outbox(&mut self) -> Vec<(String, String)> {
+        let user = UserId::parse("u".into()).unwrap();
+        let outbox = format!("{}:{{{}}}:outbox", self.settings.key_prefix, user.bucket());
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&outbox)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, fields)| (fields[1].clone(), fields[7].clone()))
+            .collect()
+    }
+
+    pub async fn clean_up(self) {
+        crate::helpers::clean_up(&self.settings).await;
+    }
 }

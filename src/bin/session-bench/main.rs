@@ -94,7 +94,11 @@ async fn main() -> anyhow::Result<()> {
             Err(_) if smoke => 20_000,
             Err(_) => 1_000_000,
         },
-        big_user: if smoke { 2 * 500 + 1 } else { 10_000 },
+        big_user: if smoke {
+            2 * session_manager::store::DELETE_STEP + 1
+        } else {
+            10_000
+        },
         probe_requests: if smoke { 200 } else { 2_000 },
     };
     let report = run(&plan).await?;
