@@ -11,13 +11,13 @@ use std::{
 use futures_util::{future::join_all, StreamExt};
 use lapin::{BasicProperties, Consumer};
 use serde_json::{json, Value};
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use session_manager::config::{SecretString, Settings};
 
 use crate::{
     helpers::{
-        assert_valid, private_queue, spawn_app, spawn_app_with, test_settings, Reply, TestApp, WAIT,
+        assert_valid, moment, private_queue, session_ids, spawn_app, spawn_app_with, test_settings,
+        Reply, TestApp, WAIT,
     },
     servers::TcpProxy,
 };
@@ -111,64 +111,6 @@ fn assert_error(body: &Value, code: &str, mentions: &str) {
     );
 }
 
-/// An RFC 3339 timestamp of a result (compared as moments: the text has a variable number of
-/// fraction digits, so it does not sort).
-fn moment(value: &Value) -> OffsetDateTime {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("{value} is no string"));
-    OffsetDateTime::parse(text, &Rfc3339).unwrap_or_else(|e| panic!("{text:?}: {e}"))
-}
-
-/// GET over REST: the status and the JSON body.
-async fn rest_get(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app.http.get(app.url(path)).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-/// The user's session list over REST.
-async fn rest_list(app: &TestApp, user_id: &str) -> Value {
-    let response = app
-        .http
-        .get(app.url("/a01/session"))
-        .query(&[("user_id", user_id)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let list: Value = response.json().await.unwrap();
-    assert_valid("result.SessionList.json", &list);
-    list
-}
-
-/// A session over REST, which must exist.
-async fn rest_session(app: &TestApp, session_id: &str) -> Value {
-    let (status, body) = rest_get(app, &format!("/a01/session/{session_id}")).await;
-    assert_eq!(status, 200, "GET {session_id}: {body}");
-    assert_valid("result.Session.json", &body);
-    body
-}
-
-async fn rest_delete(app: &TestApp, session_id: &str) {
-    let response = app
-        .http
-        .delete(app.url(&format!("/a01/session/{session_id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-}
-
-fn session_ids(list: &Value) -> Vec<String> {
-    list["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["session_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A well-formed session id that this service never issued.
 fn unissued_session_id() -> String {
     format!("0a{}", "Q".repeat(43))
@@ -247,7 +189,7 @@ async fn create_session_replies_with_the_id_of_the_session_rest_then_reads() {
     // The same JSON as the REST 201 body: the id and nothing else.
     assert_eq!(result, json!({ "session_id": id }));
 
-    let session = rest_session(&app, &id).await;
+    let session = app.session(&id).await;
     assert_eq!(session["session_id"], id);
     assert_eq!(session["user_id"], "amqp-creator");
     assert_eq!(session["device_id"], "phone 1");
@@ -257,7 +199,7 @@ async fn create_session_replies_with_the_id_of_the_session_rest_then_reads() {
     assert_eq!(session["expiration_time"], 3600);
     assert_eq!(session["user_email"], "creator@example.com");
     assert_eq!(
-        rest_list(&app, "amqp-creator").await,
+        app.list("amqp-creator").await,
         json!({"user_id": "amqp-creator", "sessions": [{"session_id": id, "device_id": "phone 1"}]})
     );
 }
@@ -280,7 +222,7 @@ async fn get_session_result_equals_the_rest_body() {
         .await;
     let result = ok_result(&body, "result.Session.json");
 
-    let rest = rest_session(&app, &id).await;
+    let rest = app.session(&id).await;
     assert_eq!(result, rest);
     assert_eq!(result["access_token"], "token-g");
     assert_eq!(result["expiration_time"], 0);
@@ -310,7 +252,7 @@ async fn list_sessions_result_equals_the_rest_body() {
         .await;
     let result = ok_result(&body, "result.SessionList.json");
 
-    assert_eq!(result, rest_list(&app, "lister ü").await);
+    assert_eq!(result, app.list("lister ü").await);
     assert_eq!(
         result,
         json!({"user_id": "lister ü", "sessions": [
@@ -326,7 +268,7 @@ async fn list_sessions_result_equals_the_rest_body() {
         .await;
     let result = ok_result(&body, "result.SessionList.json");
     assert_eq!(result, json!({"user_id": "nobody", "sessions": []}));
-    assert_eq!(result, rest_list(&app, "nobody").await);
+    assert_eq!(result, app.list("nobody").await);
 }
 
 #[tokio::test]
@@ -341,7 +283,7 @@ async fn update_session_result_equals_the_rest_body_after_the_change() {
             "access_token": "old-access",
         }))
         .await;
-    let before = rest_session(&app, &id).await;
+    let before = app.session(&id).await;
 
     let body = replies
         .call(
@@ -361,7 +303,7 @@ async fn update_session_result_equals_the_rest_body_after_the_change() {
         .await;
     let result = ok_result(&body, "result.Session.json");
 
-    assert_eq!(result, rest_session(&app, &id).await);
+    assert_eq!(result, app.session(&id).await);
     assert_eq!(result["session_id"], id);
     assert_eq!(result["user_id"], "updater");
     assert_eq!(result["device_id"], "tablet");
@@ -400,10 +342,12 @@ async fn delete_session_replies_with_the_id_and_the_session_is_gone() {
     let result = ok_result(&body, "result.SessionDeleted.json");
     assert_eq!(result, json!({ "session_id": doomed }));
 
-    let (status, error) = rest_get(&app, &format!("/a01/session/{doomed}")).await;
+    let (status, error) = app
+        .rest(reqwest::Method::GET, &format!("/a01/session/{doomed}"))
+        .await;
     assert_eq!(status, 404);
     assert_eq!(error["error"]["code"], "not_found");
-    assert_eq!(session_ids(&rest_list(&app, "deleter").await), vec![kept]);
+    assert_eq!(session_ids(&app.list("deleter").await), vec![kept]);
 }
 
 #[tokio::test]
@@ -440,14 +384,16 @@ async fn delete_user_sessions_replies_with_the_closed_ids_and_the_user_has_none_
     assert_eq!(closed.into_iter().collect::<HashSet<_>>(), created);
 
     assert_eq!(
-        rest_list(&app, "purged").await,
+        app.list("purged").await,
         json!({"user_id": "purged", "sessions": []})
     );
     for id in &created {
-        let (status, _) = rest_get(&app, &format!("/a01/session/{id}")).await;
+        let (status, _) = app
+            .rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+            .await;
         assert_eq!(status, 404);
     }
-    assert_eq!(session_ids(&rest_list(&app, "spared").await), vec![other]);
+    assert_eq!(session_ids(&app.list("spared").await), vec![other]);
 
     // Nothing left to close: an empty list, as REST answers for the same state.
     let body = replies
@@ -479,8 +425,11 @@ async fn error_outcomes_are_answered_and_not_dead_lettered() {
     let gone = app
         .create_session(json!({"user_id": "owner", "device_id": "old"}))
         .await;
-    rest_delete(&app, &gone).await;
-    let before = rest_session(&app, &id).await;
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{gone}"))
+        .await;
+    assert_eq!(status, 200);
+    let before = app.session(&id).await;
 
     for missing in [gone.clone(), unissued_session_id()] {
         let reply = app
@@ -511,7 +460,7 @@ async fn error_outcomes_are_answered_and_not_dead_lettered() {
         .await;
     assert_error(&reply.body, "conflict", "device_id");
     // A conflict changes nothing.
-    assert_eq!(rest_session(&app, &id).await, before);
+    assert_eq!(app.session(&id).await, before);
 
     // Ids that cannot be ids of this service: not_found, like any other miss.
     let long = "A".repeat(300);
@@ -527,7 +476,7 @@ async fn error_outcomes_are_answered_and_not_dead_lettered() {
     }
 
     assert_nothing_else_dead_lettered(&app).await;
-    assert_eq!(rest_session(&app, &id).await, before);
+    assert_eq!(app.session(&id).await, before);
 }
 
 // --- messages that cannot be understood ---------------------------------------------------
@@ -538,7 +487,7 @@ async fn messages_that_cannot_be_understood_get_invalid_argument_and_are_dead_le
     let existing = app
         .create_session(json!({"user_id": "victim", "device_id": "d"}))
         .await;
-    let before = rest_session(&app, &existing).await;
+    let before = app.session(&existing).await;
     let json_case = |value: Value| value.to_string().into_bytes();
     // (body, what the error message must name)
     let cases: Vec<(Vec<u8>, &str)> = vec![
@@ -665,15 +614,12 @@ async fn messages_that_cannot_be_understood_get_invalid_argument_and_are_dead_le
     assert_eq!(app.amqp.dead_letter_count().await, 0);
 
     // None of them changed anything.
-    assert_eq!(rest_session(&app, &existing).await, before);
+    assert_eq!(app.session(&existing).await, before);
     assert_eq!(
-        rest_list(&app, "new-user").await,
+        app.list("new-user").await,
         json!({"user_id": "new-user", "sessions": []})
     );
-    assert_eq!(
-        session_ids(&rest_list(&app, "victim").await),
-        vec![existing]
-    );
+    assert_eq!(session_ids(&app.list("victim").await), vec![existing]);
 }
 
 #[tokio::test]
@@ -697,7 +643,7 @@ async fn an_invalid_message_without_reply_to_is_dead_lettered_without_a_reply() 
     app.amqp.assert_no_reply(Duration::from_millis(500)).await;
     assert_eq!(app.amqp.dead_letter_count().await, 0);
     assert_eq!(
-        rest_list(&app, "quiet").await,
+        app.list("quiet").await,
         json!({"user_id": "quiet", "sessions": []})
     );
 }
@@ -708,7 +654,7 @@ async fn an_invalid_message_without_reply_to_is_dead_lettered_without_a_reply() 
 async fn wait_for_session_count(app: &TestApp, user_id: &str, count: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let ids = session_ids(&rest_list(app, user_id).await);
+        let ids = app.listed_ids(user_id).await;
         if ids.len() == count {
             return ids;
         }
@@ -726,7 +672,7 @@ async fn wait_for_session(app: &TestApp, session_id: &str, check: impl Fn(u16, &
     let path = format!("/a01/session/{session_id}");
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (status, body) = rest_get(app, &path).await;
+        let (status, body) = app.rest(reqwest::Method::GET, &path).await;
         if check(status, &body) {
             return;
         }
@@ -747,7 +693,7 @@ async fn a_command_without_reply_to_is_applied_without_a_reply() {
         .await;
     let created = wait_for_session_count(&app, "fire-and-forget", 1).await;
     let id = created[0].clone();
-    assert_eq!(rest_session(&app, &id).await["device_id"], "d");
+    assert_eq!(app.session(&id).await["device_id"], "d");
 
     let update = json!({"type": "UpdateSession", "session_id": id, "access_token": "set-quietly"});
     app.amqp
@@ -791,10 +737,7 @@ async fn create_session_repeated_with_the_same_message_id_is_applied_once() {
     let second = ok_result(&second.body, "result.SessionCreated.json");
     assert_eq!(first, second);
     let id = first["session_id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        session_ids(&rest_list(&app, "once").await),
-        vec![id.clone()]
-    );
+    assert_eq!(session_ids(&app.list("once").await), vec![id.clone()]);
 
     let record_ttl = ttl(
         &app,
@@ -814,7 +757,7 @@ async fn create_session_repeated_with_the_same_message_id_is_applied_once() {
     let third = ok_result(&third.body, "result.SessionCreated.json");
     assert_ne!(third, first);
     assert_eq!(
-        session_ids(&rest_list(&app, "once").await),
+        session_ids(&app.list("once").await),
         vec![id, third["session_id"].as_str().unwrap().to_owned()]
     );
 }
@@ -917,7 +860,7 @@ async fn two_hundred_concurrent_creates_for_one_user_make_two_hundred_sessions()
         })
         .collect();
     assert_eq!(listed, want);
-    assert_eq!(list, rest_list(&app, user).await);
+    assert_eq!(list, app.list(user).await);
 }
 
 /// With the prefetch window above 1, the worker applies deliveries side by side: while Redis's

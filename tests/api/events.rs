@@ -5,27 +5,16 @@
 use std::{collections::HashSet, time::Duration};
 
 use serde_json::{json, Value};
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use time::OffsetDateTime;
 
 use session_manager::{
     domain::{Command, MessageId, Outcome, SessionId, UserId},
     store::{Keys, DELETE_STEP},
 };
 
-use crate::helpers::{assert_valid, spawn_app, Event, StoreAlone, TestApp};
+use crate::helpers::{assert_valid, moment, spawn_app, Event, StoreAlone, TestApp};
 
 const QUIET: Duration = Duration::from_millis(500);
-
-/// Parses an RFC 3339 UTC timestamp.
-fn rfc3339(value: &Value) -> OffsetDateTime {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("{value} is no string"));
-    let moment = OffsetDateTime::parse(text, &Rfc3339)
-        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"));
-    assert!(moment.offset().is_utc(), "{text:?} is not UTC");
-    moment
-}
 
 /// The window in which something done now happens (the clocks of Redis and of the test are
 /// the same machine's; a little slack for rounding).
@@ -67,8 +56,8 @@ fn check_closed(
     assert_eq!(body["data"]["user_id"], user_id);
     assert_eq!(body["data"]["device_id"], device_id);
     assert_eq!(body["data"]["reason"], reason);
-    window.assert_contains(rfc3339(&body["data"]["closed_at"]));
-    window.assert_contains(rfc3339(&body["time"]));
+    window.assert_contains(moment(&body["data"]["closed_at"]));
+    window.assert_contains(moment(&body["time"]));
     let id = body["id"].as_str().expect("an event id").to_owned();
     assert_eq!(
         event.properties.message_id().as_ref().map(|m| m.as_str()),
@@ -79,26 +68,6 @@ fn check_closed(
         Some("SessionClosed")
     );
     id
-}
-
-async fn rest_delete(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app.http.delete(app.url(path)).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-async fn rest_delete_user(app: &TestApp, user_id: &str) -> Value {
-    let response = app
-        .http
-        .delete(app.url("/a01/session"))
-        .query(&[("user_id", user_id)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_valid("result.UserSessionsDeleted.json", &body);
-    body
 }
 
 fn id_set(ids: &Value) -> HashSet<String> {
@@ -171,13 +140,17 @@ async fn rest_delete_of_a_session_publishes_one_session_closed() {
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
 
     let window = Window::open();
-    let (status, body) = rest_delete(&app, &format!("/a01/session/{first}")).await;
+    let (status, body) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{first}"))
+        .await;
     assert_eq!((status, body), (200, json!({ "session_id": first })));
     let event = events.next().await;
     let first_id = check_closed(&event, &window, &first, "rest-user é", "phone", "deleted");
     events.assert_quiet(QUIET).await;
 
-    let (status, _) = rest_delete(&app, &format!("/a01/session/{second}")).await;
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{second}"))
+        .await;
     assert_eq!(status, 200);
     let event = events.next().await;
     let second_id = check_closed(&event, &window, &second, "rest-user é", "laptop", "deleted");
@@ -228,7 +201,7 @@ async fn rest_delete_of_a_users_sessions_publishes_one_event_per_session() {
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
 
     let window = Window::open();
-    let reply = rest_delete_user(&app, user).await;
+    let reply = app.delete_user(user).await;
     assert_eq!(reply["user_id"], user);
     let received = events.take(3).await;
     check_user_sessions_closed(&received, &window, user, &created, &reply["session_ids"]);
@@ -374,11 +347,15 @@ async fn nothing_that_ends_no_session_publishes_an_event() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let missing = format!("0a{}", "Z".repeat(43));
-    let (status, _) = rest_delete(&app, &format!("/a01/session/{missing}")).await;
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{missing}"))
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = rest_delete(&app, "/a01/session/not-an-id").await;
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, "/a01/session/not-an-id")
+        .await;
     assert_eq!(status, 404);
-    let reply = rest_delete_user(&app, "nobody").await;
+    let reply = app.delete_user("nobody").await;
     assert_eq!(reply, json!({"user_id": "nobody", "session_ids": []}));
 
     // AMQP: the same, plus a conflict.
@@ -404,11 +381,15 @@ async fn nothing_that_ends_no_session_publishes_an_event() {
 
     // The subscription does receive events: the quiet above is not for want of a binding.
     let window = Window::open();
-    let (status, _) = rest_delete(&app, &format!("/a01/session/{id}")).await;
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{id}"))
+        .await;
     assert_eq!(status, 200);
     let event = events.next().await;
     check_closed(&event, &window, &id, "calm", "d", "deleted");
-    let (status, _) = rest_delete(&app, &format!("/a01/session/{id}")).await;
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{id}"))
+        .await;
     assert_eq!(status, 404, "a second delete finds nothing");
     events.assert_quiet(QUIET).await;
 }

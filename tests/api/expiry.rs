@@ -4,44 +4,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use session_manager::{config::Settings, domain::Command};
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use time::OffsetDateTime;
 
-use crate::helpers::{spawn_app_with, test_settings, Event, StoreAlone, TestApp};
-
-fn moment(value: &Value) -> OffsetDateTime {
-    OffsetDateTime::parse(value.as_str().expect("a timestamp"), &Rfc3339).expect("RFC 3339")
-}
-
-async fn session(app: &TestApp, id: &str) -> (u16, Value) {
-    let response = app
-        .http
-        .get(app.url(&format!("/a01/session/{id}")))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn listed(app: &TestApp, user: &str) -> Vec<String> {
-    let list: Value = app
-        .http
-        .get(app.url("/a01/session"))
-        .query(&[("user_id", user)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["session_id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::helpers::{moment, spawn_app_with, test_settings, Event, StoreAlone};
 
 /// Checks an `expired` event of `id` and returns how late it arrived after the session's end.
 fn expired(event: &Event, id: &str, ends: OffsetDateTime) -> Duration {
@@ -63,7 +30,9 @@ async fn a_session_ends_at_expires_at_with_one_expired_event() {
     let id = app
         .create_session(json!({"user_id": "u", "device_id": "d"}))
         .await;
-    let (status, stored) = session(&app, &id).await;
+    let (status, stored) = app
+        .rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+        .await;
     assert_eq!(status, 200);
     let ends = moment(&stored["expires_at"]);
 
@@ -74,8 +43,13 @@ async fn a_session_ends_at_expires_at_with_one_expired_event() {
         late.as_millis()
     );
     assert!(OffsetDateTime::now_utc() >= ends);
-    assert_eq!(session(&app, &id).await.0, 404);
-    assert!(listed(&app, "u").await.is_empty());
+    assert_eq!(
+        app.rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+            .await
+            .0,
+        404
+    );
+    assert!(app.listed_ids("u").await.is_empty());
     events.assert_quiet(Duration::from_millis(700)).await;
     assert_eq!(app.keys_left().await, Vec::<String>::new());
 }
@@ -97,7 +71,12 @@ async fn reading_or_updating_a_session_extends_its_idle_deadline() {
     for step in 0..4 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         match step % 3 {
-            0 => assert_eq!(session(&app, &id).await.0, 200),
+            0 => assert_eq!(
+                app.rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+                    .await
+                    .0,
+                200
+            ),
             1 => {
                 let patched = app
                     .http
@@ -120,7 +99,7 @@ async fn reading_or_updating_a_session_extends_its_idle_deadline() {
     events.assert_quiet(Duration::from_millis(100)).await;
     let last_touch = OffsetDateTime::now_utc();
     // Listing does not extend it.
-    assert_eq!(listed(&app, "u").await, vec![id.clone()]);
+    assert_eq!(app.listed_ids("u").await, vec![id.clone()]);
 
     let event = events.next().await;
     let ends = moment(&event.body["data"]["closed_at"]);
@@ -134,7 +113,12 @@ async fn reading_or_updating_a_session_extends_its_idle_deadline() {
         "idle expiry: event {} ms after the session's end",
         late.as_millis()
     );
-    assert_eq!(session(&app, &id).await.0, 404);
+    assert_eq!(
+        app.rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+            .await
+            .0,
+        404
+    );
     assert_eq!(app.keys_left().await, Vec::<String>::new());
 }
 
@@ -162,11 +146,16 @@ async fn creating_one_more_than_the_limit_evicts_the_oldest() {
         assert_eq!(event.body["data"]["session_id"], evicted.as_str());
         assert_eq!(event.body["data"]["device_id"], device);
         assert_eq!(event.body["data"]["reason"], "evicted");
-        assert_eq!(session(&app, evicted).await.0, 404);
+        assert_eq!(
+            app.rest(reqwest::Method::GET, &format!("/a01/session/{evicted}"))
+                .await
+                .0,
+            404
+        );
     }
     events.assert_quiet(Duration::from_millis(500)).await;
-    assert_eq!(listed(&app, "u").await, ids[2..].to_vec());
-    assert_eq!(listed(&app, "v").await, vec![other]);
+    assert_eq!(app.listed_ids("u").await, ids[2..].to_vec());
+    assert_eq!(app.listed_ids("v").await, vec![other]);
 }
 
 #[tokio::test]
@@ -182,7 +171,9 @@ async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_star
         let id = first
             .create_session(json!({"user_id": "u", "device_id": device}))
             .await;
-        let (_, stored) = session(&first, &id).await;
+        let (_, stored) = first
+            .rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+            .await;
         ends.push((id, moment(&stored["expires_at"])));
     }
     first.stop_keeping_state().await;
@@ -210,7 +201,7 @@ async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_star
         expired(event, id, *end);
     }
     events.assert_quiet(Duration::from_millis(500)).await;
-    assert!(listed(&second, "u").await.is_empty());
+    assert!(second.listed_ids("u").await.is_empty());
     assert_eq!(second.keys_left().await, Vec::<String>::new());
 }
 

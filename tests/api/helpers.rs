@@ -27,6 +27,7 @@ use session_manager::{
     startup::Application,
     store::{Keys, Policy, RedisConnection, RedisMode, Store},
 };
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -120,6 +121,64 @@ impl TestApp {
         let created: Value = response.json().await.unwrap();
         assert_valid("result.SessionCreated.json", &created);
         created["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// A REST request without body: the status and the JSON body.
+    pub async fn rest(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .request(method, self.url(path))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A session over REST, which must exist, checked against the schema.
+    pub async fn session(&self, session_id: &str) -> Value {
+        let (status, body) = self
+            .rest(reqwest::Method::GET, &format!("/a01/session/{session_id}"))
+            .await;
+        assert_eq!(status, 200, "GET {session_id}: {body}");
+        assert_valid("result.Session.json", &body);
+        body
+    }
+
+    /// The user's list over REST, checked against the schema.
+    pub async fn list(&self, user_id: &str) -> Value {
+        self.for_user(reqwest::Method::GET, user_id, "result.SessionList.json")
+            .await
+    }
+
+    /// The ids of the user's list over REST, in its order.
+    pub async fn listed_ids(&self, user_id: &str) -> Vec<String> {
+        session_ids(&self.list(user_id).await)
+    }
+
+    /// Deletes all the user's sessions over REST; the answer, checked against the schema.
+    pub async fn delete_user(&self, user_id: &str) -> Value {
+        self.for_user(
+            reqwest::Method::DELETE,
+            user_id,
+            "result.UserSessionsDeleted.json",
+        )
+        .await
+    }
+
+    async fn for_user(&self, method: reqwest::Method, user_id: &str, schema: &str) -> Value {
+        let response = self
+            .http
+            .request(method, self.url("/a01/session"))
+            .query(&[("user_id", user_id)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_valid(schema, &body);
+        assert_eq!(body["user_id"], user_id);
+        body
     }
 
     /// Creates `count` sessions of `user_id` (devices `device-<i>`) over REST, 50 at a time, and
@@ -732,4 +791,25 @@ impl StoreAlone {
     pub async fn clean_up(self) {
         crate::helpers::clean_up(&self.settings).await;
     }
+}
+
+/// The session ids of a list (a `SessionList` result).
+pub fn session_ids(list: &Value) -> Vec<String> {
+    list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An RFC 3339 timestamp of a result or event, which must be UTC, as a moment (compared as
+/// moments: the text has a variable number of fraction digits, so it does not sort).
+pub fn moment(value: &Value) -> OffsetDateTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{value} is no string"));
+    let moment = OffsetDateTime::parse(text, &Rfc3339).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert!(moment.offset().is_utc(), "{text:?} is not UTC");
+    moment
 }

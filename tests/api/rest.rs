@@ -17,9 +17,9 @@ use session_manager::{
     config::{SecretString, Settings},
     store::DELETE_STEP,
 };
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use time::OffsetDateTime;
 
-use crate::helpers::{assert_valid, spawn_app, spawn_app_with, test_settings, TestApp};
+use crate::helpers::{assert_valid, moment, spawn_app, spawn_app_with, test_settings, TestApp};
 
 const MAX_BODY: usize = 64 * 1024;
 const MAX_SECRET: usize = 16 * 1024;
@@ -161,16 +161,6 @@ async fn delete_user(app: &TestApp, user_id: &str) -> Response {
         .send()
         .await
         .unwrap()
-}
-
-/// Parses an RFC 3339 timestamp of a response and checks that it is UTC.
-fn timestamp(value: &Value) -> OffsetDateTime {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("{value} is no string"));
-    let moment = OffsetDateTime::parse(text, &Rfc3339).unwrap_or_else(|e| panic!("{text}: {e}"));
-    assert!(moment.offset().is_utc(), "{text} is not UTC");
-    moment
 }
 
 fn is_url_safe_id(id: &str) -> bool {
@@ -578,8 +568,8 @@ async fn get_returns_every_field_with_absent_ones_as_null() {
     ] {
         assert_eq!(stored[field], Value::Null, "{field} of {stored}");
     }
-    let created = timestamp(&stored["created_at"]);
-    assert_eq!(timestamp(&stored["updated_at"]), created);
+    let created = moment(&stored["created_at"]);
+    assert_eq!(moment(&stored["updated_at"]), created);
     let now = OffsetDateTime::now_utc();
     assert!(
         (now - created).abs() < time::Duration::seconds(30),
@@ -598,8 +588,8 @@ async fn expires_at_is_created_at_plus_the_session_lifetime() {
         .create_session(json!({"user_id": "alice", "device_id": "phone", "expiration_time": 60}))
         .await;
     let stored = session(&app, &id).await;
-    let created = timestamp(&stored["created_at"]);
-    let expires = timestamp(&stored["expires_at"]);
+    let created = moment(&stored["created_at"]);
+    let expires = moment(&stored["expires_at"]);
     assert_eq!(expires - created, time::Duration::seconds(3600));
     // expiration_time is the client's token validity, stored as given, not the session's.
     assert_eq!(stored["expiration_time"], 60);
@@ -698,7 +688,7 @@ async fn patch_answers_the_whole_session_after_the_change() {
     assert_eq!(after["user_email"], "alice@example.com");
     assert_eq!(after["created_at"], before["created_at"]);
     assert!(
-        timestamp(&after["updated_at"]) > timestamp(&before["updated_at"]),
+        moment(&after["updated_at"]) > moment(&before["updated_at"]),
         "updated_at did not move: {before} -> {after}"
     );
     // What PATCH answered is what is stored.
@@ -1638,7 +1628,7 @@ async fn a_hundred_concurrent_creates_for_one_user_are_all_listed_in_order() {
     for (id, device) in &sessions {
         let stored = session(&app, id).await;
         assert_eq!(stored["device_id"], device.as_str());
-        let created_at = timestamp(&stored["created_at"]);
+        let created_at = moment(&stored["created_at"]);
         if let Some(previous) = previous {
             assert!(previous <= created_at, "list not ordered by created_at");
         }
