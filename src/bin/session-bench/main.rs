@@ -758,15 +758,70 @@ struct Row {
     ceiling: Option<Sample>,
 }
 
+/// Runs the benchmark, then removes what it created (also when it failed): its queues and
+/// exchanges on RabbitMQ and its keys in the shared Redis.
 async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
+    // Short, so that keys are about as long as under the default prefix `session-manager`.
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let report = measure(plan, &run_id).await;
+    clean_up(&run_id).await?;
+    report
+}
+
+async fn clean_up(run_id: &str) -> anyhow::Result<()> {
+    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let channel = amqp.create_channel().await?;
+    for names in ["", ".small", ".large"].map(|store| format!("bench.{run_id}{store}")) {
+        for queue in [
+            format!("{names}.commands"),
+            format!("{names}.commands.dead"),
+        ] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let events = format!("{names}.events");
+        let _ = channel
+            .exchange_delete(events.as_str().into(), Default::default())
+            .await;
+    }
+    let ceiling_queue = format!("bench.{run_id}.ceiling");
+    let _ = channel
+        .queue_delete(ceiling_queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let mut redis = redis::Client::open(REDIS_URL)?
+        .get_multiplexed_async_connection()
+        .await?;
+    for pattern in [
+        format!("bench-{run_id}:*"),
+        format!("bench-{run_id}-ceiling:*"),
+    ] {
+        // SCAN, not KEYS: a run leaves hundreds of thousands of keys.
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = redis.scan_match(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            keys
+        };
+        for chunk in keys.chunks(1000) {
+            let _: () = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut redis)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
     let Plan {
         round,
         rounds,
         only,
         ..
     } = *plan;
-    // Short, so that keys are about as long as under the default prefix `session-manager`.
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("bench-{run_id}");
     let ceiling_prefix = format!("bench-{run_id}-ceiling");
     let command_queue = format!("bench.{run_id}.commands");
@@ -852,46 +907,12 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
         }
     }
     let rss = peak_rss_mib(service.0.id());
-    // Clean up what the run created.
     drop(service);
-    let channel = amqp.create_channel().await?;
-    for queue in [
-        command_queue.clone(),
-        format!("{command_queue}.dead"),
-        ceiling_queue,
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            format!("bench.{run_id}.events").as_str().into(),
-            Default::default(),
-        )
-        .await;
-    for pattern in [format!("{prefix}:*"), format!("{ceiling_prefix}:*")] {
-        // SCAN, not KEYS: a run leaves hundreds of thousands of keys.
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = redis.scan_match(&pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
-            }
-            keys
-        };
-        for chunk in keys.chunks(1000) {
-            let _: () = redis::cmd("UNLINK")
-                .arg(chunk)
-                .query_async(&mut redis)
-                .await?;
-        }
-    }
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
     drop(amqp);
     let scale_report = match plan.scale {
-        true => scale::run(&run_id, plan).await?,
+        true => scale::run(run_id, plan).await?,
         false => String::new(),
     };
     Ok(render(&mut rows, rss, per_session, round, rounds) + &scale_report)

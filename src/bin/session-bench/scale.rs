@@ -130,25 +130,6 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
         idle_cpu[0] * 100.0,
         idle_cpu[1] * 100.0
     );
-    // The services' queues on the shared RabbitMQ.
-    let amqp = lapin::Connection::connect(crate::AMQP_URL, Default::default()).await?;
-    let channel = amqp.create_channel().await?;
-    for name in ["small", "large"] {
-        for queue in [
-            format!("bench.{run_id}.{name}.commands"),
-            format!("bench.{run_id}.{name}.commands.dead"),
-        ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(
-                format!("bench.{run_id}.{name}.events").as_str().into(),
-                Default::default(),
-            )
-            .await;
-    }
     Ok(out)
 }
 
