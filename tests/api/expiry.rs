@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use session_manager::{config::Settings, domain::Command};
+use session_manager::{
+    config::Settings,
+    domain::{Command, UserId},
+    store::Keys,
+};
 use time::OffsetDateTime;
 
 use crate::helpers::{moment, spawn_app_with, test_settings, Event, StoreAlone};
@@ -256,4 +260,34 @@ async fn a_list_ends_the_sessions_past_their_end() {
         );
         alone.clean_up().await;
     }
+}
+
+/// A session whose hash is gone while its index and schedule entries stayed (its TTL ran out
+/// while no instance ran): a list leaves it out and drops both entries, with no event.
+#[tokio::test]
+async fn a_list_drops_the_entries_of_a_session_whose_hash_is_gone() {
+    let mut alone = StoreAlone::open(Duration::from_secs(60), None, None).await;
+    let gone = alone.create("gone").await;
+    let kept = alone.create("kept").await;
+    let keys = Keys::new(&alone.settings.key_prefix);
+    let _: () = redis::cmd("DEL")
+        .arg(keys.session(&gone))
+        .query_async(&mut alone.redis)
+        .await
+        .unwrap();
+
+    assert_eq!(alone.listed().await, vec![kept.clone()]);
+    let user = UserId::parse("u".into()).unwrap();
+    for key in [keys.index(&user), keys.schedule(gone.bucket())] {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut alone.redis)
+            .await
+            .unwrap();
+        assert_eq!(members, vec![kept.as_str().to_owned()], "{key}");
+    }
+    assert!(alone.outbox().await.is_empty());
+    alone.clean_up().await;
 }

@@ -28,12 +28,8 @@ redis.call('PEXPIRE', index, lifetime + margin)
 if max_per_user > 0 and redis.call('ZCARD', index) > max_per_user then
   local alive, devices = {}, {}
   for _, other in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    local stored = redis.call('HMGET', session_key(other), 'd', 'x')
-    local device_id = stored[1]
-    if not device_id then
-      redis.call('ZREM', index, other)
-      redis.call('ZREM', schedule_key, other)
-    elseif live(other, user_id, device_id, stored[2]) then
+    local device_id = live_device(other, user_id)
+    if device_id then
       alive[#alive + 1] = other
       devices[other] = device_id
     end

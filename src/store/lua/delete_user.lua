@@ -20,12 +20,8 @@ local closed = {}
 local ids = redis.call('ZRANGE', index, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, step + 1)
 for i = 1, math.min(#ids, step) do
   local session_id = ids[i]
-  local stored = redis.call('HMGET', session_key(session_id), 'd', 'x')
-  local device_id = stored[1]
-  if not device_id then
-    redis.call('ZREM', index, session_id)
-    redis.call('ZREM', schedule_key, session_id)
-  elseif live(session_id, user_id, device_id, stored[2]) then
+  local device_id = live_device(session_id, user_id)
+  if device_id then
     end_session(session_id, user_id, device_id, 'user_sessions_deleted', now)
     closed[#closed + 1] = session_id
   end

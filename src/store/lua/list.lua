@@ -3,11 +3,8 @@
 local index, user_id = KEYS[1], ARGV[7]
 local listed = {}
 for _, session_id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-  local stored = redis.call('HMGET', session_key(session_id), 'd', 'x')
-  local device_id = stored[1]
-  if not device_id then
-    redis.call('ZREM', index, session_id)
-  elseif live(session_id, user_id, device_id, stored[2]) then
+  local device_id = live_device(session_id, user_id)
+  if device_id then
     listed[#listed + 1] = session_id
     listed[#listed + 1] = device_id
   end

@@ -14,6 +14,21 @@ local function live(session_id, user_id, device_id, expires)
   return true
 end
 
+-- The device id of a session on its user's index if it is live; nil if it is gone (its
+-- leftover index and schedule entries are dropped) or past its end (ended now, as expired).
+local function live_device(session_id, user_id)
+  local stored = redis.call('HMGET', session_key(session_id), 'd', 'x')
+  if not stored[1] then
+    redis.call('ZREM', index_key(user_id), session_id)
+    redis.call('ZREM', schedule_key, session_id)
+    return nil
+  end
+  if live(session_id, user_id, stored[1], stored[2]) then
+    return stored[1]
+  end
+  return nil
+end
+
 -- A read or update of a live session moves its idle deadline (never past its absolute end).
 local function touch(session_id, expires)
   if idle > 0 then
