@@ -404,14 +404,7 @@ async fn delete_user_sessions_replies_with_the_closed_ids_and_the_user_has_none_
         .await;
     let result = ok_result(&body, "result.UserSessionsDeleted.json");
     assert_eq!(result, json!({"user_id": "purged", "session_ids": []}));
-    let response = app
-        .http
-        .delete(app.url("/a01/session?user_id=purged"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap(), result);
+    assert_eq!(app.delete_user("purged").await, result);
 }
 
 // --- error outcomes ----------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use session_manager::config::{SecretString, Settings};
 
 use crate::{
@@ -40,39 +40,14 @@ async fn every_operation_works_on_a_redis_cluster() {
     );
 
     for user in &users {
-        let list: Value = app
-            .http
-            .get(app.url("/a01/session"))
-            .query(&[("user_id", user)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = app.list(user).await;
         let sessions = list["sessions"].as_array().unwrap();
         assert_eq!(sessions.len(), 2, "{list}");
         let first = sessions[0]["session_id"].as_str().unwrap();
         assert_eq!(sessions[0]["device_id"], "phone");
 
-        let patched = app
-            .http
-            .patch(app.url(&format!("/a01/session/{first}")))
-            .json(&json!({"access_token": "t"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(patched.status(), 200);
-        let got: Value = app
-            .http
-            .get(app.url(&format!("/a01/session/{first}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(got["access_token"], "t");
+        assert_eq!(app.patch(first, &json!({"access_token": "t"})).await.0, 200);
+        assert_eq!(app.session(first).await["access_token"], "t");
 
         // AMQP with a message_id: the idempotency record lives in the same slot.
         let message_id = uuid::Uuid::new_v4().to_string();
@@ -82,16 +57,7 @@ async fn every_operation_works_on_a_redis_cluster() {
         let again = app.amqp.call_with_id(&command, &message_id).await;
         assert_eq!(again.body, reply.body);
 
-        let deleted: Value = app
-            .http
-            .delete(app.url("/a01/session"))
-            .query(&[("user_id", user)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let deleted = app.delete_user(user).await;
         assert_eq!(
             deleted["session_ids"].as_array().unwrap().len(),
             1,

@@ -324,28 +324,9 @@ async fn nothing_that_ends_no_session_publishes_an_event() {
     let id = app
         .create_session(json!({"user_id": "calm", "device_id": "d"}))
         .await;
-    let response = app
-        .http
-        .get(app.url(&format!("/a01/session/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = app
-        .http
-        .get(app.url("/a01/session?user_id=calm"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = app
-        .http
-        .patch(app.url(&format!("/a01/session/{id}")))
-        .json(&json!({"access_token": "t"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    app.session(&id).await;
+    app.list("calm").await;
+    assert_eq!(app.patch(&id, &json!({"access_token": "t"})).await.0, 200);
     let missing = format!("0a{}", "Z".repeat(43));
     let (status, _) = app
         .rest(reqwest::Method::DELETE, &format!("/a01/session/{missing}"))

@@ -82,14 +82,8 @@ async fn reading_or_updating_a_session_extends_its_idle_deadline() {
                 200
             ),
             1 => {
-                let patched = app
-                    .http
-                    .patch(app.url(&format!("/a01/session/{id}")))
-                    .json(&json!({"access_token": format!("t{step}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(patched.status(), 200);
+                let patch = json!({"access_token": format!("t{step}")});
+                assert_eq!(app.patch(&id, &patch).await.0, 200);
             }
             _ => {
                 let reply = app

@@ -49,13 +49,10 @@ async fn consumers_of_gone_instances_are_forgotten() {
     let id = app
         .create_session(json!({"user_id": "u", "device_id": "d"}))
         .await;
-    let deleted = app
-        .http
-        .delete(app.url(&format!("/a01/session/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{id}"))
+        .await;
+    assert_eq!(status, 200);
     events.next().await;
     let outbox = format!(
         "{}:{{{}}}:outbox",

@@ -125,14 +125,13 @@ impl TestApp {
 
     /// A REST request without body: the status and the JSON body.
     pub async fn rest(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, self.url(path))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        status_and_json(self.http.request(method, self.url(path))).await
+    }
+
+    /// Updates a session over REST: the status and the JSON body.
+    pub async fn patch(&self, session_id: &str, body: &Value) -> (u16, Value) {
+        let path = format!("/a01/session/{session_id}");
+        status_and_json(self.http.patch(self.url(&path)).json(body)).await
     }
 
     /// A session over REST, which must exist, checked against the schema.
@@ -812,4 +811,10 @@ pub fn moment(value: &Value) -> OffsetDateTime {
     let moment = OffsetDateTime::parse(text, &Rfc3339).unwrap_or_else(|e| panic!("{text:?}: {e}"));
     assert!(moment.offset().is_utc(), "{text:?} is not UTC");
     moment
+}
+
+async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }

@@ -63,13 +63,10 @@ async fn the_service_survives_losing_rabbitmq() {
     proxy.cut(true);
     until_ready_is(&app, 503).await;
     // REST still serves, and a delete's event waits in the outbox.
-    let deleted = app
-        .http
-        .delete(app.url(&format!("/a01/session/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    let (status, _) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{id}"))
+        .await;
+    assert_eq!(status, 200);
     // A command sent meanwhile waits in the queue.
     let command = json!({"type": "CreateSession", "user_id": "u", "device_id": "e"});
     let correlation_id = publish_command(&app, &command, "while-cut").await;
@@ -105,15 +102,11 @@ async fn the_service_survives_a_redis_restart() {
 
     drop(redis);
     let started = Instant::now();
-    let response = app
-        .http
-        .get(app.url(&format!("/a01/session/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let (status, body) = app
+        .rest(reqwest::Method::GET, &format!("/a01/session/{id}"))
+        .await;
     let took = started.elapsed();
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "unavailable");
     assert!(took < Duration::from_secs(5), "503 took {took:?}");
     until_ready_is(&app, 503).await;
@@ -129,17 +122,8 @@ async fn the_service_survives_a_redis_restart() {
     let reply = app.amqp.reply_for(&correlation_id).await;
     assert_eq!(reply.body["status"], "ok", "{}", reply.body);
     let created = reply.body["result"]["session_id"].as_str().unwrap();
-    let listed: Value = app
-        .http
-        .get(app.url("/a01/session?user_id=u"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        listed["sessions"],
+        app.list("u").await["sessions"],
         json!([{"session_id": created, "device_id": "e"}])
     );
 }
