@@ -16,8 +16,8 @@ use session_manager::config::{SecretString, Settings};
 
 use crate::{
     helpers::{
-        assert_valid, moment, private_queue, session_ids, spawn_app, spawn_app_with, test_settings,
-        Reply, TestApp, WAIT,
+        assert_valid, eventually, moment, private_queue, session_ids, spawn_app, spawn_app_with,
+        test_settings, Reply, TestApp, WAIT,
     },
     servers::TcpProxy,
 };
@@ -645,36 +645,29 @@ async fn an_invalid_message_without_reply_to_is_dead_lettered_without_a_reply() 
 
 /// Polls the user's REST session list until it has `count` sessions, failing after [`WAIT`].
 async fn wait_for_session_count(app: &TestApp, user_id: &str, count: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(async || {
         let ids = app.listed_ids(user_id).await;
         if ids.len() == count {
-            return ids;
+            Ok(ids)
+        } else {
+            Err(format!("{user_id} has {} sessions, not {count}", ids.len()))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user_id} has {} sessions, not {count}",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Polls a session over REST until `check` holds for its status and body.
 async fn wait_for_session(app: &TestApp, session_id: &str, check: impl Fn(u16, &Value) -> bool) {
     let path = format!("/a01/session/{session_id}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(async || {
         let (status, body) = app.rest(reqwest::Method::GET, &path).await;
         if check(status, &body) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("session still {status}: {body}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session still {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -937,8 +930,7 @@ async fn metrics_count_commands_and_events() {
         r#"session_manager_amqp_command_duration_seconds_count{command="DeleteSession"} 2"#,
         "session_manager_events_published_total 1",
     ];
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually(async || {
         let text = app
             .http
             .get(app.url("/metrics"))
@@ -954,14 +946,12 @@ async fn metrics_count_commands_and_events() {
             .filter(|line| !text.lines().any(|l| l == *line))
             .collect();
         if missing.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?} in:\n{text}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "missing {missing:?} in:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// A message id reused for the same kind of command on another session is another command: it

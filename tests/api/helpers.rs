@@ -212,8 +212,7 @@ impl TestApp {
     /// fixed bookkeeping (an empty outbox stream per bucket that ever had events).
     pub async fn keys_left(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually(async || {
             let mut left = Vec::new();
             let mut outbox_entries = 0;
             for key in self.keys().await {
@@ -228,13 +227,15 @@ impl TestApp {
                     left.push(key);
                 }
             }
-            if outbox_entries == 0 || tokio::time::Instant::now() > deadline {
-                assert_eq!(outbox_entries, 0, "the outbox was not emptied");
-                left.sort();
-                return left;
+            if outbox_entries > 0 {
+                return Err(format!(
+                    "the outbox was not emptied: {outbox_entries} entries"
+                ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            left.sort();
+            Ok(left)
+        })
+        .await
     }
 
     /// Stops the instance gracefully and waits for it to finish.
@@ -817,4 +818,16 @@ async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
+}
+
+/// Asks `probe` every 50 ms until it answers `Ok`; fails with its last `Err` after [`WAIT`].
+pub async fn eventually<T>(mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(why) => assert!(tokio::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
