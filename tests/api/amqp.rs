@@ -14,13 +14,11 @@ use serde_json::{json, Value};
 
 use session_manager::config::{SecretString, Settings};
 
-use crate::{
-    helpers::{
-        assert_valid, eventually, moment, private_queue, session_ids, spawn_app, spawn_app_with,
-        test_settings, Reply, TestApp, WAIT,
-    },
-    servers::TcpProxy,
+use crate::helpers::{
+    assert_valid, eventually, moment, private_queue, session_ids, spawn_app, spawn_app_with,
+    test_settings, Reply, TestApp, WAIT,
 };
+use session_manager_testkit::TcpProxy;
 
 /// A reply queue owned by the test, so that a test chooses every property of a command and sees
 /// every property of its reply (the harness's `call` picks the correlation id itself).

@@ -6,10 +6,8 @@ use std::collections::HashSet;
 use serde_json::json;
 use session_manager::config::{SecretString, Settings};
 
-use crate::{
-    helpers::{spawn_app_with, test_settings},
-    servers::PrivateCluster,
-};
+use crate::helpers::{spawn_app_with, test_settings};
+use session_manager_testkit::PrivateCluster;
 
 #[tokio::test]
 async fn every_operation_works_on_a_redis_cluster() {

@@ -9,10 +9,8 @@ use std::{
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
-use crate::{
-    helpers::{clean_up, test_settings, AmqpClient, Reply},
-    servers::{free_port, Service},
-};
+use crate::helpers::{clean_up, service_with_settings, test_settings, AmqpClient, Reply};
+use session_manager_testkit::{free_port, Service};
 
 /// Every reply, by correlation id; a command answered twice must repeat its first outcome.
 #[derive(Default)]
@@ -54,7 +52,7 @@ async fn sigterm_in_the_middle_of_thousands_of_creates_finishes_what_it_took() {
 async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
     const COMMANDS: usize = 3000;
     let settings = test_settings();
-    let first = Service::start(&mut Service::with_settings(&settings), free_port());
+    let first = Service::start(&mut service_with_settings(&settings), free_port());
     let amqp = AmqpClient::connect(&settings).await;
     amqp.wait_for_consumer().await;
 
@@ -83,7 +81,7 @@ async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
         "the kill came too late to test anything"
     );
 
-    let second = Service::start(&mut Service::with_settings(&settings), free_port());
+    let second = Service::start(&mut service_with_settings(&settings), free_port());
     let deadline = Instant::now() + Duration::from_secs(60);
     while answers.0.len() < COMMANDS {
         assert!(Instant::now() < deadline, "not every command was answered");
@@ -122,7 +120,7 @@ async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
 async fn sigkill_right_after_a_mass_delete_loses_no_event() {
     const SESSIONS: usize = 300;
     let settings = test_settings();
-    let first = Service::start(&mut Service::with_settings(&settings), free_port());
+    let first = Service::start(&mut service_with_settings(&settings), free_port());
     let amqp = AmqpClient::connect(&settings).await;
     amqp.wait_for_consumer().await;
     let mut events = amqp.subscribe(&settings.events_exchange).await;
@@ -153,7 +151,7 @@ async fn sigkill_right_after_a_mass_delete_loses_no_event() {
         .collect();
     assert_eq!(closed.len(), SESSIONS);
 
-    let second = Service::start(&mut Service::with_settings(&settings), free_port());
+    let second = Service::start(&mut service_with_settings(&settings), free_port());
     let mut received: HashMap<String, String> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while received.len() < SESSIONS {

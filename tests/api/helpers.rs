@@ -30,10 +30,10 @@ use session_manager::{
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
 
+pub use session_manager_testkit::{eventually, WAIT};
+
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// How long a test waits for a reply or an event before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A running instance and clients for it.
 pub struct TestApp {
@@ -820,14 +820,33 @@ async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-/// Asks `probe` every 50 ms until it answers `Ok`; fails with its last `Err` after [`WAIT`].
-pub async fn eventually<T>(mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(why) => assert!(tokio::time::Instant::now() < deadline, "{why}"),
+/// The service binary built by cargo for these tests, with none of the service's variables
+/// inherited from the environment: only what the test sets.
+pub fn service_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_session-manager"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SESSION_")
+            || name.starts_with("REDIS_")
+            || name.starts_with("AMQP_")
+            || name == "SERVICE_PORT"
+            || name == "RUST_LOG"
+        {
+            command.env_remove(name);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    command
+}
+
+/// The binary with the settings of `settings` (prefix, queue, exchange, lifetime).
+pub fn service_with_settings(settings: &Settings) -> std::process::Command {
+    let mut command = service_binary();
+    command
+        .env("SESSION_KEY_PREFIX", &settings.key_prefix)
+        .env("SESSION_COMMAND_QUEUE", &settings.command_queue)
+        .env("SESSION_EVENTS_EXCHANGE", &settings.events_exchange)
+        .env(
+            "SESSION_EXP_SEC",
+            settings.session_lifetime.as_secs().to_string(),
+        );
+    command
 }

@@ -11,4 +11,3 @@ mod helpers;
 mod outages;
 mod process;
 mod rest;
-mod servers;

@@ -8,10 +8,8 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use session_manager::config::{SecretString, Settings};
 
-use crate::{
-    helpers::{spawn_app_with, test_settings, TestApp, WAIT},
-    servers::{PrivateRedis, TcpProxy},
-};
+use crate::helpers::{spawn_app_with, test_settings, TestApp, WAIT};
+use session_manager_testkit::{PrivateRedis, TcpProxy};
 
 async fn readyz(app: &TestApp) -> u16 {
     app.http

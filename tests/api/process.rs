@@ -8,10 +8,8 @@ use std::{
 
 use serde_json::json;
 
-use crate::{
-    helpers::{test_settings, AmqpClient, AMQP_URL},
-    servers::{free_port, service_binary, PrivateRedis, Service},
-};
+use crate::helpers::{service_binary, test_settings, AmqpClient, AMQP_URL};
+use session_manager_testkit::{free_port, PrivateRedis, Service};
 
 fn run_to_exit(command: &mut Command) -> Output {
     let mut child = command

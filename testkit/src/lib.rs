@@ -1,5 +1,11 @@
-//! Servers a test may break: a private `redis-server` on a free port, killed when dropped, and
-//! the real `session-manager` binary as a child process.
+//! The test kit of session-manager (not published): what the tests and the bench need to run
+//! against real servers without touching the shared ones. A private `redis-server` on a free
+//! port and a private Redis Cluster, both killed when dropped; a binary run as a child process
+//! with its output captured; a TCP proxy that holds, cuts and refuses connections; free ports;
+//! and [`eventually`], which polls until a probe answers.
+//!
+//! It knows nothing of the service's own types: the tests and the bench pass it commands,
+//! ports and URLs.
 
 use std::{
     io::Read,
@@ -130,43 +136,12 @@ impl Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    /// The binary with the settings of `settings` (prefix, queue, exchange, lifetimes).
-    pub fn with_settings(settings: &session_manager::config::Settings) -> Command {
-        let mut command = service_binary();
-        command
-            .env("SESSION_KEY_PREFIX", &settings.key_prefix)
-            .env("SESSION_COMMAND_QUEUE", &settings.command_queue)
-            .env("SESSION_EVENTS_EXCHANGE", &settings.events_exchange)
-            .env(
-                "SESSION_EXP_SEC",
-                settings.session_lifetime.as_secs().to_string(),
-            );
-        command
-    }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
-}
-
-/// The service binary built by cargo for these tests.
-pub fn service_binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_session-manager"));
-    // Start from a clean slate: only what the test sets.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("SESSION_")
-            || name.starts_with("REDIS_")
-            || name.starts_with("AMQP_")
-            || name == "SERVICE_PORT"
-            || name == "RUST_LOG"
-        {
-            command.env_remove(name);
-        }
-    }
-    command
 }
 
 /// A TCP proxy in the test harness, between the service and a server: it can hold back the
@@ -372,5 +347,20 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How long [`eventually`] polls, and how long a test waits for a reply or an event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Asks `probe` every 50 ms until it answers `Ok`; fails with its last `Err` after [`WAIT`].
+pub async fn eventually<T>(mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(why) => assert!(tokio::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
