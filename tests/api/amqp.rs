@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use session_manager::config::{SecretString, Settings};
 
 use crate::helpers::{
-    assert_valid, eventually, moment, private_queue, session_ids, spawn_app, spawn_app_with,
-    test_settings, Reply, TestApp, WAIT,
+    assert_valid, eventually, isolated_settings, moment, private_queue, session_ids, spawn_app,
+    spawn_app_with, Reply, TestApp, WAIT,
 };
 use session_manager_testkit::TcpProxy;
 
@@ -856,7 +856,7 @@ async fn the_worker_applies_commands_concurrently() {
     let settings = Settings {
         redis_url: SecretString::new(format!("redis://127.0.0.1:{}/", proxy.port)),
         prefetch: 16,
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let id = app

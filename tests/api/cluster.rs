@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::json;
 use session_manager::config::{SecretString, Settings};
 
-use crate::helpers::{spawn_app_with, test_settings};
+use crate::helpers::{isolated_settings, spawn_app_with};
 use session_manager_testkit::PrivateCluster;
 
 #[tokio::test]
@@ -16,7 +16,7 @@ async fn every_operation_works_on_a_redis_cluster() {
         .unwrap();
     let settings = Settings {
         redis_url: SecretString::new(cluster.seed_url()),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
 

@@ -9,7 +9,7 @@ use std::{
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
-use crate::helpers::{clean_up, service_with_settings, test_settings, AmqpClient, Reply};
+use crate::helpers::{clean_up, isolated_settings, service_with_settings, AmqpClient, Reply};
 use session_manager_testkit::{free_port, Service};
 
 /// Every reply, by correlation id; a command answered twice must repeat its first outcome.
@@ -51,7 +51,7 @@ async fn sigterm_in_the_middle_of_thousands_of_creates_finishes_what_it_took() {
 /// repeating the first) and applied exactly once.
 async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
     const COMMANDS: usize = 3000;
-    let settings = test_settings();
+    let settings = isolated_settings();
     let first = Service::start(&mut service_with_settings(&settings), free_port());
     let amqp = AmqpClient::connect(&settings).await;
     amqp.wait_for_consumer().await;
@@ -119,7 +119,7 @@ async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
 #[tokio::test]
 async fn sigkill_right_after_a_mass_delete_loses_no_event() {
     const SESSIONS: usize = 300;
-    let settings = test_settings();
+    let settings = isolated_settings();
     let first = Service::start(&mut service_with_settings(&settings), free_port());
     let amqp = AmqpClient::connect(&settings).await;
     amqp.wait_for_consumer().await;

@@ -12,7 +12,7 @@ use session_manager::{
 };
 use time::OffsetDateTime;
 
-use crate::helpers::{moment, spawn_app_with, test_settings, Event, StoreAlone};
+use crate::helpers::{isolated_settings, moment, spawn_app_with, Event, StoreAlone};
 
 /// Checks an `expired` event of `id` and returns how late it arrived after the session's end.
 fn expired(event: &Event, id: &str, ends: OffsetDateTime) -> Duration {
@@ -27,7 +27,7 @@ fn expired(event: &Event, id: &str, ends: OffsetDateTime) -> Duration {
 async fn a_session_ends_at_expires_at_with_one_expired_event() {
     let settings = Settings {
         session_lifetime: Duration::from_secs(2),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
@@ -63,7 +63,7 @@ async fn reading_or_updating_a_session_extends_its_idle_deadline() {
     let settings = Settings {
         session_lifetime: Duration::from_secs(60),
         idle_timeout: Some(Duration::from_secs(2)),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
@@ -124,7 +124,7 @@ async fn reading_or_updating_a_session_extends_its_idle_deadline() {
 async fn creating_one_more_than_the_limit_evicts_the_oldest() {
     let settings = Settings {
         max_per_user: Some(2),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
@@ -160,7 +160,7 @@ async fn creating_one_more_than_the_limit_evicts_the_oldest() {
 async fn sessions_that_end_while_no_instance_runs_get_their_events_once_one_starts() {
     let settings = Settings {
         session_lifetime: Duration::from_secs(1),
-        ..test_settings()
+        ..isolated_settings()
     };
     let first = spawn_app_with(settings.clone()).await;
     let mut events = first.amqp.subscribe(&first.settings.events_exchange).await;

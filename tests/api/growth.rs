@@ -11,13 +11,13 @@ use session_manager::{
     store::{Keys, Policy, RedisConnection, RedisMode, Store},
 };
 
-use crate::helpers::{spawn_app_with, test_settings, REDIS_URL};
+use crate::helpers::{isolated_settings, spawn_app_with, REDIS_URL};
 
 #[tokio::test]
 async fn idempotency_records_vanish_after_their_retention() {
     let settings = Settings {
         idempotency_retention: Duration::from_secs(1),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let created = app
@@ -43,7 +43,7 @@ async fn idempotency_records_vanish_after_their_retention() {
 
 #[tokio::test]
 async fn consumers_of_gone_instances_are_forgotten() {
-    let settings = test_settings();
+    let settings = isolated_settings();
     let app = spawn_app_with(settings.clone()).await;
     let mut events = app.amqp.subscribe(&settings.events_exchange).await;
     let id = app

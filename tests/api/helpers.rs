@@ -14,7 +14,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions,
     },
     types::FieldTable,
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
@@ -24,16 +24,14 @@ use serde_json::{json, Value};
 use session_manager::{
     config::Settings,
     domain::{Command, Fields, NewSession, Outcome, SessionId, UserId},
-    startup::Application,
     store::{Keys, Policy, RedisConnection, RedisMode, Store},
 };
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
-use tokio_util::sync::CancellationToken;
 
-pub use session_manager_testkit::{eventually, WAIT};
-
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub use session_manager_testkit::{
+    eventually, instance::clean_up, isolated_settings, Instance, LOCAL_AMQP_URL as AMQP_URL,
+    LOCAL_REDIS_URL as REDIS_URL, WAIT,
+};
 
 /// A running instance and clients for it.
 pub struct TestApp {
@@ -42,70 +40,42 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub redis: redis::aio::MultiplexedConnection,
     pub amqp: AmqpClient,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-    keep_state: bool,
-}
-
-/// Settings isolated for one test: unique prefix, queue and exchange, port 0.
-pub fn test_settings() -> Settings {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    Settings {
-        port: 0,
-        key_prefix: format!("test-{id}"),
-        command_queue: format!("test.{id}.commands"),
-        events_exchange: format!("test.{id}.events"),
-        ..Settings::local_defaults()
-    }
+    instance: Instance,
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(test_settings()).await
+    spawn_app_with(isolated_settings()).await
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    let app = spawn_app_not_waiting(settings).await;
-    app.amqp.wait_for_consumer().await;
-    app
+    TestApp::around(Instance::start(settings).await).await
 }
 
 /// Starts an instance without waiting for its worker to consume.
 pub async fn spawn_app_not_waiting(settings: Settings) -> TestApp {
-    let application = Application::build(settings.clone())
-        .await
-        .expect("the application builds");
-    let address = format!("http://127.0.0.1:{}", application.port());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            application
-                .run_until_stopped(stop.cancelled_owned())
-                .await
-                .expect("the application runs");
-        }
-    });
-    let redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis is running on 127.0.0.1:6379");
-    let amqp = AmqpClient::connect(&settings).await;
-    TestApp {
-        address,
-        settings,
-        http: reqwest::Client::new(),
-        redis,
-        amqp,
-        stop,
-        task: Some(task),
-        keep_state: false,
-    }
+    TestApp::around(Instance::start_not_waiting(settings).await).await
 }
 
 impl TestApp {
+    async fn around(instance: Instance) -> Self {
+        let settings = instance.settings().clone();
+        let redis = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is running on 127.0.0.1:6379");
+        Self {
+            address: instance.url(""),
+            http: reqwest::Client::new(),
+            redis,
+            amqp: AmqpClient::connect(&settings).await,
+            settings,
+            instance,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
+        self.instance.url(path)
     }
 
     /// Creates a session over REST and returns its id.
@@ -239,81 +209,13 @@ impl TestApp {
     }
 
     /// Stops the instance gracefully and waits for it to finish.
-    pub async fn stop(mut self) {
-        self.stop_instance().await;
+    pub async fn stop(self) {
+        self.instance.stop().await;
     }
 
     /// Stops the instance but keeps its keys, queues and exchange for another instance.
-    pub async fn stop_keeping_state(mut self) {
-        self.stop_instance().await;
-        self.keep_state = true;
-    }
-
-    async fn stop_instance(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.expect("the application stops cleanly");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if self.keep_state {
-            return;
-        }
-        // Remove what the test left in the shared servers, from a thread of its own since drop
-        // cannot await.
-        let settings = self.settings.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(clean_up(&settings));
-        })
-        .join();
-    }
-}
-
-pub async fn clean_up(settings: &Settings) {
-    if let Ok(client) = redis::Client::open(REDIS_URL) {
-        if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
-            let pattern = format!("{}:*", settings.key_prefix);
-            let keys: Vec<String> = match redis.scan_match::<_, String>(&pattern).await {
-                Ok(mut iter) => {
-                    let mut keys = Vec::new();
-                    while let Some(Ok(key)) = iter.next_item().await {
-                        keys.push(key);
-                    }
-                    keys
-                }
-                Err(_) => Vec::new(),
-            };
-            for chunk in keys.chunks(500) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await;
-            }
-        }
-    }
-    if let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
-        if let Ok(channel) = connection.create_channel().await {
-            for queue in [
-                settings.command_queue.clone(),
-                format!("{}.dead", settings.command_queue),
-            ] {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            let _ = channel
-                .exchange_delete(
-                    settings.events_exchange.as_str().into(),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = connection.close(200, "test done".into()).await;
+    pub async fn stop_keeping_state(self) {
+        self.instance.stop_keeping_state().await;
     }
 }
 
@@ -445,25 +347,7 @@ impl AmqpClient {
 
     /// Waits until some instance consumes from the command queue.
     pub async fn wait_for_consumer(&self) {
-        for _ in 0..400 {
-            // A passive declare of a missing queue closes its channel: use a fresh one each time.
-            let channel = self.connection.create_channel().await.unwrap();
-            let declared = channel
-                .queue_declare(
-                    self.queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("nobody consumes from {}", self.queue);
+        session_manager_testkit::instance::wait_for_consumer(&self.queue).await;
     }
 
     /// Waits `for_how_long` and asserts that no reply at all arrives.
@@ -723,7 +607,7 @@ impl StoreAlone {
         idle: Option<Duration>,
         max_per_user: Option<u32>,
     ) -> Self {
-        let settings = test_settings();
+        let settings = isolated_settings();
         let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
             .await
             .unwrap();

@@ -8,7 +8,7 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use session_manager::config::{SecretString, Settings};
 
-use crate::helpers::{spawn_app_with, test_settings, TestApp, WAIT};
+use crate::helpers::{isolated_settings, spawn_app_with, TestApp, WAIT};
 use session_manager_testkit::{PrivateRedis, TcpProxy};
 
 async fn readyz(app: &TestApp) -> u16 {
@@ -49,7 +49,7 @@ async fn the_service_survives_losing_rabbitmq() {
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let settings = Settings {
         amqp_url: SecretString::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
@@ -91,7 +91,7 @@ async fn the_service_survives_a_redis_restart() {
     let port = redis.port;
     let settings = Settings {
         redis_url: SecretString::new(format!("redis://127.0.0.1:{port}/")),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let id = app
@@ -130,7 +130,7 @@ async fn the_service_survives_a_redis_restart() {
 /// keeps serving REST but is not ready, and says why in its log.
 #[tokio::test]
 async fn an_incompatible_command_queue_makes_the_instance_unready() {
-    let settings = test_settings();
+    let settings = isolated_settings();
     let amqp = crate::helpers::AmqpClient::connect(&settings).await;
     amqp.channel
         .queue_declare(

@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::json;
 
-use crate::helpers::{service_binary, test_settings, AmqpClient, AMQP_URL};
+use crate::helpers::{isolated_settings, service_binary, AmqpClient, AMQP_URL};
 use session_manager_testkit::{free_port, PrivateRedis, Service};
 
 fn run_to_exit(command: &mut Command) -> Output {
@@ -80,7 +80,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
     const REFRESH_TOKEN: &str = "refresh-token-6e5f4a";
     const AUTH_CODE: &str = "auth-code-3c2b1a";
     let redis = PrivateRedis::start(&["--requirepass", REDIS_PASSWORD]);
-    let settings = test_settings();
+    let settings = isolated_settings();
     let port = free_port();
     let service = Service::start(
         service_binary()
@@ -188,7 +188,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
 
 #[tokio::test]
 async fn healthcheck_flag_reports_whether_the_instance_answers() {
-    let settings = test_settings();
+    let settings = isolated_settings();
     let port = free_port();
     let service = Service::start(
         service_binary()

@@ -19,7 +19,7 @@ use session_manager::{
 };
 use time::OffsetDateTime;
 
-use crate::helpers::{assert_valid, moment, spawn_app, spawn_app_with, test_settings, TestApp};
+use crate::helpers::{assert_valid, isolated_settings, moment, spawn_app, spawn_app_with, TestApp};
 
 const MAX_BODY: usize = 64 * 1024;
 const MAX_SECRET: usize = 16 * 1024;
@@ -581,7 +581,7 @@ async fn get_returns_every_field_with_absent_ones_as_null() {
 async fn expires_at_is_created_at_plus_the_session_lifetime() {
     let settings = Settings {
         session_lifetime: Duration::from_secs(3600),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let id = app
@@ -1045,7 +1045,7 @@ async fn delete_all_of_a_user_without_sessions_is_an_empty_list() {
 async fn an_api_token_is_required_when_configured() {
     let settings = Settings {
         api_token: Some(SecretString::new("t0ken")),
-        ..test_settings()
+        ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
     let create = json!({"user_id": "alice", "device_id": "phone"});
@@ -1331,7 +1331,7 @@ async fn a_body_that_is_not_application_json_is_415() {
 fn without_redis() -> Settings {
     Settings {
         redis_url: SecretString::new("redis://127.0.0.1:1/"),
-        ..test_settings()
+        ..isolated_settings()
     }
 }
 
