@@ -19,12 +19,16 @@ pub struct Cli {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     #[arg(long, env = "REDIS_HOSTNAME")]
+    /// Redis host when REDIS_URL is unset.
     pub redis_hostname: Option<String>,
     #[arg(long, env = "REDIS_PORT")]
+    /// Redis port when REDIS_URL is unset.
     pub redis_port: Option<u16>,
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    /// Redis password when REDIS_URL is unset.
     pub redis_password: Option<String>,
     #[arg(long, env = "REDIS_DB")]
+    /// Redis database number when REDIS_URL is unset.
     pub redis_db: Option<u32>,
     /// `auto` (ask the server at start), `yes` (REDIS_URL is a cluster seed node) or `no`.
     #[arg(long, env = "REDIS_CLUSTER", default_value = "auto")]
@@ -86,7 +90,9 @@ pub struct Cli {
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
 pub struct ConfigError {
+    /// The environment variable, e.g. `SESSION_EXP_SEC`.
     pub variable: &'static str,
+    /// What is wrong with its value.
     pub message: String,
 }
 
@@ -102,10 +108,12 @@ fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct SecretString(String);
 
 impl SecretString {
+    /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
+    /// The value, for the one place that must use it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -124,8 +132,11 @@ pub struct Settings {
     pub port: u16,
     /// May carry a password, hence secret.
     pub redis_url: SecretString,
+    /// Standalone, cluster, or ask the server.
     pub redis_mode: RedisMode,
+    /// May carry a password, hence secret.
     pub amqp_url: SecretString,
+    /// Absolute lifetime of a session from its creation.
     pub session_lifetime: Duration,
     /// Idle timeout; `None` when off.
     pub idle_timeout: Option<Duration>,
@@ -133,10 +144,15 @@ pub struct Settings {
     pub max_per_user: Option<u32>,
     /// How long a command's outcome is kept under its message_id.
     pub idempotency_retention: Duration,
+    /// Prefix of every Redis key.
     pub key_prefix: String,
+    /// The durable command queue.
     pub command_queue: String,
+    /// The topic exchange of the events.
     pub events_exchange: String,
+    /// When set, `/a01/*` requires it as bearer token.
     pub api_token: Option<SecretString>,
+    /// Commands taken at once and applied concurrently.
     pub prefetch: u16,
 }
 

@@ -7,20 +7,27 @@
 //!
 //! # Layout
 //!
+//! Arrows point one way: the transports call the core, the core calls the store, and all of
+//! them use the domain; the domain and the core import nothing from the transports or Redis.
+//!
 //! - [`config`]: settings from the environment, validated at start.
 //! - [`domain`]: session types that parse their rules, commands, outcomes, events, errors.
 //! - [`service`]: the core; both front ends call it.
-//! - [`store`]: the only module that knows Redis (keys and Lua scripts).
-//! - [`events`]: publishes `SessionClosed` to the events exchange.
-//! - [`relay`]: the outbox relay and expiry tick, run by every instance.
-//! - [`transport`]: the REST (warp) and AMQP (lapin) front ends.
+//! - [`store`]: the only module that knows Redis (keys, buckets, Lua scripts).
+//! - [`relay`]: the outbox relay and expiry tick, run by every instance; publishes through an
+//!   [`relay::EventSink`].
+//! - [`transport`]: the REST (warp) and AMQP (lapin) front ends; everything RabbitMQ, the event
+//!   sink included, is under [`transport::amqp`].
+//! - [`backoff`]: retrying with backoff.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`startup`]: builds and runs one instance.
 //! - [`telemetry`]: logging setup.
 
+#![warn(missing_docs)]
+
+pub mod backoff;
 pub mod config;
 pub mod domain;
-pub mod events;
 pub mod metrics;
 pub mod relay;
 pub mod service;

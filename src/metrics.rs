@@ -62,6 +62,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("session_manager");
         let http_requests = Family::<RequestLabels, Counter>::default();
@@ -105,6 +106,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a REST request and its latency.
     pub fn record_request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
         // Bounded label values: clients choose the method, and each value is a new series.
         let method = match method {
@@ -127,6 +129,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an AMQP command by outcome and its latency.
     pub fn record_command(&self, command: &'static str, outcome: &'static str, took: Duration) {
         self.command_latency
             .get_or_create(&CommandNameLabels { command })
@@ -136,6 +139,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts events the broker confirmed.
     pub fn record_events_published(&self, count: usize) {
         self.events_published.inc_by(count as u64);
     }

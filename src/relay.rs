@@ -3,9 +3,12 @@
 //! instance runs one; they share the work through the stream's consumer group, and an entry
 //! that an instance took but never acknowledged (it crashed, or RabbitMQ was down) is taken
 //! over after [`STALE_AFTER`]. The same periodic tick ends the sessions whose moment has passed.
+//! It publishes through an [`EventSink`], which the AMQP transport implements; it knows nothing
+//! of RabbitMQ.
 
 use std::{
     collections::HashSet,
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -14,11 +17,26 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{Bucket, SessionClosed},
-    store::{OutboxEntry, Store},
+    domain::SessionClosed,
+    metrics::Metrics,
+    store::{Bucket, OutboxEntry, Store},
     telemetry::Chain,
-    transport::amqp::AmqpLink,
 };
+
+/// Where the relay publishes events.
+pub trait EventSink: Send + Sync + 'static {
+    /// Why events could not be published.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Publishes `events`; `Ok` only once the broker has confirmed every one of them.
+    fn publish(
+        &self,
+        events: &[SessionClosed],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Lets go of the sink's resources, after the last publish.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
 
 /// How often every bucket is visited (expiry and outbox) when nothing wakes the relay sooner.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -41,6 +59,7 @@ pub struct RelayWake {
 }
 
 impl RelayWake {
+    /// Has the relay visit `bucket` now.
     pub fn mark(&self, bucket: Bucket) {
         if let Ok(mut dirty) = self.dirty.lock() {
             dirty.insert(bucket);
@@ -57,20 +76,23 @@ impl RelayWake {
 }
 
 /// One instance's relay.
-pub struct Relay {
+pub struct Relay<S> {
     store: Store,
-    link: Arc<AmqpLink>,
+    sink: S,
     wake: Arc<RelayWake>,
+    metrics: Arc<Metrics>,
     /// This instance's consumer name in the outbox consumer groups.
     consumer: String,
 }
 
-impl Relay {
-    pub fn new(store: Store, link: Arc<AmqpLink>, wake: Arc<RelayWake>) -> Self {
+impl<S: EventSink> Relay<S> {
+    /// A relay publishing the outboxes of `store` to `sink`, woken early by `wake`.
+    pub fn new(store: Store, sink: S, wake: Arc<RelayWake>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
-            link,
+            sink,
             wake,
+            metrics,
             consumer: format!("relay-{}", uuid::Uuid::new_v4().simple()),
         }
     }
@@ -97,6 +119,7 @@ impl Relay {
         if tokio::time::timeout(FLUSH_FOR, flush).await.is_err() {
             tracing::warn!("outbox not empty at shutdown; another instance will publish the rest");
         }
+        self.sink.close().await;
     }
 
     /// Visits `buckets` (all when `None`); returns how many events it published.
@@ -141,20 +164,19 @@ impl Relay {
                 event
             })
             .collect();
-        let publish = async {
-            let publisher = self.link.publisher().await.map_err(|e| e.to_string())?;
-            publisher.publish(&events).await.map_err(|e| e.to_string())
-        };
         // A blocked connection (a broker alarm) never confirms: give up for this tick.
-        let published = tokio::time::timeout(STALE_AFTER, publish)
-            .await
-            .unwrap_or_else(|_| Err("no confirm from the broker in time".into()));
+        let published = match tokio::time::timeout(STALE_AFTER, self.sink.publish(&events)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Chain(&error).to_string()),
+            Err(_) => Err("no confirm from the broker in time".to_owned()),
+        };
         if let Err(error) = published {
             // Left pending: this instance tries them again at its next tick; another instance
             // takes them over after STALE_AFTER.
             tracing::warn!(error = %error, count = events.len(), "cannot publish events now");
             return false;
         }
+        self.metrics.record_events_published(events.len());
         if let Err(error) = self.store.acknowledge(bucket, &ids).await {
             // Published but still pending: published again later, with the same event ids.
             tracing::warn!(error = %Chain(&error), "cannot remove published events from the outbox");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::{
     domain::{Command, Error, MessageId, Outcome},
     relay::RelayWake,
-    store::Store,
+    store::{Bucket, Store},
 };
 
 /// The one implementation of every session operation.
@@ -24,6 +24,7 @@ impl SessionService {
         Self { store, relay_wake }
     }
 
+    /// The store, for readiness checks.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -34,7 +35,7 @@ impl SessionService {
         command: &Command,
         message_id: Option<&MessageId>,
     ) -> Result<Outcome, Error> {
-        let outcome = self.store.apply(command, message_id).await?;
+        let outcome = self.store.apply(command, message_id).await;
         // Deletes and evictions wrote events: have them published now rather than at the next
         // tick (sessions found past their end are left to the tick).
         let wrote_events = match command {
@@ -43,8 +44,8 @@ impl SessionService {
             _ => false,
         };
         if wrote_events {
-            self.relay_wake.mark(command.bucket());
+            self.relay_wake.mark(Bucket::of_command(command));
         }
-        outcome
+        Ok(outcome?)
     }
 }

@@ -1,10 +1,11 @@
 //! Building and running one instance: connects to Redis and RabbitMQ, binds the REST listener,
-//! and runs the REST front end and the AMQP worker side by side until shutdown. Shutdown comes
-//! in as a future, so tests pass their own and bind port 0.
+//! and runs the REST front end, the AMQP worker, the outbox relay and the RabbitMQ connection as
+//! tasks until shutdown. Shutdown comes in as a future, so tests pass their own and bind port 0.
+//! A task that ends before shutdown (a panic) stops the instance, which then reports it.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -14,18 +15,28 @@ use crate::{
     service::SessionService,
     store::{Keys, Policy, RedisConnection, Store},
     transport::{
-        amqp::{run_worker, AmqpLink, WorkerSettings},
-        http::{routes, HttpState},
+        amqp::{run_worker, AmqpEvents, AmqpLink, Consuming, WorkerSettings},
+        http::{routes, serve, HttpState},
     },
 };
 
 /// Why an instance could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The Redis URL or connection failed at start.
     #[error("cannot connect to Redis")]
     Redis(#[source] redis::RedisError),
+    /// The REST port could not be bound.
     #[error("cannot bind the REST port")]
     Bind(#[source] std::io::Error),
+    /// A task of the instance ended before shutdown, or failed during it.
+    #[error("{task} failed: {cause}")]
+    Task {
+        /// Which task, e.g. "the outbox relay".
+        task: &'static str,
+        /// Why: a panic's message.
+        cause: String,
+    },
 }
 
 /// One built instance, ready to run.
@@ -34,23 +45,20 @@ pub struct Application {
     port: u16,
     amqp: Arc<AmqpLink>,
     service: SessionService,
-    relay: Relay,
+    relay: Relay<AmqpEvents>,
     metrics: Arc<Metrics>,
     settings: Settings,
 }
 
 impl Application {
+    /// Connects (Redis lazily, unless it is a cluster) and binds the REST port.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let redis = RedisConnection::open(settings.redis_url.expose(), settings.redis_mode)
             .await
             .map_err(StartupError::Redis)?;
         let metrics = Arc::new(Metrics::new());
         // Connected by `run_until_stopped`, and again whenever the connection is lost.
-        let amqp = AmqpLink::new(
-            settings.amqp_url.clone(),
-            settings.events_exchange.clone(),
-            metrics.clone(),
-        );
+        let amqp = AmqpLink::new(settings.amqp_url.clone());
         let store = Store::new(
             redis,
             Keys::new(&settings.key_prefix),
@@ -62,7 +70,8 @@ impl Application {
             },
         );
         let wake = Arc::new(RelayWake::default());
-        let relay = Relay::new(store.clone(), amqp.clone(), wake.clone());
+        let events = AmqpEvents::new(amqp.clone(), settings.events_exchange.clone());
+        let relay = Relay::new(store.clone(), events, wake.clone(), metrics.clone());
         let service = SessionService::new(store, wake);
         let listener = TcpListener::bind(("0.0.0.0", settings.port))
             .await
@@ -85,33 +94,23 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops taking requests and commands, finishes
-    /// those in flight and closes the connections.
+    /// those in flight, publishes what their last commands wrote and closes the connections.
+    /// `Err` when a task ended before shutdown or failed during it.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let stop = CancellationToken::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                tokio::select! {
-                    () = shutdown => stop.cancel(),
-                    () = stop.cancelled() => {}
-                }
-            }
-        });
-
-        let amqp_stop = CancellationToken::new();
-        let amqp = tokio::spawn(self.amqp.clone().maintain(amqp_stop.clone()));
+        let consuming = Consuming::default();
         let store = self.service.store().clone();
         let link = self.amqp.clone();
+        let ready = consuming.clone();
         let state = Arc::new(HttpState {
             service: self.service.clone(),
             metrics: self.metrics.clone(),
             api_token: self.settings.api_token.clone(),
             readiness: Arc::new(move || {
                 let store = store.clone();
-                let amqp_ready = link.is_ready();
+                let amqp_ready = link.is_connected() && ready.get();
                 Box::pin(async move {
                     let redis_up = tokio::time::timeout(Duration::from_secs(1), store.ping())
                         .await
@@ -120,36 +119,225 @@ impl Application {
                 })
             }),
         });
-        let http = warp::serve(routes(state))
-            .incoming(self.listener)
-            .graceful(stop.clone().cancelled_owned())
-            .run();
+        // Stopped in this order: the front ends, then the relay (so that it publishes what
+        // their last commands wrote), then the RabbitMQ connection.
+        let front_ends = CancellationToken::new();
+        let relay = CancellationToken::new();
+        let connection = CancellationToken::new();
         tracing::info!(port = self.port, "REST front end listening");
-
-        let worker = run_worker(
-            self.amqp.clone(),
-            self.service.clone(),
-            self.metrics.clone(),
-            WorkerSettings {
-                queue: self.settings.command_queue.clone(),
-                prefetch: self.settings.prefetch,
-            },
-            stop.clone(),
-        );
-        // The relay stops after the front ends, so it publishes what their last commands wrote;
-        // the RabbitMQ connection is closed last.
-        let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
-        tokio::join!(http, worker);
-        relay_stop.cancel();
-        if relay.await.is_err() {
-            tracing::error!("the outbox relay panicked");
-        }
-        amqp_stop.cancel();
-        if amqp.await.is_err() {
-            tracing::error!("the RabbitMQ connection task panicked");
-        }
+        let stages = vec![
+            Stage::new(
+                front_ends.clone(),
+                vec![
+                    Task::spawn(
+                        "the REST front end",
+                        serve(
+                            self.listener,
+                            routes(state),
+                            front_ends.clone().cancelled_owned(),
+                        ),
+                    ),
+                    Task::spawn(
+                        "the AMQP worker",
+                        run_worker(
+                            self.amqp.clone(),
+                            self.service.clone(),
+                            self.metrics.clone(),
+                            WorkerSettings {
+                                queue: self.settings.command_queue.clone(),
+                                events_exchange: self.settings.events_exchange.clone(),
+                                prefetch: self.settings.prefetch,
+                            },
+                            consuming,
+                            front_ends,
+                        ),
+                    ),
+                ],
+            ),
+            Stage::new(
+                relay.clone(),
+                vec![Task::spawn("the outbox relay", self.relay.run(relay))],
+            ),
+            Stage::new(
+                connection.clone(),
+                vec![Task::spawn(
+                    "the RabbitMQ connection",
+                    self.amqp.clone().maintain(connection),
+                )],
+            ),
+        ];
+        let result = supervise(shutdown, stages).await;
         tracing::info!("stopped");
-        Ok(())
+        result
+    }
+}
+
+/// A task of the instance, which runs until its stage is stopped.
+struct Task {
+    name: &'static str,
+    handle: JoinHandle<()>,
+    ended: bool,
+}
+
+impl Task {
+    fn spawn(name: &'static str, work: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            name,
+            handle: tokio::spawn(work),
+            ended: false,
+        }
+    }
+}
+
+/// Tasks stopped together by one token.
+struct Stage {
+    stop: CancellationToken,
+    tasks: Vec<Task>,
+}
+
+impl Stage {
+    fn new(stop: CancellationToken, tasks: Vec<Task>) -> Self {
+        Self { stop, tasks }
+    }
+}
+
+/// Why a task ended: its panic's message, or that it returned although nothing stopped it.
+fn cause(ended: Result<(), tokio::task::JoinError>) -> Option<String> {
+    match ended {
+        Ok(()) => None,
+        Err(error) if error.is_panic() => {
+            let panic = error.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without message".into());
+            Some(format!("panicked: {message}"))
+        }
+        Err(error) => Some(error.to_string()),
+    }
+}
+
+/// Waits for `shutdown` or for any task to end first (which only a failure does), then stops the
+/// stages in order, each after the one before has ended. `Err` names the first task that ended
+/// early or failed while stopping; it is logged with its cause when it happens.
+async fn supervise(
+    shutdown: impl Future<Output = ()>,
+    mut stages: Vec<Stage>,
+) -> Result<(), StartupError> {
+    let mut failure = None;
+    let early = {
+        let handles = stages
+            .iter_mut()
+            .flat_map(|stage| stage.tasks.iter_mut())
+            .map(|task| &mut task.handle);
+        tokio::select! {
+            () = shutdown => None,
+            (ended, index, _) = futures_util::future::select_all(handles) => Some((index, ended)),
+        }
+    };
+    if let Some((index, ended)) = early {
+        let task = stages
+            .iter_mut()
+            .flat_map(|stage| stage.tasks.iter_mut())
+            .nth(index)
+            .expect("select_all answers the index of one of the tasks");
+        task.ended = true;
+        let cause = cause(ended).unwrap_or_else(|| "ended before shutdown".into());
+        tracing::error!(task = task.name, cause = %cause, "a task ended early; stopping the instance");
+        failure = Some(StartupError::Task {
+            task: task.name,
+            cause,
+        });
+    }
+    for stage in stages {
+        stage.stop.cancel();
+        for task in stage.tasks.into_iter().filter(|task| !task.ended) {
+            if let Some(cause) = cause(task.handle.await) {
+                tracing::error!(task = task.name, cause = %cause, "a task failed while stopping");
+                failure.get_or_insert(StartupError::Task {
+                    task: task.name,
+                    cause,
+                });
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that runs until its stage is stopped, then runs `then`.
+    fn until_stopped(stop: &CancellationToken, then: fn()) -> impl Future<Output = ()> {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            then();
+        }
+    }
+
+    fn stages(first: fn(), second: fn()) -> Vec<Stage> {
+        let (one, two) = (CancellationToken::new(), CancellationToken::new());
+        vec![
+            Stage::new(
+                one.clone(),
+                vec![Task::spawn("one", until_stopped(&one, first))],
+            ),
+            Stage::new(
+                two.clone(),
+                vec![Task::spawn("two", until_stopped(&two, second))],
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_stops_every_stage_and_is_ok() {
+        assert!(supervise(async {}, stages(|| {}, || {})).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_before_shutdown_stops_the_rest_and_is_reported() {
+        let (one, two) = (CancellationToken::new(), CancellationToken::new());
+        let stages = vec![
+            Stage::new(
+                one.clone(),
+                vec![Task::spawn("the relay", async { panic!("boom") })],
+            ),
+            Stage::new(
+                two.clone(),
+                vec![Task::spawn("two", until_stopped(&two, || {}))],
+            ),
+        ];
+        let result = supervise(std::future::pending(), stages).await;
+        match result {
+            Err(StartupError::Task { task, cause }) => {
+                assert_eq!(task, "the relay");
+                assert_eq!(cause, "panicked: boom");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(two.is_cancelled(), "the other stages were stopped");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_before_shutdown_is_a_failure() {
+        let stop = CancellationToken::new();
+        let stages = vec![Stage::new(stop, vec![Task::spawn("worker", async {})])];
+        let result = supervise(std::future::pending(), stages).await;
+        assert!(
+            matches!(result, Err(StartupError::Task { task: "worker", ref cause }) if cause == "ended before shutdown"),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_while_stopping_is_reported() {
+        let result = supervise(async {}, stages(|| {}, || panic!("late"))).await;
+        assert!(
+            matches!(result, Err(StartupError::Task { task: "two", ref cause }) if cause == "panicked: late"),
+            "{result:?}"
+        );
     }
 }

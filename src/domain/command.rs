@@ -10,17 +10,23 @@
 use serde::Serialize;
 
 use super::{
-    fields::Fields, Bucket, DeviceId, Error, NewSession, Session, SessionId, SessionPatch, UserId,
+    fields::Fields, DeviceId, Error, NewSession, Session, SessionId, SessionPatch, UserId,
 };
 
 /// One operation on the sessions.
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// Create a session of a user on a device.
     CreateSession(NewSession),
+    /// Read one session.
     GetSession(SessionId),
+    /// List a user's live sessions.
     ListSessions(UserId),
+    /// Change a session's client fields.
     UpdateSession(SessionId, SessionPatch),
+    /// End one session.
     DeleteSession(SessionId),
+    /// End every session of a user.
     DeleteUserSessions(UserId),
 }
 
@@ -51,17 +57,6 @@ impl Command {
             other => Err(Error::InvalidArgument(format!(
                 "type: unknown command {other:?}"
             ))),
-        }
-    }
-
-    /// The hash-tag bucket of everything the command touches.
-    pub fn bucket(&self) -> Bucket {
-        match self {
-            Self::CreateSession(new) => new.user_id.bucket(),
-            Self::GetSession(id) | Self::UpdateSession(id, _) | Self::DeleteSession(id) => {
-                id.bucket()
-            }
-            Self::ListSessions(user_id) | Self::DeleteUserSessions(user_id) => user_id.bucket(),
         }
     }
 
@@ -106,7 +101,9 @@ fn only_user_id(mut fields: Fields) -> Result<UserId, Error> {
 /// One entry of a session list.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
+    /// The session.
     pub session_id: SessionId,
+    /// Its device.
     pub device_id: DeviceId,
 }
 
@@ -114,19 +111,30 @@ pub struct SessionSummary {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Outcome {
+    /// A session was created.
     SessionCreated {
+        /// Its id.
         session_id: SessionId,
     },
+    /// The whole session, after a read or an update.
     Session(Session),
+    /// A user's live sessions, oldest first.
     SessionList {
+        /// The user.
         user_id: UserId,
+        /// Id and device of each session.
         sessions: Vec<SessionSummary>,
     },
+    /// A session was ended.
     SessionDeleted {
+        /// Its id.
         session_id: SessionId,
     },
+    /// A user's sessions were ended.
     UserSessionsDeleted {
+        /// The user.
         user_id: UserId,
+        /// The ids of the sessions ended, oldest first.
         session_ids: Vec<SessionId>,
     },
 }
@@ -210,6 +218,7 @@ impl MessageId {
         (!id.is_empty() && id.len() <= 255).then(|| Self(id.to_owned()))
     }
 
+    /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,20 +1,22 @@
-//! The one error type of the service. Its variants are the contract's error codes (§2); both
-//! transports map it to their wire form (an HTTP status or an AMQP error reply) in one place each.
+//! The one error type of the core. Its variants are the contract's error codes (§2) that an
+//! operation can end with; both transports map it to their wire form (an HTTP status or an AMQP
+//! error reply) in one place each. Errors of one transport alone (a missing API token, a wrong
+//! HTTP method) belong to that transport.
 
 use serde::Serialize;
 
-/// The contract's error codes, as they appear on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// The contract's error codes that an operation can end with, as they appear on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// The input breaks a rule; the message names the field.
     InvalidArgument,
-    Unauthorized,
+    /// No such session (or route).
     NotFound,
-    MethodNotAllowed,
+    /// The input contradicts what is stored (an update naming another user or device).
     Conflict,
-    PayloadTooLarge,
-    UnsupportedMediaType,
+    /// Redis cannot be reached now; the same request may succeed later.
     Unavailable,
+    /// Anything else; the cause is logged, not sent.
     Internal,
 }
 
@@ -23,12 +25,8 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidArgument => "invalid_argument",
-            Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -39,45 +37,41 @@ impl ErrorCode {
 /// contains a secret; `Unavailable` and `Internal` keep their cause for the logs only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The input breaks a rule; the message names the field.
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("missing or wrong API token")]
-    Unauthorized,
+    /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
-    #[error("method not allowed on this resource")]
-    MethodNotAllowed,
+    /// The input contradicts what is stored.
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than 64 KiB")]
-    PayloadTooLarge,
-    #[error("request body must be application/json")]
-    UnsupportedMediaType,
+    /// The store cannot be reached now.
     #[error("the session store cannot be reached now")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A failure that is not the client's; the cause is for the logs.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
+    /// The wire code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Self::Unauthorized => ErrorCode::Unauthorized,
             Self::NotFound(_) => ErrorCode::NotFound,
-            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Conflict(_) => ErrorCode::Conflict,
-            Self::PayloadTooLarge => ErrorCode::PayloadTooLarge,
-            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
 
+    /// The one `not_found` answer for a session, whether it never existed or has ended.
     pub fn session_not_found() -> Self {
         Self::NotFound("no such session".into())
     }
 
+    /// An internal error with a cause written here.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into().into())
     }
@@ -86,14 +80,16 @@ impl Error {
 /// The wire form of an error: `{"code": "...", "message": "..."}`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
-    pub code: ErrorCode,
+    /// The code, e.g. `"not_found"`.
+    pub code: &'static str,
+    /// The text for people.
     pub message: String,
 }
 
 impl From<&Error> for ErrorBody {
     fn from(error: &Error) -> Self {
         Self {
-            code: error.code(),
+            code: error.code().as_str(),
             message: error.to_string(),
         }
     }

@@ -10,9 +10,13 @@ use super::{DeviceId, SessionId, Timestamp, UserId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
+    /// By DeleteSession.
     Deleted,
+    /// By DeleteUserSessions.
     UserSessionsDeleted,
+    /// Its absolute or idle end passed.
     Expired,
+    /// Ended by a create beyond the per-user limit.
     Evicted,
 }
 
@@ -32,10 +36,15 @@ impl CloseReason {
 /// One ended session.
 #[derive(Debug, Clone)]
 pub struct SessionClosed {
+    /// The session.
     pub session_id: SessionId,
+    /// Its user.
     pub user_id: UserId,
+    /// Its device.
     pub device_id: DeviceId,
+    /// Why it ended.
     pub reason: CloseReason,
+    /// When it ended (Redis server time).
     pub closed_at: Timestamp,
 }
 
@@ -66,7 +75,9 @@ struct Data<'a> {
 }
 
 impl SessionClosed {
+    /// The CloudEvents `type`, also the AMQP `type` property.
     pub const TYPE: &'static str = "SessionClosed";
+    /// The content type of the event body.
     pub const CONTENT_TYPE: &'static str = "application/cloudevents+json";
 
     /// The event id: unique per ended session, the same on every publish of it.

@@ -9,8 +9,11 @@ use super::Error;
 /// One field of an input object: absent, explicitly `null`, or a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Field<T> {
+    /// Not in the object.
     Absent,
+    /// Given as `null`.
     Null,
+    /// Given with a value.
     Value(T),
 }
 
@@ -23,6 +26,7 @@ impl<T> Field<T> {
         }
     }
 
+    /// Whether the field was not in the object.
     pub fn is_absent(&self) -> bool {
         matches!(self, Field::Absent)
     }
@@ -49,6 +53,7 @@ impl Fields {
         Self::from_value(value)
     }
 
+    /// The object of a JSON value, which must be one.
     pub fn from_value(value: Value) -> Result<Self, Error> {
         match value {
             Value::Object(map) => Ok(Self(map)),
@@ -56,6 +61,7 @@ impl Fields {
         }
     }
 
+    /// Whether every field has been taken.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

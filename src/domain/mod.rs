@@ -13,6 +13,6 @@ pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
 pub use fields::{Field, Fields};
 pub use session::{
-    Bucket, DeviceId, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch,
-    Timestamp, UserEmail, UserId, BUCKETS,
+    DeviceId, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch, Timestamp,
+    UserEmail, UserId,
 };

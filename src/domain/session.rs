@@ -13,71 +13,42 @@ use super::{
     Error,
 };
 
-/// Number of hash-tag buckets that sessions are spread over. Every key of one user, and of each
-/// of the user's sessions, carries the user's bucket as its Redis Cluster hash tag.
-pub const BUCKETS: u16 = 256;
-const BUCKET_LEN: usize = 2;
+const SHARD_LEN: usize = 2; // two lowercase hex digits
 const RANDOM_BYTES: usize = 32;
 const RANDOM_LEN: usize = 43; // base64url of 32 bytes, unpadded
 const MAX_ID_BYTES: usize = 256;
 const MAX_SECRET_BYTES: usize = 16 * 1024;
 const MAX_EMAIL_BYTES: usize = 320;
 
-/// The hash-tag bucket of a user: two lowercase hex digits derived from the user id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Bucket(u8);
-
-impl Bucket {
-    fn of(user_id: &str) -> Self {
-        // FNV-1a: stable across versions and platforms, which is all a bucket needs.
-        let hash = user_id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            });
-        Self((hash % u64::from(BUCKETS)) as u8)
-    }
-
-    /// Every bucket, for work that must visit all of them.
-    pub fn all() -> impl Iterator<Item = Bucket> {
-        (0..BUCKETS).map(|bucket| Self(bucket as u8))
-    }
-}
-
-impl fmt::Display for Bucket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}", self.0)
-    }
-}
-
-/// A session id: the user's bucket (2 hex digits) followed by 256 random bits from the OS CSPRNG
-/// in unpadded base64url, so it is URL-safe, never reused in practice, and tells which hash slot
-/// holds the session.
+/// A session id: a shard number chosen by the store (2 lowercase hex digits), so that the store
+/// finds a session from its id alone, followed by 256 random bits from the OS CSPRNG in unpadded
+/// base64url, so that it is URL-safe and never reused in practice.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SessionId(String);
 
 impl SessionId {
-    pub fn generate(user_id: &UserId) -> Self {
+    /// A new random id carrying `shard`.
+    pub fn generate(shard: u8) -> Self {
         let mut random = [0u8; RANDOM_BYTES];
         // ThreadRng is a CSPRNG (ChaCha12) seeded from the OS and reseeded periodically.
         rand::rng().fill_bytes(&mut random);
-        let mut id = String::with_capacity(BUCKET_LEN + RANDOM_LEN);
-        id.push_str(&user_id.bucket().to_string());
+        let mut id = String::with_capacity(SHARD_LEN + RANDOM_LEN);
+        id.push_str(&format!("{shard:02x}"));
         URL_SAFE_NO_PAD.encode_string(random, &mut id);
         Self(id)
     }
 
     /// Parses an id given by a client; `None` when it cannot be an id this service issued.
     pub fn parse(id: &str) -> Option<Self> {
-        let (bucket, random) = id.split_at_checked(BUCKET_LEN)?;
-        let bucket_ok = bucket
+        let (shard, random) = id.split_at_checked(SHARD_LEN)?;
+        let shard_ok = shard
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let random_ok = random.len() == RANDOM_LEN
             && random
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        (bucket_ok && random_ok).then(|| Self(id.to_owned()))
+        (shard_ok && random_ok).then(|| Self(id.to_owned()))
     }
 
     /// Parses an id field of a command or request; an id that cannot exist is `not_found`.
@@ -85,11 +56,13 @@ impl SessionId {
         Self::parse(id).ok_or_else(Error::session_not_found)
     }
 
-    pub fn bucket(&self) -> Bucket {
-        let hex = &self.0[..BUCKET_LEN];
-        Bucket(u8::from_str_radix(hex, 16).unwrap_or_default())
+    /// The shard the id was generated with.
+    pub fn shard(&self) -> u8 {
+        u8::from_str_radix(&self.0[..SHARD_LEN], 16)
+            .expect("every id starts with two hex digits: generate writes them, parse checks them")
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -97,7 +70,7 @@ impl SessionId {
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A session id is a bearer credential for the session: log only its bucket and a prefix.
+        // A session id is a bearer credential for the session: log only its shard and a prefix.
         write!(f, "SessionId({}…)", &self.0[..8])
     }
 }
@@ -130,11 +103,13 @@ macro_rules! identifier {
         pub struct $name(String);
 
         impl $name {
+            /// Checks the rules; the error names the field.
             pub fn parse(value: String) -> Result<Self, Error> {
                 check_identifier($field, &value)?;
                 Ok(Self(value))
             }
 
+            /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -158,18 +133,13 @@ identifier!(
     "device_id"
 );
 
-impl UserId {
-    pub fn bucket(&self) -> Bucket {
-        Bucket::of(&self.0)
-    }
-}
-
 /// A token or auth code (at most 16 KiB). Its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Checks the size; the error names the field `name`.
     pub fn parse(name: &str, value: String) -> Result<Self, Error> {
         if value.len() > MAX_SECRET_BYTES {
             return Err(Error::InvalidArgument(format!(
@@ -202,6 +172,7 @@ impl fmt::Debug for Secret {
 pub struct UserEmail(String);
 
 impl UserEmail {
+    /// Checks the rules; the error names the field.
     pub fn parse(value: String) -> Result<Self, Error> {
         if value.len() > MAX_EMAIL_BYTES || !value.contains('@') {
             return Err(Error::InvalidArgument(format!(
@@ -211,6 +182,7 @@ impl UserEmail {
         Ok(Self(value))
     }
 
+    /// The address as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -226,10 +198,17 @@ impl UserEmail {
 pub struct Timestamp(i64);
 
 impl Timestamp {
-    pub fn from_unix_millis(millis: i64) -> Self {
-        Self(millis)
+    /// The last moment RFC 3339 can write with four year digits: 9999-12-31T23:59:59.999Z.
+    const LAST_MILLIS: i64 = 253_402_300_799_999;
+
+    /// A moment from 1970 to the end of year 9999; `None` outside (never a Redis clock reading).
+    pub fn from_unix_millis(millis: i64) -> Option<Self> {
+        (0..=Self::LAST_MILLIS)
+            .contains(&millis)
+            .then_some(Self(millis))
     }
 
+    /// Milliseconds since the Unix epoch.
     pub fn unix_millis(self) -> i64 {
         self.0
     }
@@ -243,7 +222,7 @@ impl Timestamp {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
             .ok()
             .and_then(|moment| moment.format(FORMAT).ok())
-            .unwrap_or_default()
+            .expect("a moment from 1970 to 9999 has an RFC 3339 form (checked at construction)")
     }
 }
 
@@ -256,34 +235,53 @@ impl Serialize for Timestamp {
 /// The client-set fields that can change after creation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MutableFields {
+    /// The authorization code.
     pub auth_code: Option<Secret>,
+    /// The access token.
     pub access_token: Option<Secret>,
+    /// The refresh token.
     pub refresh_token: Option<Secret>,
+    /// The tokens' validity in seconds, as the client gives it.
     pub expiration_time: Option<u64>,
+    /// The user's e-mail address.
     pub user_email: Option<UserEmail>,
 }
 
 /// A session as stored and returned: every field of §1.
 #[derive(Debug, Clone, Serialize)]
 pub struct Session {
+    /// Its id.
     pub session_id: SessionId,
+    /// Its user.
     pub user_id: UserId,
+    /// Its device.
     pub device_id: DeviceId,
+    /// The authorization code.
     pub auth_code: Option<Secret>,
+    /// The access token.
     pub access_token: Option<Secret>,
+    /// The refresh token.
     pub refresh_token: Option<Secret>,
+    /// The tokens' validity in seconds, as the client gives it.
     pub expiration_time: Option<u64>,
+    /// The user's e-mail address.
     pub user_email: Option<UserEmail>,
+    /// When it was created (Redis server time).
     pub created_at: Timestamp,
+    /// When it was last updated.
     pub updated_at: Timestamp,
+    /// When it ends at the latest.
     pub expires_at: Timestamp,
 }
 
 /// The input of a create: who, on which device, and the optional fields.
 #[derive(Debug, Clone)]
 pub struct NewSession {
+    /// Whose session.
     pub user_id: UserId,
+    /// On which device.
     pub device_id: DeviceId,
+    /// The optional client fields.
     pub fields: MutableFields,
 }
 
@@ -292,11 +290,17 @@ pub struct NewSession {
 pub struct SessionPatch {
     /// Given only to assert the stored value; a different one is a conflict.
     pub user_id: Option<UserId>,
+    /// Given only to assert the stored value; a different one is a conflict.
     pub device_id: Option<DeviceId>,
+    /// The authorization code.
     pub auth_code: Field<Secret>,
+    /// The access token.
     pub access_token: Field<Secret>,
+    /// The refresh token.
     pub refresh_token: Field<Secret>,
+    /// The tokens' validity in seconds.
     pub expiration_time: Field<u64>,
+    /// The user's e-mail address.
     pub user_email: Field<UserEmail>,
 }
 
@@ -401,17 +405,17 @@ mod tests {
     }
 
     #[test]
-    fn session_id_has_256_random_bits_and_the_users_bucket() {
-        let user = UserId::parse("alice".into()).unwrap();
-        let id = SessionId::generate(&user);
-        assert_eq!(id.as_str().len(), BUCKET_LEN + RANDOM_LEN);
-        assert_eq!(id.bucket(), user.bucket());
+    fn session_id_has_256_random_bits_and_its_shard() {
+        let id = SessionId::generate(0xa7);
+        assert_eq!(id.as_str().len(), SHARD_LEN + RANDOM_LEN);
+        assert!(id.as_str().starts_with("a7"));
+        assert_eq!(id.shard(), 0xa7);
         assert!(id
             .as_str()
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(SessionId::parse(id.as_str()), Some(id.clone()));
-        assert_ne!(SessionId::generate(&user), id);
+        assert_ne!(SessionId::generate(0xa7), id);
     }
 
     #[test]
@@ -502,12 +506,24 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(
-            Timestamp::from_unix_millis(1_700_000_000_123).to_rfc3339(),
+            Timestamp::from_unix_millis(1_700_000_000_123)
+                .unwrap()
+                .to_rfc3339(),
             "2023-11-14T22:13:20.123Z"
         );
         assert_eq!(
-            Timestamp::from_unix_millis(1_700_000_000_100).to_rfc3339(),
+            Timestamp::from_unix_millis(1_700_000_000_100)
+                .unwrap()
+                .to_rfc3339(),
             "2023-11-14T22:13:20.100Z"
         );
+        assert_eq!(
+            Timestamp::from_unix_millis(Timestamp::LAST_MILLIS)
+                .unwrap()
+                .to_rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert!(Timestamp::from_unix_millis(Timestamp::LAST_MILLIS + 1).is_none());
+        assert!(Timestamp::from_unix_millis(-1).is_none());
     }
 }

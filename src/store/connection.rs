@@ -19,7 +19,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How to talk to Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisMode {
+    /// One server.
     Standalone,
+    /// A Redis Cluster (the URL names a seed node).
     Cluster,
     /// Ask the server at start (`INFO cluster`); standalone when it cannot be reached then.
     Auto,
@@ -28,7 +30,9 @@ pub enum RedisMode {
 /// A standalone or cluster connection; cheap to clone.
 #[derive(Clone)]
 pub enum RedisConnection {
+    /// One server, reconnecting.
     Standalone(ConnectionManager),
+    /// A cluster, routing by hash slot.
     Cluster(ClusterConnection),
 }
 

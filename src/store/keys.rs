@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! ```text
-//! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields u d ac at rt et em c m x)
+//! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields: see `hash.rs`)
 //! <prefix>:{<bucket>}:u:<user_id>      sorted set: the user's session ids by creation
 //! <prefix>:{<bucket>}:r:<type>:<n>:<target>:<message_id>
 //!                                       string: recorded outcome of a command (its target is
@@ -16,48 +16,64 @@
 //!                                       than one step, deleted by its last step
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
-//!                                       (consumer group `relay`)
+//!                                       (consumer group: `outbox::GROUP`)
 //! ```
 
-use crate::domain::{Bucket, Command, MessageId, SessionId, UserId};
+use super::Bucket;
+use crate::domain::{Command, MessageId, SessionId, UserId};
 
+/// The kind of a key, the part after its bucket. The scripts derive session and index keys with
+/// the same kinds (`KIND.session`, `KIND.index` in their generated header).
+pub(super) mod kind {
+    pub const SESSION: &str = "s:";
+    pub const INDEX: &str = "u:";
+    pub const RECORD: &str = "r:";
+    pub const PROGRESS: &str = "p:";
+    pub const SCHEDULE: &str = "exp";
+    pub const OUTBOX: &str = "outbox";
+}
+
+/// The keys under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
 }
 
 impl Keys {
+    /// The keys under `prefix` (`SESSION_KEY_PREFIX`).
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
         }
     }
 
-    fn in_bucket(&self, bucket: Bucket, kind: &str) -> String {
-        format!("{}{kind}:", self.base(bucket))
-    }
-
-    /// `<prefix>:{<bucket>}:`, from which the scripts build the keys of one bucket.
+    /// `<prefix>:{<bucket>}:`, from which the scripts derive the keys of one bucket.
     pub fn base(&self, bucket: Bucket) -> String {
         format!("{}:{{{bucket}}}:", self.prefix)
     }
 
+    fn of_kind(&self, bucket: Bucket, kind: &str) -> String {
+        self.base(bucket) + kind
+    }
+
     /// The schedule of the moments at which the bucket's sessions end.
     pub fn schedule(&self, bucket: Bucket) -> String {
-        self.base(bucket) + "exp"
+        self.of_kind(bucket, kind::SCHEDULE)
     }
 
     /// The bucket's outbox of events to publish.
     pub fn outbox(&self, bucket: Bucket) -> String {
-        self.base(bucket) + "outbox"
+        self.of_kind(bucket, kind::OUTBOX)
     }
 
+    /// A session's hash.
     pub fn session(&self, id: &SessionId) -> String {
-        self.in_bucket(id.bucket(), "s") + id.as_str()
+        self.of_kind(Bucket::of_session(id), kind::SESSION) + id.as_str()
     }
 
+    /// A user's index of sessions.
     pub fn index(&self, user_id: &UserId) -> String {
-        self.in_bucket(user_id.bucket(), "u") + user_id.as_str()
+        self.of_kind(Bucket::of_user(user_id), kind::INDEX) + user_id.as_str()
     }
 
     /// The idempotency record of a command, by command type, target (session or user id) and
@@ -66,8 +82,8 @@ impl Keys {
     /// that the scripts never read.
     pub fn record(&self, command: &Command, message_id: Option<&MessageId>) -> String {
         match message_id {
-            Some(id) => self.of_command("r", command, id),
-            None => self.in_bucket(command.bucket(), "r"),
+            Some(id) => self.of_command(kind::RECORD, command, id),
+            None => self.of_kind(Bucket::of_command(command), kind::RECORD),
         }
     }
 
@@ -76,17 +92,20 @@ impl Keys {
     /// id, under a key of its own.
     pub fn progress(&self, command: &Command, message_id: Option<&MessageId>) -> String {
         match message_id {
-            Some(id) => self.of_command("p", command, id),
-            None => self.in_bucket(command.bucket(), "p") + &uuid::Uuid::new_v4().to_string(),
+            Some(id) => self.of_command(kind::PROGRESS, command, id),
+            None => {
+                self.of_kind(Bucket::of_command(command), kind::PROGRESS)
+                    + &uuid::Uuid::new_v4().to_string()
+            }
         }
     }
 
-    /// `<kind>:<type>:<n>:<target>:<message_id>` in the command's bucket.
+    /// `<kind><type>:<n>:<target>:<message_id>` in the command's bucket.
     fn of_command(&self, kind: &str, command: &Command, message_id: &MessageId) -> String {
         let target = command.target();
         format!(
             "{}{}:{}:{target}:{}",
-            self.in_bucket(command.bucket(), kind),
+            self.of_kind(Bucket::of_command(command), kind),
             command.name(),
             target.len(),
             message_id.as_str()
@@ -102,8 +121,9 @@ mod tests {
     fn a_users_keys_and_its_sessions_keys_share_the_hash_tag() {
         let keys = Keys::new("p");
         let user = UserId::parse("alice".into()).unwrap();
-        let session = SessionId::generate(&user);
-        let tag = format!("{{{}}}", user.bucket());
+        let bucket = Bucket::of_user(&user);
+        let session = bucket.new_session_id();
+        let tag = format!("{{{bucket}}}");
         assert!(keys.index(&user).starts_with(&format!("p:{tag}:u:")));
         assert!(keys.session(&session).starts_with(&format!("p:{tag}:s:")));
         let message_id = MessageId::parse("m-1").unwrap();

@@ -12,7 +12,10 @@ use futures_util::{future::join_all, StreamExt};
 use lapin::{BasicProperties, Consumer};
 use serde_json::{json, Value};
 
-use session_manager::config::{SecretString, Settings};
+use session_manager::{
+    config::{SecretString, Settings},
+    domain::{Command, MessageId},
+};
 
 use crate::helpers::{
     assert_valid, eventually, isolated_settings, moment, private_queue, session_ids, spawn_app,
@@ -124,21 +127,11 @@ async fn ttl(app: &TestApp, key: &str) -> i64 {
         .unwrap()
 }
 
-/// The idempotency record of `message_id` for a `command` about `target` (a session or user id)
-/// in the bucket of `session_id`.
-fn record_key(
-    app: &TestApp,
-    session_id: &str,
-    command: &str,
-    target: &str,
-    message_id: &str,
-) -> String {
-    format!(
-        "{}:{{{}}}:r:{command}:{}:{target}:{message_id}",
-        app.settings.key_prefix,
-        &session_id[..2],
-        target.len()
-    )
+/// The idempotency record of `command` (an AMQP body) under `message_id`, as the store names it.
+fn record_key(app: &TestApp, command: &Value, message_id: &str) -> String {
+    let command = Command::parse(command.to_string().as_bytes()).unwrap();
+    app.keys()
+        .record(&command, MessageId::parse(message_id).as_ref())
 }
 
 /// Proves that nothing was dead-lettered so far: a message that must be dead-lettered is sent
@@ -723,11 +716,7 @@ async fn create_session_repeated_with_the_same_message_id_is_applied_once() {
     let id = first["session_id"].as_str().unwrap().to_owned();
     assert_eq!(session_ids(&app.list("once").await), vec![id.clone()]);
 
-    let record_ttl = ttl(
-        &app,
-        &record_key(&app, &id, "CreateSession", "once", &message_id),
-    )
-    .await;
+    let record_ttl = ttl(&app, &record_key(&app, &command, &message_id)).await;
     assert!(
         (86_000..=86_400).contains(&record_ttl),
         "the record is kept about 24 h, TTL {record_ttl}"
@@ -763,11 +752,7 @@ async fn delete_session_repeated_with_the_same_message_id_repeats_its_outcome() 
     let second = app.amqp.call_with_id(&command, &message_id).await;
     assert_eq!(second.body, first.body);
 
-    let record_ttl = ttl(
-        &app,
-        &record_key(&app, &id, "DeleteSession", &id, &message_id),
-    )
-    .await;
+    let record_ttl = ttl(&app, &record_key(&app, &command, &message_id)).await;
     assert!(
         (86_000..=86_400).contains(&record_ttl),
         "the record is kept about 24 h, TTL {record_ttl}"

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use session_manager::{
-    domain::{Command, MessageId, Outcome, SessionId, UserId},
-    store::{Keys, DELETE_STEP},
+    domain::{Command, MessageId, Outcome, UserId},
+    store::{Bucket, Keys, DELETE_STEP},
 };
 
 use crate::helpers::{assert_valid, moment, spawn_app, Event, StoreAlone, TestApp};
@@ -276,7 +276,7 @@ async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
         .unwrap();
     // The first step took the cutoff when `later` did not exist yet, ended one session, and
     // its instance stopped.
-    let ended_before = SessionId::generate(&user);
+    let ended_before = Bucket::of_user(&user).new_session_id();
     let command = Command::DeleteUserSessions(user.clone());
     let message_id = MessageId::parse("delete-u").unwrap();
     let progress = keys.progress(&command, Some(&message_id));
@@ -290,7 +290,7 @@ async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
 
     let store = alone.store.clone();
     let deleted = async || match store.apply(&command, Some(&message_id)).await {
-        Ok(Ok(Outcome::UserSessionsDeleted { session_ids, .. })) => session_ids,
+        Ok(Outcome::UserSessionsDeleted { session_ids, .. }) => session_ids,
         other => panic!("{other:?}"),
     };
     let expected = vec![ended_before, first.clone(), second.clone()];

@@ -8,7 +8,7 @@ use serde_json::json;
 use session_manager::{
     config::Settings,
     domain::{Command, UserId},
-    store::Keys,
+    store::{Bucket, Keys},
 };
 use time::OffsetDateTime;
 
@@ -272,7 +272,7 @@ async fn a_list_drops_the_entries_of_a_session_whose_hash_is_gone() {
 
     assert_eq!(alone.listed().await, vec![kept.clone()]);
     let user = UserId::parse("u".into()).unwrap();
-    for key in [keys.index(&user), keys.schedule(gone.bucket())] {
+    for key in [keys.index(&user), keys.schedule(Bucket::of_session(&gone))] {
         let members: Vec<String> = redis::cmd("ZRANGE")
             .arg(&key)
             .arg(0)

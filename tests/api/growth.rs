@@ -8,7 +8,7 @@ use serde_json::json;
 use session_manager::{
     config::Settings,
     domain::{SessionId, UserId},
-    store::{Keys, Policy, RedisConnection, RedisMode, Store},
+    store::{Bucket, Keys, Policy, RedisConnection, RedisMode, Store, GROUP},
 };
 
 use crate::helpers::{isolated_settings, spawn_app_with, REDIS_URL};
@@ -54,11 +54,9 @@ async fn consumers_of_gone_instances_are_forgotten() {
         .await;
     assert_eq!(status, 200);
     events.next().await;
-    let outbox = format!(
-        "{}:{{{}}}:outbox",
-        settings.key_prefix,
-        UserId::parse("u".into()).unwrap().bucket()
-    );
+    let outbox = app
+        .keys()
+        .outbox(Bucket::of_user(&UserId::parse("u".into()).unwrap()));
     let mut redis = app.redis.clone();
     let consumers = |redis: &mut redis::aio::MultiplexedConnection| {
         let outbox = outbox.clone();
@@ -67,7 +65,7 @@ async fn consumers_of_gone_instances_are_forgotten() {
             let infos: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
                 .arg(&outbox)
-                .arg("relay")
+                .arg(GROUP)
                 .query_async(&mut redis)
                 .await
                 .unwrap();
@@ -85,7 +83,7 @@ async fn consumers_of_gone_instances_are_forgotten() {
     let before = consumers(&mut redis).await;
     assert_eq!(before.len(), 1, "the app's relay: {before:?}");
     assert!(before[0].starts_with("relay-"), "{before:?}");
-    let bucket = SessionId::parse(&id).unwrap().bucket();
+    let bucket = Bucket::of_session(&SessionId::parse(&id).unwrap());
     app.stop_keeping_state().await;
 
     // Another instance's relay, forgetting consumers idle for more than 1 ms.

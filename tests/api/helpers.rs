@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use session_manager::{
     config::Settings,
     domain::{Command, Fields, NewSession, Outcome, SessionId, UserId},
-    store::{Keys, Policy, RedisConnection, RedisMode, Store},
+    store::{Bucket, Keys, Policy, RedisConnection, RedisMode, Store},
 };
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
@@ -166,8 +166,13 @@ impl TestApp {
             .await
     }
 
+    /// The names of this app's keys, as the store spells them.
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.settings.key_prefix)
+    }
+
     /// Every Redis key under this app's prefix.
-    pub async fn keys(&self) -> Vec<String> {
+    pub async fn stored_keys(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
         let pattern = format!("{}:*", self.settings.key_prefix);
         let mut keys: Vec<String> = Vec::new();
@@ -185,7 +190,7 @@ impl TestApp {
         eventually(async || {
             let mut left = Vec::new();
             let mut outbox_entries = 0;
-            for key in self.keys().await {
+            for key in self.stored_keys().await {
                 if key.ends_with(":outbox") {
                     let length: usize = redis::cmd("XLEN")
                         .arg(&key)
@@ -631,7 +636,7 @@ impl StoreAlone {
     }
 
     pub async fn apply(&self, command: Command) -> Outcome {
-        self.store.apply(&command, None).await.unwrap().unwrap()
+        self.store.apply(&command, None).await.unwrap()
     }
 
     /// Creates a session of user `u` and returns its id.
@@ -658,7 +663,7 @@ impl StoreAlone {
     /// The (session id, reason) of each event in user `u`'s outbox.
     pub async fn outbox(&mut self) -> Vec<(String, String)> {
         let user = UserId::parse("u".into()).unwrap();
-        let outbox = format!("{}:{{{}}}:outbox", self.settings.key_prefix, user.bucket());
+        let outbox = Keys::new(&self.settings.key_prefix).outbox(Bucket::of_user(&user));
         let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
             .arg(&outbox)
             .arg("-")

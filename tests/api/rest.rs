@@ -15,6 +15,7 @@ use reqwest::{
 use serde_json::{json, Value};
 use session_manager::{
     config::{SecretString, Settings},
+    domain::SessionId,
     store::DELETE_STEP,
 };
 use time::OffsetDateTime;
@@ -307,7 +308,10 @@ async fn create_requires_user_id_and_device_id() {
     ] {
         expect_invalid(post_json(&app, &body).await, field).await;
     }
-    assert!(app.keys().await.is_empty(), "a rejected create wrote keys");
+    assert!(
+        app.stored_keys().await.is_empty(),
+        "a rejected create wrote keys"
+    );
 }
 
 #[tokio::test]
@@ -374,7 +378,7 @@ async fn identifiers_with_control_characters_are_rejected() {
         expect_invalid(list(&app, bad).await, "user_id").await;
         expect_invalid(delete_user(&app, bad).await, "user_id").await;
     }
-    assert!(app.keys().await.is_empty());
+    assert!(app.stored_keys().await.is_empty());
 }
 
 #[tokio::test]
@@ -495,7 +499,7 @@ async fn list_of_a_user_without_sessions_is_empty_not_an_error() {
     let app = spawn_app().await;
     let body = expect_ok(list(&app, "nobody").await, 200, "result.SessionList.json").await;
     assert_eq!(body, json!({"user_id": "nobody", "sessions": []}));
-    assert!(app.keys().await.is_empty(), "listing wrote keys");
+    assert!(app.stored_keys().await.is_empty(), "listing wrote keys");
 }
 
 #[tokio::test]
@@ -609,7 +613,7 @@ async fn expires_at_is_created_at_plus_the_session_lifetime() {
     // margin later.
     let mut redis = app.redis.clone();
     let margin = session_manager::store::TTL_MARGIN.as_millis() as i64;
-    for key in app.keys().await {
+    for key in app.stored_keys().await {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut redis)
@@ -926,7 +930,10 @@ async fn patch_of_a_missing_session_is_not_found_and_creates_nothing() {
         )
         .await;
     }
-    assert!(app.keys().await.is_empty(), "a PATCH of nothing wrote keys");
+    assert!(
+        app.stored_keys().await.is_empty(),
+        "a PATCH of nothing wrote keys"
+    );
 }
 
 // ----- DELETE --------------------------------------------------------------------------------
@@ -1036,7 +1043,7 @@ async fn delete_all_of_a_user_without_sessions_is_an_empty_list() {
     )
     .await;
     assert_eq!(body, json!({"user_id": "nobody", "session_ids": []}));
-    assert!(app.keys().await.is_empty());
+    assert!(app.stored_keys().await.is_empty());
 }
 
 // ----- API token -----------------------------------------------------------------------------
@@ -1089,7 +1096,10 @@ async fn an_api_token_is_required_when_configured() {
             assert_eq!(challenge.as_deref(), Some("Bearer"), "{authorization:?}");
         }
     }
-    assert!(app.keys().await.is_empty(), "an unauthorized request wrote");
+    assert!(
+        app.stored_keys().await.is_empty(),
+        "an unauthorized request wrote"
+    );
 
     // With the token everything works, the scheme being case-insensitive.
     let response = app
@@ -1409,7 +1419,7 @@ async fn a_corrupt_session_is_500_internal_without_its_values() {
     let app = spawn_app().await;
     let mut redis = app.redis.clone();
     let id = unknown_id();
-    let key = format!("{}:{{{}}}:s:{id}", app.settings.key_prefix, &id[..2]);
+    let key = app.keys().session(&SessionId::parse(&id).unwrap());
     let () = redis::cmd("HSET")
         .arg(&key)
         .arg("u")
@@ -1426,7 +1436,7 @@ async fn a_corrupt_session_is_500_internal_without_its_values() {
 
     // A well-formed hash with a bad timestamp is just as internal.
     let other = format!("0b{}", "B".repeat(43));
-    let key = format!("{}:{{{}}}:s:{other}", app.settings.key_prefix, &other[..2]);
+    let key = app.keys().session(&SessionId::parse(&other).unwrap());
     let () = redis::cmd("HSET")
         .arg(&key)
         .arg("u")
@@ -1660,7 +1670,7 @@ async fn ended_sessions_leave_no_key_behind() {
         "result.Session.json",
     )
     .await;
-    assert!(!app.keys().await.is_empty());
+    assert!(!app.stored_keys().await.is_empty());
 
     for id in &singles {
         expect_ok(delete(&app, id).await, 200, "result.SessionDeleted.json").await;

@@ -1,10 +1,14 @@
--- Ends the session as expired when its moment has passed; answers whether it is still live.
--- `expires` is the session's stored `x`. Without idle timeout that is its end (and its score on
--- the schedule), which spares a schedule lookup; with one, the schedule's score is its end. A
--- session without an end is live until its TTL.
+-- live.lua: whether a session is live, ending it as expired when its moment has passed, and the
+-- idle deadline that reads and updates move.
+-- needs: IDLE, FIELD, schedule_key, now, key_of_session, key_of_index, end_session
+-- provides: live, live_device, touch
+
+-- `expires` is the session's stored expires_at. Without idle timeout that is its end (and its
+-- score on the schedule), which spares a schedule lookup; with one, the schedule's score is its
+-- end. A session without an end is live until its TTL.
 local function live(session_id, user_id, device_id, expires)
   local ends = expires
-  if idle > 0 then
+  if IDLE > 0 then
     ends = redis.call('ZSCORE', schedule_key, session_id)
   end
   if ends and tonumber(ends) <= now then
@@ -17,9 +21,9 @@ end
 -- The device id of a session on its user's index if it is live; nil if it is gone (its
 -- leftover index and schedule entries are dropped) or past its end (ended now, as expired).
 local function live_device(session_id, user_id)
-  local stored = redis.call('HMGET', session_key(session_id), 'd', 'x')
+  local stored = redis.call('HMGET', key_of_session(session_id), FIELD.device_id, FIELD.expires_at)
   if not stored[1] then
-    redis.call('ZREM', index_key(user_id), session_id)
+    redis.call('ZREM', key_of_index(user_id), session_id)
     redis.call('ZREM', schedule_key, session_id)
     return nil
   end
@@ -31,8 +35,7 @@ end
 
 -- A read or update of a live session moves its idle deadline (never past its absolute end).
 local function touch(session_id, expires)
-  if idle > 0 then
-    redis.call('ZADD', schedule_key, math.min(expires, now + idle), session_id)
+  if IDLE > 0 then
+    redis.call('ZADD', schedule_key, math.min(expires, now + IDLE), session_id)
   end
 end
-

@@ -1,20 +1,18 @@
--- The periodic work of one bucket, run by every instance (atomic, so instances may run it side
--- by side). KEYS[1]: the bucket's schedule. ARGV[1]: key base of the bucket, ARGV[2]: this
--- instance's consumer name, ARGV[3]: most sessions to end and entries to take,
--- ARGV[4]: idle time (ms) after which another consumer's unacknowledged entry is taken over,
--- ARGV[5]: idle time (ms) after which a consumer without pending entries is forgotten (0: keep).
+-- tick.lua: the periodic work of one bucket, run by every instance (atomic, so instances may run
+-- it side by side).
 -- 1. Ends the sessions whose moment has passed (reason expired), writing their events.
 -- 2. Returns outbox entries for this consumer to publish: its own that it took before but did
 --    not acknowledge (publishing failed), entries another consumer took but did not acknowledge
---    for ARGV[4] ms, then new ones. Each entry: id, then field/value list.
--- Preceded by `local base = ARGV[1]` and bucket.lua.
-local consumer = ARGV[2]
-local limit, stale_after, forget_after = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-
+--    for stale_after ms, then new ones; at most `limit` of each. Each entry: id, then its
+--    field/value list.
+-- 3. With forget_after > 0, forgets the consumers (of instances that are gone) idle that long and
+--    holding nothing.
+-- needs: schedule_key, outbox_key, consumer, limit, stale_after, forget_after, GROUP, FIELD, now,
+--   key_of_session, end_session
 local due = redis.call('ZRANGEBYSCORE', schedule_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
   local session_id, ends = due[i], tonumber(due[i + 1])
-  local stored = redis.call('HMGET', session_key(session_id), 'u', 'd')
+  local stored = redis.call('HMGET', key_of_session(session_id), FIELD.user_id, FIELD.device_id)
   if stored[1] then
     end_session(session_id, stored[1], stored[2], 'expired', ends)
   else
@@ -25,17 +23,15 @@ end
 if redis.call('EXISTS', outbox_key) == 0 then
   return {}
 end
-redis.pcall('XGROUP', 'CREATE', outbox_key, 'relay', '0')
--- Consumers of instances that are gone would pile up in the group: forget the idle ones that
--- hold nothing.
+redis.pcall('XGROUP', 'CREATE', outbox_key, GROUP, '0')
 if forget_after > 0 then
-  for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', outbox_key, 'relay')) do
+  for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', outbox_key, GROUP)) do
     local fields = {}
     for i = 1, #info, 2 do
       fields[info[i]] = info[i + 1]
     end
     if fields.name ~= consumer and fields.pending == 0 and fields.idle > forget_after then
-      redis.call('XGROUP', 'DELCONSUMER', outbox_key, 'relay', fields.name)
+      redis.call('XGROUP', 'DELCONSUMER', outbox_key, GROUP, fields.name)
     end
   end
 end
@@ -48,13 +44,12 @@ local function add(list)
   end
 end
 local function read(id)
-  local read = redis.call('XREADGROUP', 'GROUP', 'relay', consumer, 'COUNT', limit,
+  local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', limit,
     'STREAMS', outbox_key, id)
   return (read and read[1]) and read[1][2] or {}
 end
 add(read('0'))
-add(redis.call('XAUTOCLAIM', outbox_key, 'relay', consumer, stale_after, '0-0',
-  'COUNT', limit)[2])
+add(redis.call('XAUTOCLAIM', outbox_key, GROUP, consumer, stale_after, '0-0', 'COUNT', limit)[2])
 if #entries < limit then
   add(read('>'))
 end

@@ -1,75 +1,55 @@
 //! The RabbitMQ connection of one instance. [`AmqpLink::maintain`] connects, notices a lost
-//! connection and connects again, with backoff, for as long as the instance runs; the worker
-//! takes the current connection from it and the relay an events channel. lapin's own opt-in
-//! auto-recovery is not used: it gives up after its backoff's retries, and this loop, which
-//! never gives up, re-runs the whole consumer setup (topology, QoS, consume) on every
-//! connection anyway.
+//! connection and connects again, with backoff, for as long as the instance runs; the worker and
+//! the events channel take the current connection from it. It knows nothing of what runs over
+//! the connection. lapin's own opt-in auto-recovery is not used: it gives up after its
+//! backoff's retries, and this loop, which never gives up, lets the worker re-run its whole
+//! setup (topology, QoS, consume) on every connection anyway.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use lapin::{Connection, ConnectionProperties};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::SecretString, events::EventPublisher, metrics::Metrics};
+use crate::{backoff::Backoff, config::SecretString};
 
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Waits between connection attempts.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a live connection is checked.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
-/// The current connection, if any, and the events channel on it.
+/// The current connection, if any.
 pub struct AmqpLink {
     url: SecretString,
-    exchange: String,
-    metrics: Arc<Metrics>,
     current: watch::Sender<Option<Arc<Connection>>>,
-    publisher: Mutex<Option<EventPublisher>>,
-    /// Whether the worker consumes commands now (set by the worker).
-    consuming: AtomicBool,
 }
 
 impl AmqpLink {
-    pub fn new(url: SecretString, exchange: String, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// A link to `url`, not yet connected: [`AmqpLink::maintain`] connects it.
+    pub fn new(url: SecretString) -> Arc<Self> {
         Arc::new(Self {
             url,
-            exchange,
-            metrics,
             current: watch::Sender::new(None),
-            publisher: Mutex::new(None),
-            consuming: AtomicBool::new(false),
         })
     }
 
     /// Whether a connection is up now (for `/readyz`).
     pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// The connection, if one is up now.
+    pub fn current(&self) -> Option<Arc<Connection>> {
         self.current
             .borrow()
-            .as_ref()
-            .is_some_and(|connection| connection.status().connected())
-    }
-
-    /// Whether commands are being consumed now: connected, and the worker's consumer is up
-    /// (it is not when, say, the queue exists with other arguments).
-    pub fn is_ready(&self) -> bool {
-        self.is_connected() && self.consuming.load(Ordering::SeqCst)
-    }
-
-    /// Set by the worker when its consumer starts and stops.
-    pub fn set_consuming(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::SeqCst);
+            .clone()
+            .filter(|connection| connection.status().connected())
     }
 
     /// Keeps a connection up until `shutdown`, then closes it.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut delay = RETRY_MIN;
+        let mut backoff = RECONNECT;
         while !shutdown.is_cancelled() {
             if self.is_connected() {
                 tokio::select! {
@@ -95,26 +75,16 @@ impl AmqpLink {
             match connected {
                 Ok(Ok(connection)) => {
                     tracing::info!("connected to RabbitMQ");
-                    // The events exchange exists before anything else uses the connection.
-                    let opened =
-                        EventPublisher::open(&connection, &self.exchange, self.metrics.clone())
-                            .await;
-                    match opened {
-                        Ok(opened) => *self.publisher.lock().await = Some(opened),
-                        Err(error) => {
-                            tracing::warn!(error = %error, "cannot open the events channel")
-                        }
-                    }
                     self.current.send_replace(Some(Arc::new(connection)));
-                    delay = RETRY_MIN;
+                    backoff.reset();
                 }
                 Ok(Err(error)) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %error, retry_in = ?delay, "cannot connect to RabbitMQ");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
                 Err(_) => tracing::warn!("connecting to RabbitMQ timed out; retrying"),
             }
@@ -136,34 +106,7 @@ impl AmqpLink {
         }
     }
 
-    /// The events channel, opened (and the exchange declared) on the current connection when
-    /// there is none or the last one broke.
-    pub async fn publisher(&self) -> Result<EventPublisher, lapin::Error> {
-        // Held across the open, so that concurrent callers open one channel, not one each.
-        let mut publisher = self.publisher.lock().await;
-        if let Some(open) = publisher.as_ref().filter(|p| p.is_open()) {
-            return Ok(open.clone());
-        }
-        let connection = self
-            .current
-            .borrow()
-            .clone()
-            .filter(|connection| connection.status().connected())
-            .ok_or_else(|| {
-                lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                    lapin::ConnectionState::Closed,
-                ))
-            })?;
-        let opened =
-            EventPublisher::open(&connection, &self.exchange, self.metrics.clone()).await?;
-        *publisher = Some(opened.clone());
-        Ok(opened)
-    }
-
     async fn close(&self) {
-        if let Some(publisher) = self.publisher.lock().await.take() {
-            publisher.close().await;
-        }
         let connection = self.current.send_replace(None);
         if let Some(connection) = connection.filter(|c| c.status().connected()) {
             if let Err(error) = connection.close(200, "shutting down".into()).await {

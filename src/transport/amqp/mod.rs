@@ -1,6 +1,7 @@
-//! The AMQP front end (contract §3): declares the command queue and its dead-letter queue,
-//! consumes commands, hands each to the core and publishes the reply. It maps AMQP messages to
-//! and from the core and holds no session logic.
+//! The AMQP front end (contract §3) and everything else that speaks to RabbitMQ: the connection
+//! ([`AmqpLink`]), the broker topology, the command worker, which maps AMQP messages to and from
+//! the core and holds no session logic, and the events channel ([`AmqpEvents`]), the relay's
+//! event sink.
 //!
 //! # Format
 //!
@@ -10,8 +11,11 @@
 //!          {"status": "error", "error": {"code": "not_found", "message": "…"}}
 //! ```
 
+mod events;
 mod link;
+mod topology;
 mod worker;
 
+pub use events::{AmqpEvents, PublishError, ROUTING_KEY};
 pub use link::AmqpLink;
-pub use worker::{run_worker, WorkerSettings};
+pub use worker::{run_worker, Consuming, WorkerSettings};

@@ -3,7 +3,13 @@
 //! published (with a broker confirm); a message that cannot be understood gets an error reply
 //! and is rejected without requeue, which dead-letters it to `<queue>.dead`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -11,28 +17,56 @@ use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{FieldTable, ShortString},
     BasicProperties, Channel, Confirmation, Connection,
 };
 use serde::Serialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use super::{topology, AmqpLink};
 use crate::{
+    backoff::Backoff,
     domain::{Command, Error, ErrorBody, MessageId, Outcome},
     metrics::Metrics,
     service::SessionService,
     telemetry::Chain,
 };
 
-use super::AmqpLink;
+/// Waits between tries of a command that finds Redis out of reach.
+const REDIS_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// Wait before consuming again after the consumer stopped.
+const CONSUME_AGAIN_AFTER: Duration = Duration::from_millis(500);
+/// Wait before requeueing a command whose reply could not be published.
+const REQUEUE_AFTER: Duration = Duration::from_secs(5);
+/// How long a reply may wait for the broker's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the worker needs to know about its queue.
+/// What the worker needs to know about the broker's topology.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// The command queue (`SESSION_COMMAND_QUEUE`).
     pub queue: String,
+    /// The events exchange (`SESSION_EVENTS_EXCHANGE`), declared with the queues.
+    pub events_exchange: String,
+    /// Commands taken at once (`AMQP_PREFETCH`).
     pub prefetch: u16,
+}
+
+/// Whether the worker consumes commands now (false while it is not connected, or when the broker
+/// refuses its consumer, say because the queue exists with other arguments).
+#[derive(Debug, Clone, Default)]
+pub struct Consuming(Arc<AtomicBool>);
+
+impl Consuming {
+    /// Whether a consumer is up now.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, consuming: bool) {
+        self.0.store(consuming, Ordering::SeqCst);
+    }
 }
 
 /// The body of a reply.
@@ -51,71 +85,32 @@ impl Reply<'_> {
                 error: ErrorBody::from(error),
             },
         };
-        serde_json::to_vec(&reply).unwrap_or_default()
+        serde_json::to_vec(&reply).expect("a reply serializes: strings, numbers and lists only")
     }
-}
-
-/// Declares the durable quorum command queue, dead-lettering to `<queue>.dead`, and the dead
-/// letter queue itself.
-async fn declare_topology(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
-    let dead_letter_queue = format!("{queue}.dead");
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(dead_letter_queue.as_str().into(), durable, quorum.clone())
-        .await?;
-    let mut arguments = quorum;
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    // At-least-once dead-lettering (RabbitMQ >= 3.10): a rejected command is kept until the
-    // dead-letter queue has confirmed it, never dropped on the way. It requires reject-publish.
-    arguments.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    arguments.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dead_letter_queue.as_str().into()),
-    );
-    channel
-        .queue_declare(queue.into(), durable, arguments)
-        .await?;
-    Ok(())
 }
 
 /// Consumes commands until `shutdown` is cancelled, on whatever connection `link` has, starting
 /// over (topology, QoS, consumer) on each new connection.
+/// `consuming` tells whether it consumes now.
 pub async fn run_worker(
     link: Arc<AmqpLink>,
     service: SessionService,
     metrics: Arc<Metrics>,
     settings: WorkerSettings,
+    consuming: Consuming,
     shutdown: CancellationToken,
 ) {
     while let Some(connection) = link.connection(&shutdown).await {
         let consumed = consume(
             &connection,
-            &link,
+            &consuming,
             service.clone(),
             metrics.clone(),
             &settings,
             shutdown.clone(),
         )
         .await;
-        link.set_consuming(false);
+        consuming.set(false);
         if shutdown.is_cancelled() {
             break;
         }
@@ -126,7 +121,7 @@ pub async fn run_worker(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(RETRY_MIN * 5) => {}
+            () = tokio::time::sleep(CONSUME_AGAIN_AFTER) => {}
             () = shutdown.cancelled() => break,
         }
     }
@@ -137,14 +132,14 @@ pub async fn run_worker(
 /// then stops consuming and waits for the commands in flight to be answered and acknowledged.
 async fn consume(
     connection: &Connection,
-    link: &AmqpLink,
+    consuming: &Consuming,
     service: SessionService,
     metrics: Arc<Metrics>,
     settings: &WorkerSettings,
     shutdown: CancellationToken,
 ) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await?;
-    declare_topology(&channel, &settings.queue).await?;
+    topology::declare(&channel, &settings.queue, &settings.events_exchange).await?;
     // The prefetch window is the worker's concurrency: up to this many commands are applied at
     // once, and no more are taken while they are (so a stalled Redis stops intake).
     channel
@@ -165,7 +160,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    link.set_consuming(true);
+    consuming.set(true);
     tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming commands");
 
     let in_flight = TaskTracker::new();
@@ -225,11 +220,6 @@ struct Handler {
     stopped: CancellationToken,
 }
 
-/// How long a reply may wait for the broker's confirm.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
 impl Handler {
     async fn handle(&self, delivery: Delivery) {
         let started = std::time::Instant::now();
@@ -254,16 +244,18 @@ impl Handler {
             Err(error) => {
                 // Well-formed, but naming a session that cannot exist: answered like any miss.
                 let outcome = Err(error);
-                self.finish(&delivery, "unknown", &outcome, started).await;
+                self.finish(&delivery, message_id.as_ref(), "unknown", &outcome, started)
+                    .await;
                 return;
             }
         };
-        let mut delay = RETRY_MIN;
+        let mut backoff = REDIS_RETRY;
         let outcome = loop {
             match self.service.execute(&command, message_id.as_ref()).await {
                 Err(Error::Unavailable(cause)) => {
                     // Redis is out of reach: keep the delivery unacked and
                     // retry; with the prefetch window full, no new commands are taken meanwhile.
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %Chain(cause.as_ref()), command = command.name(), retry_in = ?delay,
                         "cannot apply command now; will retry");
                     tokio::select! {
@@ -273,34 +265,35 @@ impl Handler {
                             return;
                         }
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
                 outcome => break outcome,
             }
         };
-        self.finish(&delivery, command.name(), &outcome, started)
-            .await;
+        self.finish(
+            &delivery,
+            message_id.as_ref(),
+            command.name(),
+            &outcome,
+            started,
+        )
+        .await;
     }
 
     /// Replies, then acknowledges the delivery.
     async fn finish(
         &self,
         delivery: &Delivery,
+        message_id: Option<&MessageId>,
         command: &'static str,
         outcome: &Result<Outcome, Error>,
         started: std::time::Instant,
     ) {
-        let recorded = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .is_some_and(|id| MessageId::parse(id.as_str()).is_some());
         if !self.reply(delivery, outcome).await {
-            if recorded {
+            if message_id.is_some() {
                 // Requeued after a pause: the command comes back, and its recorded outcome is
                 // what the next reply repeats (it is not applied again).
                 tokio::select! {
-                    () = tokio::time::sleep(RETRY_MAX) => {}
+                    () = tokio::time::sleep(REQUEUE_AFTER) => {}
                     () = self.stopped.cancelled() => return,
                 }
                 if let Err(error) = delivery

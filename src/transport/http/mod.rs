@@ -2,7 +2,13 @@
 //! and method, turns it into a domain `Command` for the core and the outcome into JSON. Every
 //! failure, including those warp itself would produce (no route, wrong method, bad or too large
 //! body, wrong content type), becomes the contract's JSON error; the status mapping of errors is
-//! in [`status_of`] and nowhere else.
+//! in [`HttpError`] and nowhere else.
+
+mod error;
+mod server;
+
+pub use error::HttpError;
+pub use server::serve;
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -18,10 +24,7 @@ use warp::{
 
 use crate::{
     config::SecretString,
-    domain::{
-        Command, Error, ErrorBody, ErrorCode, Fields, NewSession, Outcome, SessionId, SessionPatch,
-        UserId,
-    },
+    domain::{Command, Error, Fields, NewSession, Outcome, SessionId, SessionPatch, UserId},
     metrics::Metrics,
     service::SessionService,
     telemetry::Chain,
@@ -38,9 +41,13 @@ pub type ReadinessProbe =
 
 /// What the handlers share.
 pub struct HttpState {
+    /// The core.
     pub service: SessionService,
+    /// Where requests are counted.
     pub metrics: Arc<Metrics>,
+    /// When set, `/a01/*` requires it as bearer token.
     pub api_token: Option<SecretString>,
+    /// Answers `/readyz`.
     pub readiness: ReadinessProbe,
 }
 
@@ -69,7 +76,9 @@ pub fn routes(
         .recover(|rejection: warp::Rejection| async move {
             // The filter above matches every request; this maps anything warp still rejects.
             tracing::debug!(?rejection, "request rejected by warp");
-            Ok::<_, Infallible>(error_response(&Error::internal("request rejected")))
+            Ok::<_, Infallible>(
+                HttpError::from(Error::internal("request rejected")).into_response(),
+            )
         })
         .unify()
 }
@@ -139,17 +148,11 @@ impl HttpState {
         let response = match self.route(&request, route, id, body).await {
             Ok(response) => response,
             Err(error) => {
-                if let Error::Internal(cause) | Error::Unavailable(cause) = &error {
+                if let HttpError::Core(Error::Internal(cause) | Error::Unavailable(cause)) = &error
+                {
                     tracing::error!(error = %Chain(cause.as_ref()), path = route.label(), "request failed");
                 }
-                let mut response = error_response(&error);
-                if let (Error::MethodNotAllowed, Some(allowed)) = (&error, route.allowed_methods())
-                {
-                    response
-                        .headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static(allowed));
-                }
-                response
+                error.into_response()
             }
         };
         let status = response.status().as_u16();
@@ -166,7 +169,7 @@ impl HttpState {
         route: Route,
         id: Option<&str>,
         body: S,
-    ) -> Result<Response, Error>
+    ) -> Result<Response, HttpError>
     where
         S: Stream<Item = Result<B, warp::Error>> + Send,
         B: Buf,
@@ -193,7 +196,7 @@ impl HttpState {
                     "text/plain; version=0.0.4; charset=utf-8",
                 ))
             }
-            (Route::Unknown, _) => return Err(Error::NotFound("no such route".into())),
+            (Route::Unknown, _) => return Err(Error::NotFound("no such route".into()).into()),
             (Route::Sessions, &Method::POST) => {
                 let fields = json_body(&request.headers, body).await?;
                 Command::CreateSession(NewSession::from_fields(fields)?)
@@ -209,24 +212,28 @@ impl HttpState {
                 Command::UpdateSession(session_id(id)?, patch)
             }
             (Route::Session, &Method::DELETE) => Command::DeleteSession(session_id(id)?),
-            _ => return Err(Error::MethodNotAllowed),
+            (route, _) => {
+                let allowed = route
+                    .allowed_methods()
+                    .expect("every route but Unknown (answered above) has methods");
+                return Err(HttpError::MethodNotAllowed(allowed));
+            }
         };
         let outcome = self.service.execute(&command, None).await?;
         Ok(match &outcome {
             Outcome::SessionCreated { session_id } => {
                 let mut response = json_response(StatusCode::CREATED, &outcome);
-                if let Ok(location) =
+                let location =
                     HeaderValue::from_str(&format!("/a01/session/{}", session_id.as_str()))
-                {
-                    response.headers_mut().insert(header::LOCATION, location);
-                }
+                        .expect("a session id is URL-safe base64, a valid header value");
+                response.headers_mut().insert(header::LOCATION, location);
                 response
             }
             _ => json_response(StatusCode::OK, &outcome),
         })
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Error> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {
         let Some(expected) = &self.api_token else {
             return Ok(());
         };
@@ -241,7 +248,7 @@ impl HttpState {
             Some(token) if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => {
                 Ok(())
             }
-            _ => Err(Error::Unauthorized),
+            _ => Err(HttpError::Unauthorized),
         }
     }
 }
@@ -302,7 +309,7 @@ fn form_decode(text: &str) -> Option<String> {
 }
 
 /// Checks the content type and reads at most [`MAX_BODY_BYTES`] of the body as a JSON object.
-async fn json_body<S, B>(headers: &HeaderMap, body: S) -> Result<Fields, Error>
+async fn json_body<S, B>(headers: &HeaderMap, body: S) -> Result<Fields, HttpError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
@@ -313,19 +320,19 @@ where
         .and_then(|value| value.split(';').next())
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(Error::UnsupportedMediaType);
+        return Err(HttpError::UnsupportedMediaType);
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return Err(Error::PayloadTooLarge);
+        return Err(HttpError::PayloadTooLarge);
     }
-    Fields::from_slice(&read_body(body).await?)
+    Ok(Fields::from_slice(&read_body(body).await?)?)
 }
 
-async fn read_body<S, B>(body: S) -> Result<Bytes, Error>
+async fn read_body<S, B>(body: S) -> Result<Bytes, HttpError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
@@ -336,7 +343,7 @@ where
         let mut chunk =
             chunk.map_err(|_| Error::InvalidArgument("body: could not be read".into()))?;
         if collected.len() + chunk.remaining() > MAX_BODY_BYTES {
-            return Err(Error::PayloadTooLarge);
+            return Err(HttpError::PayloadTooLarge);
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -348,43 +355,10 @@ where
     Ok(collected.freeze())
 }
 
-/// The HTTP status of each error code.
-fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::Conflict => StatusCode::CONFLICT,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorEnvelope {
-    error: ErrorBody,
-}
-
-fn error_response(error: &Error) -> Response {
-    let mut response = json_response(
-        status_of(error.code()),
-        &ErrorEnvelope {
-            error: ErrorBody::from(error),
-        },
-    );
-    if let Error::Unauthorized = error {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
-}
-
+/// A JSON response that no cache keeps.
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let bytes = serde_json::to_vec(body)
+        .expect("a response body serializes: strings, numbers, lists and maps with string keys");
     let mut response = Response::new(bytes.into());
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -1,0 +1,179 @@
+//! The session hash: the one table of its fields, each with the name the Rust side and the
+//! scripts share (`FIELD.<name>` in a script's generated header) and the short code it is stored
+//! under; and the conversions between a session and the hash's field/value pairs.
+
+use super::StoreError;
+use crate::domain::{
+    DeviceId, Field, MutableFields, Secret, Session, SessionId, SessionPatch, Timestamp, UserEmail,
+    UserId,
+};
+
+/// A field of the session hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HashField {
+    UserId,
+    DeviceId,
+    AuthCode,
+    AccessToken,
+    RefreshToken,
+    ExpirationTime,
+    UserEmail,
+    CreatedAt,
+    UpdatedAt,
+    ExpiresAt,
+}
+
+impl HashField {
+    /// Every field, with its shared name and its stored code.
+    pub const TABLE: [(Self, &'static str, &'static str); 10] = [
+        (Self::UserId, "user_id", "u"),
+        (Self::DeviceId, "device_id", "d"),
+        (Self::AuthCode, "auth_code", "ac"),
+        (Self::AccessToken, "access_token", "at"),
+        (Self::RefreshToken, "refresh_token", "rt"),
+        (Self::ExpirationTime, "expiration_time", "et"),
+        (Self::UserEmail, "user_email", "em"),
+        (Self::CreatedAt, "created_at", "c"),
+        (Self::UpdatedAt, "updated_at", "m"),
+        (Self::ExpiresAt, "expires_at", "x"),
+    ];
+
+    /// The code the field is stored under.
+    pub fn code(self) -> &'static str {
+        Self::TABLE[self as usize].2
+    }
+
+    fn of_code(code: &str) -> Option<Self> {
+        Self::TABLE
+            .iter()
+            .find(|(_, _, stored)| *stored == code)
+            .map(|(field, _, _)| *field)
+    }
+}
+
+/// The client-set fields that have a value, as field code/value pairs.
+pub(super) fn pairs(fields: &MutableFields) -> Vec<(&'static str, String)> {
+    let secret = |secret: &Option<Secret>| secret.as_ref().map(|s| s.expose().to_owned());
+    [
+        (HashField::AuthCode, secret(&fields.auth_code)),
+        (HashField::AccessToken, secret(&fields.access_token)),
+        (HashField::RefreshToken, secret(&fields.refresh_token)),
+        (
+            HashField::ExpirationTime,
+            fields.expiration_time.map(|t| t.to_string()),
+        ),
+        (
+            HashField::UserEmail,
+            fields.user_email.as_ref().map(|e| e.as_str().to_owned()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(field, value)| value.map(|value| (field.code(), value)))
+    .collect()
+}
+
+/// What an update writes: the pairs to set and the codes of the fields to clear.
+pub(super) fn patch(patch: &SessionPatch) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
+    fn value<T: Clone>(field: &Field<T>) -> Option<T> {
+        match field {
+            Field::Value(value) => Some(value.clone()),
+            Field::Absent | Field::Null => None,
+        }
+    }
+    let set = pairs(&MutableFields {
+        auth_code: value(&patch.auth_code),
+        access_token: value(&patch.access_token),
+        refresh_token: value(&patch.refresh_token),
+        expiration_time: value(&patch.expiration_time),
+        user_email: value(&patch.user_email),
+    });
+    let cleared = [
+        (HashField::AuthCode, matches!(patch.auth_code, Field::Null)),
+        (
+            HashField::AccessToken,
+            matches!(patch.access_token, Field::Null),
+        ),
+        (
+            HashField::RefreshToken,
+            matches!(patch.refresh_token, Field::Null),
+        ),
+        (
+            HashField::ExpirationTime,
+            matches!(patch.expiration_time, Field::Null),
+        ),
+        (
+            HashField::UserEmail,
+            matches!(patch.user_email, Field::Null),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, clear)| *clear)
+    .map(|(field, _)| field.code())
+    .collect();
+    (set, cleared)
+}
+
+/// A stored moment.
+pub(super) fn timestamp(text: &str) -> Result<Timestamp, StoreError> {
+    text.parse()
+        .ok()
+        .and_then(Timestamp::from_unix_millis)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {text:?}")))
+}
+
+/// The session of id `id` from its hash's field/value pairs (as `HGETALL` returns them).
+pub(super) fn session(id: &SessionId, pairs: Vec<String>) -> Result<Session, StoreError> {
+    let (mut user_id, mut device_id) = (None, None);
+    let (mut created_at, mut updated_at, mut expires_at) = (None, None, None);
+    let mut fields = MutableFields::default();
+    let mut pairs = pairs.into_iter();
+    while let (Some(code), Some(value)) = (pairs.next(), pairs.next()) {
+        let Some(field) = HashField::of_code(&code) else {
+            continue;
+        };
+        match field {
+            HashField::UserId => user_id = Some(UserId::from_stored(value)),
+            HashField::DeviceId => device_id = Some(DeviceId::from_stored(value)),
+            HashField::AuthCode => fields.auth_code = Some(Secret::from_stored(value)),
+            HashField::AccessToken => fields.access_token = Some(Secret::from_stored(value)),
+            HashField::RefreshToken => fields.refresh_token = Some(Secret::from_stored(value)),
+            HashField::ExpirationTime => {
+                let seconds = value
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("bad expiration_time".into()))?;
+                fields.expiration_time = Some(seconds);
+            }
+            HashField::UserEmail => fields.user_email = Some(UserEmail::from_stored(value)),
+            HashField::CreatedAt => created_at = Some(timestamp(&value)?),
+            HashField::UpdatedAt => updated_at = Some(timestamp(&value)?),
+            HashField::ExpiresAt => expires_at = Some(timestamp(&value)?),
+        }
+    }
+    let missing = || StoreError::Corrupt("session hash lacks a required field".into());
+    Ok(Session {
+        session_id: id.clone(),
+        user_id: user_id.ok_or_else(missing)?,
+        device_id: device_id.ok_or_else(missing)?,
+        auth_code: fields.auth_code,
+        access_token: fields.access_token,
+        refresh_token: fields.refresh_token,
+        expiration_time: fields.expiration_time,
+        user_email: fields.user_email,
+        created_at: created_at.ok_or_else(missing)?,
+        updated_at: updated_at.ok_or_else(missing)?,
+        expires_at: expires_at.ok_or_else(missing)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_in_the_order_of_the_enum_and_codes_are_distinct() {
+        for (at, (field, _, code)) in HashField::TABLE.iter().enumerate() {
+            assert_eq!(*field as usize, at);
+            assert_eq!(HashField::of_code(code), Some(*field));
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! CreateSession: a new session in its user's bucket, on the schedule and in the user's index;
+//! with a per-user limit, the user's oldest live sessions are evicted (their events written).
+
+use super::{answer, session_id, Record};
+use crate::{
+    domain::{NewSession, Outcome},
+    store::{
+        hash::{self, HashField},
+        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        Bucket, Store, StoreError,
+    },
+};
+
+pub(in crate::store) const SCRIPT: &str = include_str!("create.lua");
+pub(in crate::store) static LAYOUT: Layout = Layout {
+    keys: &[
+        "record_key",
+        "schedule_key",
+        "outbox_key",
+        "session_key",
+        "index_key",
+    ],
+    args: &[
+        Arg::Number("record_ttl"),
+        Arg::Text("base"),
+        Arg::Text("session_id"),
+        Arg::Text("user_id"),
+    ],
+    rest: Some("fields_at"),
+};
+
+pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
+    LuaScript::assemble("create.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
+}
+
+pub(in crate::store) async fn apply(
+    store: &Store,
+    record: Record<'_>,
+    new: &NewSession,
+) -> Result<Outcome, StoreError> {
+    let id = Bucket::of_user(&new.user_id).new_session_id();
+    let mut call = record.call(store, &store.commands.create);
+    call.key("session_key", store.keys.session(&id))
+        .key("index_key", store.keys.index(&new.user_id))
+        .arg("session_id", id.as_str())
+        .arg("user_id", new.user_id.as_str())
+        .rest(HashField::DeviceId.code())
+        .rest(new.device_id.as_str());
+    for (code, value) in hash::pairs(&new.fields) {
+        call.rest(code).rest(value);
+    }
+    let document: String = call.invoke(&store.connection).await?;
+    let created = answer(&document)?;
+    let created = created
+        .as_str()
+        .ok_or_else(|| StoreError::Corrupt("create answered no session id".into()))?;
+    Ok(Outcome::SessionCreated {
+        session_id: session_id(created)?,
+    })
+}

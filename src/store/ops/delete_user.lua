@@ -1,0 +1,48 @@
+-- delete_user.lua: DeleteUserSessions, in steps of at most `step` sessions so that no step blocks
+-- Redis for long. Every step is atomic: each session leaves the store, its user's index and the
+-- schedule, and its event enters the outbox, together. The command ends the sessions created
+-- before it began (index scores up to the cutoff), not those created while it runs. Its progress
+-- (progress_key, kept progress_ttl seconds) holds the cutoff score and then the ids ended so
+-- far. A step that leaves sessions to end returns 'more'; the caller calls again with the same
+-- keys (a redelivered command resumes from the progress). The last step returns the ids of all
+-- the sessions it ended.
+-- needs: index_key, progress_key, user_id, step, progress_ttl, now, live_device, end_session,
+--   finish
+local cutoff = redis.call('LINDEX', progress_key, 0)
+local started = cutoff ~= false
+if not started then
+  local newest = redis.call('ZRANGE', index_key, -1, -1, 'WITHSCORES')
+  cutoff = newest[2] or '-inf'
+end
+
+local closed = {}
+local ids = redis.call('ZRANGE', index_key, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, step + 1)
+for i = 1, math.min(#ids, step) do
+  local session_id = ids[i]
+  local device_id = live_device(session_id, user_id)
+  if device_id then
+    end_session(session_id, user_id, device_id, 'user_sessions_deleted', now)
+    closed[#closed + 1] = session_id
+  end
+end
+
+if #ids > step then
+  if not started then
+    redis.call('RPUSH', progress_key, cutoff)
+  end
+  if #closed > 0 then
+    redis.call('RPUSH', progress_key, unpack(closed))
+  end
+  redis.call('EXPIRE', progress_key, progress_ttl)
+  return 'more'
+end
+
+if started then
+  local earlier = redis.call('LRANGE', progress_key, 1, -1)
+  redis.call('DEL', progress_key)
+  for _, session_id in ipairs(closed) do
+    earlier[#earlier + 1] = session_id
+  end
+  closed = earlier
+end
+return finish({s = 'ok', v = closed})

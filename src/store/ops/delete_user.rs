@@ -1,0 +1,81 @@
+//! DeleteUserSessions: ends every session the user had when the command began, in atomic steps
+//! of at most [`DELETE_STEP`] sessions, each step one script call; the progress between steps is
+//! kept beside the record, so that a redelivered command resumes and still answers every id.
+
+use std::time::Duration;
+
+use super::{answer, session_id, strings, Record};
+use crate::{
+    domain::{Outcome, UserId},
+    store::{
+        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        Store, StoreError, DELETE_STEP,
+    },
+};
+
+/// How long the progress of an unfinished DeleteUserSessions without message id is kept (an
+/// instance stopped between its steps leaves it behind).
+const PROGRESS_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+pub(in crate::store) const SCRIPT: &str = include_str!("delete_user.lua");
+pub(in crate::store) static LAYOUT: Layout = Layout {
+    keys: &[
+        "record_key",
+        "schedule_key",
+        "outbox_key",
+        "index_key",
+        "progress_key",
+    ],
+    args: &[
+        Arg::Number("record_ttl"),
+        Arg::Text("base"),
+        Arg::Text("user_id"),
+        Arg::Number("step"),
+        Arg::Number("progress_ttl"),
+    ],
+    rest: None,
+};
+
+pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
+    LuaScript::assemble(
+        "delete_user.lua",
+        SCRIPT,
+        COMMAND_PIECES,
+        &LAYOUT,
+        constants,
+    )
+}
+
+pub(in crate::store) async fn apply(
+    store: &Store,
+    record: Record<'_>,
+    user_id: &UserId,
+) -> Result<Outcome, StoreError> {
+    let progress_ttl = match record.message_id {
+        Some(_) => store.policy.record_retention.max(PROGRESS_RETENTION),
+        None => PROGRESS_RETENTION,
+    };
+    let mut call = record.call(store, &store.commands.delete_user);
+    call.key("index_key", store.keys.index(user_id))
+        .key(
+            "progress_key",
+            store.keys.progress(record.command, record.message_id),
+        )
+        .arg("user_id", user_id.as_str())
+        .arg("step", DELETE_STEP)
+        .arg("progress_ttl", progress_ttl.as_secs());
+    loop {
+        let document: String = call.invoke(&store.connection).await?;
+        // A step that leaves sessions to end answers 'more': call again with the same keys.
+        if document != "more" {
+            let ids = strings(answer(&document)?)?;
+            return Ok(Outcome::UserSessionsDeleted {
+                user_id: user_id.clone(),
+                session_ids: ids
+                    .iter()
+                    .map(|id| session_id(id))
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+    }
+}

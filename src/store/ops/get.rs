@@ -1,0 +1,69 @@
+//! GetSession. A plain read changes nothing (no record to write, no idle deadline to move), so it
+//! is one `HGETALL` without a script, unless the session ends within [`CLOCK_SLACK`] by this
+//! host's clock: the script then judges by Redis's clock, and ends it if its moment has passed.
+
+use super::{answer, strings, Record};
+use crate::{
+    domain::{Outcome, SessionId},
+    store::{
+        hash,
+        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        Store, StoreError, CLOCK_SLACK,
+    },
+};
+
+pub(in crate::store) const SCRIPT: &str = include_str!("get.lua");
+pub(in crate::store) static LAYOUT: Layout = Layout {
+    keys: &["record_key", "schedule_key", "outbox_key", "session_key"],
+    args: &[
+        Arg::Number("record_ttl"),
+        Arg::Text("base"),
+        Arg::Text("session_id"),
+    ],
+    rest: None,
+};
+
+pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
+    LuaScript::assemble("get.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
+}
+
+pub(in crate::store) async fn apply(
+    store: &Store,
+    record: Record<'_>,
+    id: &SessionId,
+) -> Result<Outcome, StoreError> {
+    if record.message_id.is_none() && store.policy.idle.is_none() {
+        if let Some(outcome) = read(store, id).await? {
+            return Ok(outcome);
+        }
+    }
+    let document: String = record
+        .call(store, &store.commands.get)
+        .key("session_key", store.keys.session(id))
+        .arg("session_id", id.as_str())
+        .invoke(&store.connection)
+        .await?;
+    let pairs = strings(answer(&document)?)?;
+    Ok(Outcome::Session(hash::session(id, pairs)?))
+}
+
+/// The session read with one `HGETALL`; `None` when the script must answer instead. Without idle
+/// expiry a session ends at its `expires_at`.
+async fn read(store: &Store, id: &SessionId) -> Result<Option<Outcome>, StoreError> {
+    let mut connection = store.connection.clone();
+    let pairs: Vec<String> = redis::cmd("HGETALL")
+        .arg(store.keys.session(id))
+        .query_async(&mut connection)
+        .await?;
+    if pairs.is_empty() {
+        return Err(StoreError::NotFound);
+    }
+    let session = hash::session(id, pairs)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    if session.expires_at.unix_millis() <= now + CLOCK_SLACK.as_millis() as i64 {
+        return Ok(None);
+    }
+    Ok(Some(Outcome::Session(session)))
+}

@@ -1,0 +1,51 @@
+//! ListSessions: the user's live sessions, oldest first, with their device ids; index entries of
+//! sessions that ended are dropped on the way.
+
+use super::{answer, session_id, strings, Record};
+use crate::{
+    domain::{DeviceId, Outcome, SessionSummary, UserId},
+    store::{
+        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        Store, StoreError,
+    },
+};
+
+pub(in crate::store) const SCRIPT: &str = include_str!("list.lua");
+pub(in crate::store) static LAYOUT: Layout = Layout {
+    keys: &["record_key", "schedule_key", "outbox_key", "index_key"],
+    args: &[
+        Arg::Number("record_ttl"),
+        Arg::Text("base"),
+        Arg::Text("user_id"),
+    ],
+    rest: None,
+};
+
+pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
+    LuaScript::assemble("list.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
+}
+
+pub(in crate::store) async fn apply(
+    store: &Store,
+    record: Record<'_>,
+    user_id: &UserId,
+) -> Result<Outcome, StoreError> {
+    let document: String = record
+        .call(store, &store.commands.list)
+        .key("index_key", store.keys.index(user_id))
+        .arg("user_id", user_id.as_str())
+        .invoke(&store.connection)
+        .await?;
+    let mut pairs = strings(answer(&document)?)?.into_iter();
+    let mut sessions = Vec::new();
+    while let (Some(id), Some(device_id)) = (pairs.next(), pairs.next()) {
+        sessions.push(SessionSummary {
+            session_id: session_id(&id)?,
+            device_id: DeviceId::from_stored(device_id),
+        });
+    }
+    Ok(Outcome::SessionList {
+        user_id: user_id.clone(),
+        sessions,
+    })
+}

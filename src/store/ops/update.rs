@@ -1,0 +1,59 @@
+//! UpdateSession: sets and clears the client's fields of a live session, checks the user and
+//! device ids the client asserts, moves the idle deadline, and answers the whole session.
+
+use super::{answer, strings, Record};
+use crate::{
+    domain::{DeviceId, Outcome, SessionId, SessionPatch, UserId},
+    store::{
+        hash,
+        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        Store, StoreError,
+    },
+};
+
+pub(in crate::store) const SCRIPT: &str = include_str!("update.lua");
+pub(in crate::store) static LAYOUT: Layout = Layout {
+    keys: &["record_key", "schedule_key", "outbox_key", "session_key"],
+    args: &[
+        Arg::Number("record_ttl"),
+        Arg::Text("base"),
+        Arg::Text("session_id"),
+        Arg::Text("asserted_user_id"),
+        Arg::Text("asserted_device_id"),
+    ],
+    rest: Some("set_at"),
+};
+
+pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
+    LuaScript::assemble("update.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
+}
+
+pub(in crate::store) async fn apply(
+    store: &Store,
+    record: Record<'_>,
+    id: &SessionId,
+    patch: &SessionPatch,
+) -> Result<Outcome, StoreError> {
+    let (set, cleared) = hash::patch(patch);
+    let mut call = record.call(store, &store.commands.update);
+    call.key("session_key", store.keys.session(id))
+        .arg("session_id", id.as_str())
+        .arg(
+            "asserted_user_id",
+            patch.user_id.as_ref().map_or("", UserId::as_str),
+        )
+        .arg(
+            "asserted_device_id",
+            patch.device_id.as_ref().map_or("", DeviceId::as_str),
+        )
+        .rest(set.len());
+    for (code, value) in set {
+        call.rest(code).rest(value);
+    }
+    for code in cleared {
+        call.rest(code);
+    }
+    let document: String = call.invoke(&store.connection).await?;
+    let pairs = strings(answer(&document)?)?;
+    Ok(Outcome::Session(hash::session(id, pairs)?))
+}

@@ -1,0 +1,429 @@
+//! Lua scripts, assembled from pieces: a header that Rust generates, the shared pieces under
+//! `lua/`, and the script's own body.
+//!
+//! The header defines what both sides must agree on, from the one place each is kept on the Rust
+//! side: the session hash's field codes (`FIELD`, from `hash.rs`), the outbox entry's field codes
+//! and consumer group (`EVENT`, `GROUP`, from `outbox.rs`), the key kinds a script derives keys
+//! with (`KIND`, from `keys.rs`) and the instance's policy (`LIFETIME`, `IDLE`, `MAX_PER_USER`,
+//! `TTL_MARGIN`); then it binds the script's `KEYS` and `ARGV` to the names of its [`Layout`],
+//! which the Rust side calls it with ([`Call`] checks the names in debug builds).
+//!
+//! Every piece states at its top what it `needs` and what it `provides`; a test checks that each
+//! need is met by the header or an earlier piece. A Lua error that Redis reports names the piece
+//! and the line within it, not the line of the assembled text.
+
+use redis::{FromRedisValue, Script, ScriptInvocation, ToRedisArgs};
+
+use super::{
+    hash::HashField,
+    keys::kind,
+    outbox::{EventField, GROUP},
+    Policy, RedisConnection, StoreError, TTL_MARGIN,
+};
+
+/// A piece of Lua: its file name and text.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Piece {
+    pub name: &'static str,
+    pub text: &'static str,
+}
+
+/// The idempotency record of a command: answers a repeat, records the outcome (`finish`).
+pub(super) const RECORD: Piece = Piece {
+    name: "record.lua",
+    text: include_str!("lua/record.lua"),
+};
+/// Redis's clock, derived keys, and `end_session`.
+pub(super) const BUCKET: Piece = Piece {
+    name: "bucket.lua",
+    text: include_str!("lua/bucket.lua"),
+};
+/// Whether a session is live (`live`, `live_device`) and the idle deadline (`touch`).
+pub(super) const LIVE: Piece = Piece {
+    name: "live.lua",
+    text: include_str!("lua/live.lua"),
+};
+/// The pieces every command script starts with.
+pub(super) const COMMAND_PIECES: &[Piece] = &[RECORD, BUCKET, LIVE];
+
+/// How the header reads one argument.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arg {
+    /// A string, as given.
+    Text(&'static str),
+    /// A number (`tonumber`).
+    Number(&'static str),
+}
+
+impl Arg {
+    fn name(self) -> &'static str {
+        match self {
+            Arg::Text(name) | Arg::Number(name) => name,
+        }
+    }
+}
+
+/// The names of a script's `KEYS` and `ARGV`, in order.
+#[derive(Debug)]
+pub(super) struct Layout {
+    pub keys: &'static [&'static str],
+    pub args: &'static [Arg],
+    /// The name under which the header gives the index of the first argument after the named
+    /// ones, for a script that takes a list of any length there.
+    pub rest: Option<&'static str>,
+}
+
+/// The constants of every script's header, for one store's policy.
+#[derive(Debug, Clone)]
+pub(super) struct Constants {
+    text: String,
+}
+
+impl Constants {
+    pub fn new(policy: &Policy) -> Self {
+        let millis = |duration: std::time::Duration| duration.as_millis() as u64;
+        let table = |entries: &mut dyn Iterator<Item = (&str, &str)>| {
+            let entries: Vec<String> = entries
+                .map(|(name, value)| format!("{name} = {}", quoted(value)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        };
+        let text = format!(
+            "local FIELD = {}\nlocal EVENT = {}\nlocal KIND = {}\nlocal GROUP = {}\n\
+             local LIFETIME, IDLE, MAX_PER_USER, TTL_MARGIN = {}, {}, {}, {}\n",
+            table(
+                &mut HashField::TABLE
+                    .iter()
+                    .map(|(_, name, code)| (*name, *code))
+            ),
+            table(
+                &mut EventField::TABLE
+                    .iter()
+                    .map(|(_, name, code)| (*name, *code))
+            ),
+            table(&mut [("session", kind::SESSION), ("index", kind::INDEX)].into_iter()),
+            quoted(GROUP),
+            millis(policy.lifetime),
+            policy.idle.map_or(0, millis),
+            policy.max_per_user.unwrap_or(0),
+            millis(TTL_MARGIN),
+        );
+        Self { text }
+    }
+}
+
+/// A Lua string literal of `value`.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The header that binds a layout's keys and arguments to their names.
+fn bindings(layout: &Layout) -> String {
+    let mut text = String::new();
+    let bind = |names: Vec<&str>, values: Vec<String>| {
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!("local {} = {}\n", names.join(", "), values.join(", "))
+        }
+    };
+    text += &bind(
+        layout.keys.to_vec(),
+        (1..=layout.keys.len())
+            .map(|at| format!("KEYS[{at}]"))
+            .collect(),
+    );
+    text += &bind(
+        layout.args.iter().map(|arg| arg.name()).collect(),
+        layout
+            .args
+            .iter()
+            .enumerate()
+            .map(|(at, arg)| match arg {
+                Arg::Text(_) => format!("ARGV[{}]", at + 1),
+                Arg::Number(_) => format!("tonumber(ARGV[{}])", at + 1),
+            })
+            .collect(),
+    );
+    if let Some(rest) = layout.rest {
+        text += &format!("local {rest} = {}\n", layout.args.len() + 1);
+    }
+    text
+}
+
+/// Where a piece starts in the assembled text.
+#[derive(Debug)]
+struct Section {
+    name: &'static str,
+    first_line: usize,
+    lines: usize,
+}
+
+/// One assembled script, loaded into Redis once and then called by its SHA.
+#[derive(Debug)]
+pub(super) struct LuaScript {
+    script: Script,
+    layout: &'static Layout,
+    sections: Vec<Section>,
+}
+
+impl LuaScript {
+    /// The script `name` (its body `text`) after the generated header and `pieces`.
+    pub fn assemble(
+        name: &'static str,
+        text: &'static str,
+        pieces: &[Piece],
+        layout: &'static Layout,
+        constants: &Constants,
+    ) -> Self {
+        let header = format!(
+            "-- header, generated by store/script.rs\n{}{}",
+            constants.text,
+            bindings(layout)
+        );
+        let mut source = String::new();
+        let mut sections = Vec::new();
+        let parts = std::iter::once(("header", header.as_str()))
+            .chain(pieces.iter().map(|piece| (piece.name, piece.text)))
+            .chain([(name, text)]);
+        for (name, text) in parts {
+            let text = text.trim_end();
+            sections.push(Section {
+                name,
+                first_line: source.lines().count() + 1,
+                lines: text.lines().count(),
+            });
+            source.push_str(text);
+            source.push('\n');
+        }
+        Self {
+            script: Script::new(&source),
+            layout,
+            sections,
+        }
+    }
+
+    /// A call of this script, to which the caller adds keys and arguments in layout order.
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            script: self,
+            invocation: self.script.prepare_invoke(),
+            keys: 0,
+            args: 0,
+        }
+    }
+
+    /// `name:line` of the piece holding line `line` of the assembled text.
+    fn locate(&self, line: usize) -> Option<String> {
+        self.sections
+            .iter()
+            .find(|section| {
+                (section.first_line..section.first_line + section.lines).contains(&line)
+            })
+            .map(|section| format!("{}:{}", section.name, line - section.first_line + 1))
+    }
+
+    /// The message of a Redis error, with every `user_script:<line>` replaced by the piece and
+    /// its own line.
+    fn located(&self, message: &str) -> String {
+        const MARK: &str = "user_script:";
+        let mut out = String::with_capacity(message.len());
+        let mut rest = message;
+        while let Some(at) = rest.find(MARK) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + MARK.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            match after[..digits]
+                .parse()
+                .ok()
+                .and_then(|line| self.locate(line))
+            {
+                Some(located) => out.push_str(&located),
+                None => out.push_str(&rest[at..at + MARK.len() + digits]),
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// One call of a [`LuaScript`] being put together.
+pub(super) struct Call<'a> {
+    script: &'a LuaScript,
+    invocation: ScriptInvocation<'a>,
+    keys: usize,
+    args: usize,
+}
+
+impl Call<'_> {
+    /// Adds the next key, which the layout names `name`.
+    pub fn key(&mut self, name: &str, key: impl ToRedisArgs) -> &mut Self {
+        debug_assert_eq!(self.script.layout.keys.get(self.keys), Some(&name));
+        self.keys += 1;
+        self.invocation.key(key);
+        self
+    }
+
+    /// Adds the next named argument.
+    pub fn arg(&mut self, name: &str, value: impl ToRedisArgs) -> &mut Self {
+        debug_assert_eq!(
+            self.script.layout.args.get(self.args).map(|arg| arg.name()),
+            Some(name)
+        );
+        self.args += 1;
+        self.invocation.arg(value);
+        self
+    }
+
+    /// Adds an argument to the list after the named ones.
+    pub fn rest(&mut self, value: impl ToRedisArgs) -> &mut Self {
+        debug_assert!(self.script.layout.rest.is_some());
+        debug_assert_eq!(self.args, self.script.layout.args.len());
+        self.invocation.arg(value);
+        self
+    }
+
+    /// Runs the script.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        connection: &RedisConnection,
+    ) -> Result<T, StoreError> {
+        debug_assert_eq!(self.keys, self.script.layout.keys.len());
+        let mut connection = connection.clone();
+        self.invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| match StoreError::from(error) {
+                StoreError::Redis(error) => {
+                    StoreError::Script(self.script.located(&error.to_string()))
+                }
+                other => other,
+            })
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// The names the constants of the header define.
+    const CONSTANT_NAMES: &[&str] = &[
+        "FIELD",
+        "EVENT",
+        "KIND",
+        "GROUP",
+        "LIFETIME",
+        "IDLE",
+        "MAX_PER_USER",
+        "TTL_MARGIN",
+    ];
+
+    /// The names after `label:` in a piece's top comment (which may continue on `--   ` lines).
+    fn declared(text: &str, label: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut inside = false;
+        for line in text.lines().take_while(|line| line.starts_with("--")) {
+            let continued = line.starts_with("--   ");
+            let line = line.trim_start_matches('-').trim();
+            if let Some(list) = line.strip_prefix(label) {
+                inside = true;
+                names.extend(list.split(',').map(|n| n.trim().to_owned()));
+            } else if inside && continued {
+                names.extend(line.split(',').map(|n| n.trim().to_owned()));
+            } else {
+                inside = false;
+            }
+        }
+        names.retain(|name| !name.is_empty());
+        names
+    }
+
+    /// Checks that every need of every piece of a script is met by the header or an earlier
+    /// piece, and that each piece defines what it says it provides.
+    pub fn check_pieces(body: Piece, pieces: &[Piece], layout: &Layout) {
+        let mut provided: HashSet<String> = CONSTANT_NAMES.iter().map(|n| n.to_string()).collect();
+        provided.extend(layout.keys.iter().map(|n| n.to_string()));
+        provided.extend(layout.args.iter().map(|arg| arg.name().to_owned()));
+        provided.extend(layout.rest.map(str::to_owned));
+        for piece in pieces.iter().chain([&body]) {
+            assert!(
+                piece.text.starts_with("-- "),
+                "{} starts with a comment saying what it does",
+                piece.name
+            );
+            for need in declared(piece.text, "needs:") {
+                assert!(
+                    provided.contains(&need),
+                    "{} needs {need}, which nothing before it provides",
+                    piece.name
+                );
+            }
+            for name in declared(piece.text, "provides:") {
+                let defined = piece.text.contains(&format!("local function {name}("))
+                    || piece.text.lines().any(|line| {
+                        line.strip_prefix("local ")
+                            .and_then(|l| l.split('=').next())
+                            .is_some_and(|names| names.split(',').any(|n| n.trim() == name))
+                    });
+                assert!(
+                    defined,
+                    "{} says it provides {name} but does not define it",
+                    piece.name
+                );
+                provided.insert(name);
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_piece_and_its_own_line() {
+        static LAYOUT: Layout = Layout {
+            keys: &["record_key"],
+            args: &[Arg::Number("record_ttl")],
+            rest: None,
+        };
+        let constants = Constants::new(&Policy {
+            lifetime: std::time::Duration::from_secs(60),
+            idle: None,
+            max_per_user: None,
+            record_retention: std::time::Duration::from_secs(60),
+        });
+        let script = LuaScript::assemble(
+            "body.lua",
+            "-- a body\nreturn 1\n",
+            &[RECORD],
+            &LAYOUT,
+            &constants,
+        );
+        let record = &script.sections[1];
+        let body = &script.sections[2];
+        assert_eq!(record.name, "record.lua");
+        let message = format!(
+            "ERR user_script:{}: boom script: abc, on @user_script:{}.",
+            body.first_line + 1,
+            record.first_line
+        );
+        assert_eq!(
+            script.located(&message),
+            "ERR body.lua:2: boom script: abc, on @record.lua:1."
+        );
+        assert_eq!(script.located("no line here"), "no line here");
+    }
+
+    #[test]
+    fn every_shared_piece_meets_its_needs_in_command_order() {
+        let layout = Layout {
+            keys: &["record_key", "schedule_key", "outbox_key"],
+            args: &[Arg::Number("record_ttl"), Arg::Text("base")],
+            rest: None,
+        };
+        let end = Piece {
+            name: "end.lua",
+            text: "-- nothing\n-- needs: finish, live, live_device, touch, end_session\n",
+        };
+        check_pieces(end, COMMAND_PIECES, &layout);
+    }
+}
