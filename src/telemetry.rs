@@ -7,28 +7,40 @@ use std::{
     io::{stdout, IsTerminal},
 };
 
-use tracing_subscriber::EnvFilter;
-
-/// Directives appended to every filter.
-const NO_FRAMES: &str = "lapin=debug,amq_protocol=debug";
+use tracing_subscriber::{
+    filter::{FilterExt, LevelFilter, Targets},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+    EnvFilter, Layer,
+};
 
 /// Installs the global subscriber; call once, from `main`. A `RUST_LOG` that cannot be parsed
 /// is an error (naming the variable), not silently replaced.
 pub fn init() -> Result<(), crate::config::ConfigError> {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    EnvFilter::try_new(&directives).map_err(|error| crate::config::ConfigError {
+    let asked = EnvFilter::try_new(&directives).map_err(|error| crate::config::ConfigError {
         variable: "RUST_LOG",
         message: format!("is not a valid log filter: {error}"),
     })?;
-    // lapin logs every AMQP frame at trace level, message bodies (and so tokens) included:
-    // capped at debug whatever RUST_LOG asks.
-    let filter = EnvFilter::new(format!("{directives},{NO_FRAMES}"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(stdout().is_terminal())
-        .with_target(true)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(stdout().is_terminal())
+                .with_target(true)
+                .with_filter(asked.and(frames_capped())),
+        )
         .init();
     Ok(())
+}
+
+/// lapin logs every AMQP frame at trace level, message bodies (and so tokens) included: its
+/// events pass only up to debug, whatever `RUST_LOG` asks. Both filters must let an event pass,
+/// so the cap only ever lowers lapin's level, never raises it above what `RUST_LOG` asks.
+fn frames_capped() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("lapin", LevelFilter::DEBUG)
+        .with_target("amq_protocol", LevelFilter::DEBUG)
 }
 
 /// Displays an error followed by each of its sources: `outer: inner: innermost`.

@@ -11,3 +11,4 @@ mod helpers;
 mod outages;
 mod process;
 mod rest;
+mod scripts;

@@ -8,7 +8,9 @@ use std::{
 
 use serde_json::json;
 
-use crate::helpers::{isolated_settings, service_binary, AmqpClient, AMQP_URL};
+use crate::helpers::{
+    isolated_settings, service_binary, service_with_settings, AmqpClient, AMQP_URL,
+};
 use session_manager_testkit::{free_port, PrivateRedis, Service};
 
 fn run_to_exit(command: &mut Command) -> Output {
@@ -221,4 +223,37 @@ async fn an_instance_stops_cleanly_when_asked() {
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
         .expect("the instance stops within 10 s");
+}
+
+#[tokio::test]
+async fn the_log_shows_no_more_than_rust_log_asks_and_a_client_hanging_up_is_no_error() {
+    let settings = isolated_settings();
+    let port = free_port();
+    let service = Service::start(
+        service_with_settings(&settings).env("RUST_LOG", "error"),
+        port,
+    );
+    AmqpClient::connect(&settings)
+        .await
+        .wait_for_consumer()
+        .await;
+    // A client that sends half a request and hangs up, and one that completes it.
+    for request in [
+        &b"GET /healthz HTTP/1.1\r\nHost: x\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.write_all(request).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, printed) = service.terminate();
+    assert!(status.success(), "{status:?}: {printed}");
+    // With RUST_LOG=error nothing of the above is an error, and lapin's debug lines (which it
+    // writes while connecting) stay below the level asked for.
+    assert_eq!(printed, "", "with RUST_LOG=error the service printed");
+    crate::helpers::clean_up(&settings).await;
 }
