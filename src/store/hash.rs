@@ -42,13 +42,15 @@ impl HashField {
     pub fn code(self) -> &'static str {
         Self::TABLE[self as usize].2
     }
+}
 
-    fn of_code(code: &str) -> Option<Self> {
-        Self::TABLE
-            .iter()
-            .find(|(_, _, stored)| *stored == code)
-            .map(|(field, _, _)| *field)
-    }
+/// The field of `table` (a table of fields, their shared names and stored codes) stored as
+/// `code`.
+pub(super) fn of_code<T: Copy>(table: &[(T, &str, &str)], code: &str) -> Option<T> {
+    table
+        .iter()
+        .find(|(_, _, stored)| *stored == code)
+        .map(|(field, _, _)| *field)
 }
 
 /// The client-set fields that have a value, as field code/value pairs.
@@ -128,7 +130,7 @@ pub(super) fn session(id: &SessionId, pairs: Vec<String>) -> Result<Session, Sto
     let mut fields = MutableFields::default();
     let mut pairs = pairs.into_iter();
     while let (Some(code), Some(value)) = (pairs.next(), pairs.next()) {
-        let Some(field) = HashField::of_code(&code) else {
+        let Some(field) = of_code(&HashField::TABLE, &code) else {
             continue;
         };
         match field {
@@ -173,7 +175,7 @@ mod tests {
     fn the_table_is_in_the_order_of_the_enum_and_codes_are_distinct() {
         for (at, (field, _, code)) in HashField::TABLE.iter().enumerate() {
             assert_eq!(*field as usize, at);
-            assert_eq!(HashField::of_code(code), Some(*field));
+            assert_eq!(of_code(&HashField::TABLE, code), Some(*field));
         }
     }
 }

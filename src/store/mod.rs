@@ -46,7 +46,7 @@ pub use outbox::{OutboxEntry, GROUP};
 use self::{
     ops::{CommandScripts, Record},
     outbox::OutboxScripts,
-    script::{Constants, LuaScript},
+    script::Constants,
 };
 use crate::domain::{Command, Error, MessageId, Outcome};
 
@@ -151,28 +151,12 @@ impl Store {
     /// A store over `connection`, with keys under `keys` and sessions ending by `policy`.
     pub fn new(connection: RedisConnection, keys: Keys, policy: Policy) -> Self {
         let constants = Constants::new(&policy);
-        let outbox = OutboxScripts {
-            tick: LuaScript::assemble(
-                "tick.lua",
-                outbox::TICK,
-                outbox::TICK_PIECES,
-                &outbox::TICK_LAYOUT,
-                &constants,
-            ),
-            acknowledge: LuaScript::assemble(
-                "acknowledge.lua",
-                outbox::ACKNOWLEDGE,
-                &[],
-                &outbox::ACKNOWLEDGE_LAYOUT,
-                &constants,
-            ),
-        };
         Self {
             connection,
             keys,
             policy,
             commands: std::sync::Arc::new(CommandScripts::new(&constants)),
-            outbox: std::sync::Arc::new(outbox),
+            outbox: std::sync::Arc::new(OutboxScripts::new(&constants)),
         }
     }
 

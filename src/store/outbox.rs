@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{
-    script::{Arg, Layout, LuaScript, BUCKET},
+    script::{Arg, Constants, Layout, LuaScript, Source, BUCKET},
     Bucket, Store, StoreError,
 };
 use crate::domain::{CloseReason, DeviceId, SessionClosed, SessionId, UserId};
@@ -32,41 +32,52 @@ impl EventField {
         (Self::Reason, "reason", "r"),
         (Self::ClosedAt, "closed_at", "t"),
     ];
-
-    fn of_code(code: &str) -> Option<Self> {
-        Self::TABLE
-            .iter()
-            .find(|(_, _, stored)| *stored == code)
-            .map(|(field, _, _)| *field)
-    }
 }
 
-pub(super) static TICK_LAYOUT: Layout = Layout {
-    keys: &["schedule_key", "outbox_key"],
-    args: &[
-        Arg::Text("base"),
-        Arg::Text("consumer"),
-        Arg::Number("limit"),
-        Arg::Number("stale_after"),
-        Arg::Number("forget_after"),
-    ],
-    rest: None,
+static TICK: Source = Source {
+    name: "tick.lua",
+    text: include_str!("lua/tick.lua"),
+    pieces: &[BUCKET],
+    layout: Layout {
+        command: false,
+        keys: &["schedule_key", "outbox_key"],
+        args: &[
+            Arg::Text("base"),
+            Arg::Text("consumer"),
+            Arg::Number("limit"),
+            Arg::Number("stale_after"),
+            Arg::Number("forget_after"),
+        ],
+        rest: None,
+    },
 };
-pub(super) const TICK_PIECES: &[super::script::Piece] = &[BUCKET];
-pub(super) const TICK: &str = include_str!("lua/tick.lua");
 
-pub(super) static ACKNOWLEDGE_LAYOUT: Layout = Layout {
-    keys: &["outbox_key"],
-    args: &[],
-    rest: Some("ids_at"),
+static ACKNOWLEDGE: Source = Source {
+    name: "acknowledge.lua",
+    text: include_str!("lua/acknowledge.lua"),
+    pieces: &[],
+    layout: Layout {
+        command: false,
+        keys: &["outbox_key"],
+        args: &[],
+        rest: Some("ids_at"),
+    },
 };
-pub(super) const ACKNOWLEDGE: &str = include_str!("lua/acknowledge.lua");
 
 /// The outbox scripts of one store.
 #[derive(Debug)]
 pub(super) struct OutboxScripts {
     pub tick: LuaScript,
     pub acknowledge: LuaScript,
+}
+
+impl OutboxScripts {
+    pub fn new(constants: &Constants) -> Self {
+        Self {
+            tick: LuaScript::assemble(&TICK, constants),
+            acknowledge: LuaScript::assemble(&ACKNOWLEDGE, constants),
+        }
+    }
 }
 
 /// An event taken from an outbox, to publish and then acknowledge.
@@ -149,7 +160,7 @@ fn event(fields: Vec<String>) -> Option<SessionClosed> {
     let (mut session_id, mut user_id, mut device_id, mut reason, mut closed_at) =
         (None, None, None, None, None);
     while let (Some(code), Some(value)) = (fields.next(), fields.next()) {
-        match EventField::of_code(&code) {
+        match super::hash::of_code(&EventField::TABLE, &code) {
             Some(EventField::SessionId) => session_id = SessionId::parse(&value),
             Some(EventField::UserId) => user_id = Some(UserId::from_stored(value)),
             Some(EventField::DeviceId) => device_id = Some(DeviceId::from_stored(value)),
@@ -170,19 +181,11 @@ fn event(fields: Vec<String>) -> Option<SessionClosed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::script::{tests::check_pieces, Piece};
+    use crate::store::script::tests::check_pieces;
 
     #[test]
     fn the_outbox_scripts_meet_their_needs() {
-        let tick = Piece {
-            name: "tick.lua",
-            text: TICK,
-        };
-        check_pieces(tick, TICK_PIECES, &TICK_LAYOUT);
-        let acknowledge = Piece {
-            name: "acknowledge.lua",
-            text: ACKNOWLEDGE,
-        };
-        check_pieces(acknowledge, &[], &ACKNOWLEDGE_LAYOUT);
+        check_pieces(&TICK);
+        check_pieces(&ACKNOWLEDGE);
     }
 }

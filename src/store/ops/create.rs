@@ -6,32 +6,22 @@ use crate::{
     domain::{NewSession, Outcome},
     store::{
         hash::{self, HashField},
-        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        script::{Arg, Layout, Source, COMMAND_PIECES},
         Bucket, Store, StoreError,
     },
 };
 
-pub(in crate::store) const SCRIPT: &str = include_str!("create.lua");
-pub(in crate::store) static LAYOUT: Layout = Layout {
-    keys: &[
-        "record_key",
-        "schedule_key",
-        "outbox_key",
-        "session_key",
-        "index_key",
-    ],
-    args: &[
-        Arg::Number("record_ttl"),
-        Arg::Text("base"),
-        Arg::Text("session_id"),
-        Arg::Text("user_id"),
-    ],
-    rest: Some("fields_at"),
+pub(in crate::store) static SCRIPT: Source = Source {
+    name: "create.lua",
+    text: include_str!("create.lua"),
+    pieces: COMMAND_PIECES,
+    layout: Layout {
+        command: true,
+        keys: &["session_key", "index_key"],
+        args: &[Arg::Text("session_id"), Arg::Text("user_id")],
+        rest: Some("fields_at"),
+    },
 };
-
-pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
-    LuaScript::assemble("create.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
-}
 
 pub(in crate::store) async fn apply(
     store: &Store,

@@ -1,28 +1,20 @@
 //! DeleteSession: ends one live session with reason `deleted`, writing its event.
 
-use super::{answer, Record};
+use super::{answer, Record, ONE_SESSION};
 use crate::{
     domain::{Outcome, SessionId},
     store::{
-        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        script::{Source, COMMAND_PIECES},
         Store, StoreError,
     },
 };
 
-pub(in crate::store) const SCRIPT: &str = include_str!("delete.lua");
-pub(in crate::store) static LAYOUT: Layout = Layout {
-    keys: &["record_key", "schedule_key", "outbox_key", "session_key"],
-    args: &[
-        Arg::Number("record_ttl"),
-        Arg::Text("base"),
-        Arg::Text("session_id"),
-    ],
-    rest: None,
+pub(in crate::store) static SCRIPT: Source = Source {
+    name: "delete.lua",
+    text: include_str!("delete.lua"),
+    pieces: COMMAND_PIECES,
+    layout: ONE_SESSION,
 };
-
-pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
-    LuaScript::assemble("delete.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
-}
 
 pub(in crate::store) async fn apply(
     store: &Store,
@@ -30,9 +22,7 @@ pub(in crate::store) async fn apply(
     id: &SessionId,
 ) -> Result<Outcome, StoreError> {
     let document: String = record
-        .call(store, &store.commands.delete)
-        .key("session_key", store.keys.session(id))
-        .arg("session_id", id.as_str())
+        .call_on_session(store, &store.commands.delete, id)
         .invoke(&store.connection)
         .await?;
     answer(&document)?;

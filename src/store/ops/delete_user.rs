@@ -8,7 +8,7 @@ use super::{answer, session_id, strings, Record};
 use crate::{
     domain::{Outcome, UserId},
     store::{
-        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        script::{Arg, Layout, Source, COMMAND_PIECES},
         Store, StoreError, DELETE_STEP,
     },
 };
@@ -17,34 +17,21 @@ use crate::{
 /// instance stopped between its steps leaves it behind).
 const PROGRESS_RETENTION: Duration = Duration::from_secs(60 * 60);
 
-pub(in crate::store) const SCRIPT: &str = include_str!("delete_user.lua");
-pub(in crate::store) static LAYOUT: Layout = Layout {
-    keys: &[
-        "record_key",
-        "schedule_key",
-        "outbox_key",
-        "index_key",
-        "progress_key",
-    ],
-    args: &[
-        Arg::Number("record_ttl"),
-        Arg::Text("base"),
-        Arg::Text("user_id"),
-        Arg::Number("step"),
-        Arg::Number("progress_ttl"),
-    ],
-    rest: None,
+pub(in crate::store) static SCRIPT: Source = Source {
+    name: "delete_user.lua",
+    text: include_str!("delete_user.lua"),
+    pieces: COMMAND_PIECES,
+    layout: Layout {
+        command: true,
+        keys: &["index_key", "progress_key"],
+        args: &[
+            Arg::Text("user_id"),
+            Arg::Number("step"),
+            Arg::Number("progress_ttl"),
+        ],
+        rest: None,
+    },
 };
-
-pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
-    LuaScript::assemble(
-        "delete_user.lua",
-        SCRIPT,
-        COMMAND_PIECES,
-        &LAYOUT,
-        constants,
-    )
-}
 
 pub(in crate::store) async fn apply(
     store: &Store,

@@ -2,30 +2,22 @@
 //! is one `HGETALL` without a script, unless the session ends within [`CLOCK_SLACK`] by this
 //! host's clock: the script then judges by Redis's clock, and ends it if its moment has passed.
 
-use super::{answer, strings, Record};
+use super::{answer, strings, Record, ONE_SESSION};
 use crate::{
     domain::{Outcome, SessionId},
     store::{
         hash,
-        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        script::{Source, COMMAND_PIECES},
         Store, StoreError, CLOCK_SLACK,
     },
 };
 
-pub(in crate::store) const SCRIPT: &str = include_str!("get.lua");
-pub(in crate::store) static LAYOUT: Layout = Layout {
-    keys: &["record_key", "schedule_key", "outbox_key", "session_key"],
-    args: &[
-        Arg::Number("record_ttl"),
-        Arg::Text("base"),
-        Arg::Text("session_id"),
-    ],
-    rest: None,
+pub(in crate::store) static SCRIPT: Source = Source {
+    name: "get.lua",
+    text: include_str!("get.lua"),
+    pieces: COMMAND_PIECES,
+    layout: ONE_SESSION,
 };
-
-pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
-    LuaScript::assemble("get.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
-}
 
 pub(in crate::store) async fn apply(
     store: &Store,
@@ -38,9 +30,7 @@ pub(in crate::store) async fn apply(
         }
     }
     let document: String = record
-        .call(store, &store.commands.get)
-        .key("session_key", store.keys.session(id))
-        .arg("session_id", id.as_str())
+        .call_on_session(store, &store.commands.get, id)
         .invoke(&store.connection)
         .await?;
     let pairs = strings(answer(&document)?)?;

@@ -5,25 +5,22 @@ use super::{answer, session_id, strings, Record};
 use crate::{
     domain::{DeviceId, Outcome, SessionSummary, UserId},
     store::{
-        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        script::{Arg, Layout, Source, COMMAND_PIECES},
         Store, StoreError,
     },
 };
 
-pub(in crate::store) const SCRIPT: &str = include_str!("list.lua");
-pub(in crate::store) static LAYOUT: Layout = Layout {
-    keys: &["record_key", "schedule_key", "outbox_key", "index_key"],
-    args: &[
-        Arg::Number("record_ttl"),
-        Arg::Text("base"),
-        Arg::Text("user_id"),
-    ],
-    rest: None,
+pub(in crate::store) static SCRIPT: Source = Source {
+    name: "list.lua",
+    text: include_str!("list.lua"),
+    pieces: COMMAND_PIECES,
+    layout: Layout {
+        command: true,
+        keys: &["index_key"],
+        args: &[Arg::Text("user_id")],
+        rest: None,
+    },
 };
-
-pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
-    LuaScript::assemble("list.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
-}
 
 pub(in crate::store) async fn apply(
     store: &Store,

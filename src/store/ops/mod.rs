@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    script::{Call, Constants, LuaScript},
+    script::{Arg, Call, Constants, Layout, LuaScript},
     Bucket, Store, StoreError,
 };
 use crate::domain::{Command, MessageId, SessionId};
@@ -36,13 +36,14 @@ pub(super) struct CommandScripts {
 
 impl CommandScripts {
     pub fn new(constants: &Constants) -> Self {
+        let assemble = |source| LuaScript::assemble(source, constants);
         Self {
-            create: create::script(constants),
-            get: get::script(constants),
-            list: list::script(constants),
-            update: update::script(constants),
-            delete: delete::script(constants),
-            delete_user: delete_user::script(constants),
+            create: assemble(&create::SCRIPT),
+            get: assemble(&get::SCRIPT),
+            list: assemble(&list::SCRIPT),
+            update: assemble(&update::SCRIPT),
+            delete: assemble(&delete::SCRIPT),
+            delete_user: assemble(&delete_user::SCRIPT),
         }
     }
 }
@@ -71,7 +72,28 @@ impl Record<'_> {
         .arg("base", store.keys.base(bucket));
         call
     }
+
+    /// A call of a script about one session: its layout starts as [`ONE_SESSION`] does.
+    pub fn call_on_session<'s>(
+        &self,
+        store: &Store,
+        script: &'s LuaScript,
+        id: &SessionId,
+    ) -> Call<'s> {
+        let mut call = self.call(store, script);
+        call.key("session_key", store.keys.session(id))
+            .arg("session_id", id.as_str());
+        call
+    }
 }
+
+/// The keys and arguments of a command script about one session and nothing else.
+pub(super) const ONE_SESSION: Layout = Layout {
+    command: true,
+    keys: &["session_key"],
+    args: &[Arg::Text("session_id")],
+    rest: None,
+};
 
 /// The document every command script answers.
 #[derive(Deserialize)]
@@ -122,20 +144,19 @@ fn session_id(id: &str) -> Result<SessionId, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::script::{tests::check_pieces, Piece, COMMAND_PIECES};
+    use crate::store::script::tests::check_pieces;
 
     #[test]
     fn every_command_script_meets_its_needs() {
-        let scripts = [
-            ("create.lua", create::SCRIPT, &create::LAYOUT),
-            ("get.lua", get::SCRIPT, &get::LAYOUT),
-            ("list.lua", list::SCRIPT, &list::LAYOUT),
-            ("update.lua", update::SCRIPT, &update::LAYOUT),
-            ("delete.lua", delete::SCRIPT, &delete::LAYOUT),
-            ("delete_user.lua", delete_user::SCRIPT, &delete_user::LAYOUT),
-        ];
-        for (name, text, layout) in scripts {
-            check_pieces(Piece { name, text }, COMMAND_PIECES, layout);
+        for source in [
+            &create::SCRIPT,
+            &get::SCRIPT,
+            &list::SCRIPT,
+            &update::SCRIPT,
+            &delete::SCRIPT,
+            &delete_user::SCRIPT,
+        ] {
+            check_pieces(source);
         }
     }
 }

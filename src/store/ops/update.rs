@@ -6,27 +6,26 @@ use crate::{
     domain::{DeviceId, Outcome, SessionId, SessionPatch, UserId},
     store::{
         hash,
-        script::{Arg, Constants, Layout, LuaScript, COMMAND_PIECES},
+        script::{Arg, Layout, Source, COMMAND_PIECES},
         Store, StoreError,
     },
 };
 
-pub(in crate::store) const SCRIPT: &str = include_str!("update.lua");
-pub(in crate::store) static LAYOUT: Layout = Layout {
-    keys: &["record_key", "schedule_key", "outbox_key", "session_key"],
-    args: &[
-        Arg::Number("record_ttl"),
-        Arg::Text("base"),
-        Arg::Text("session_id"),
-        Arg::Text("asserted_user_id"),
-        Arg::Text("asserted_device_id"),
-    ],
-    rest: Some("set_at"),
+pub(in crate::store) static SCRIPT: Source = Source {
+    name: "update.lua",
+    text: include_str!("update.lua"),
+    pieces: COMMAND_PIECES,
+    layout: Layout {
+        command: true,
+        keys: &["session_key"],
+        args: &[
+            Arg::Text("session_id"),
+            Arg::Text("asserted_user_id"),
+            Arg::Text("asserted_device_id"),
+        ],
+        rest: Some("set_at"),
+    },
 };
-
-pub(in crate::store) fn script(constants: &Constants) -> LuaScript {
-    LuaScript::assemble("update.lua", SCRIPT, COMMAND_PIECES, &LAYOUT, constants)
-}
 
 pub(in crate::store) async fn apply(
     store: &Store,
@@ -35,18 +34,16 @@ pub(in crate::store) async fn apply(
     patch: &SessionPatch,
 ) -> Result<Outcome, StoreError> {
     let (set, cleared) = hash::patch(patch);
-    let mut call = record.call(store, &store.commands.update);
-    call.key("session_key", store.keys.session(id))
-        .arg("session_id", id.as_str())
-        .arg(
-            "asserted_user_id",
-            patch.user_id.as_ref().map_or("", UserId::as_str),
-        )
-        .arg(
-            "asserted_device_id",
-            patch.device_id.as_ref().map_or("", DeviceId::as_str),
-        )
-        .rest(set.len());
+    let mut call = record.call_on_session(store, &store.commands.update, id);
+    call.arg(
+        "asserted_user_id",
+        patch.user_id.as_ref().map_or("", UserId::as_str),
+    )
+    .arg(
+        "asserted_device_id",
+        patch.device_id.as_ref().map_or("", DeviceId::as_str),
+    )
+    .rest(set.len());
     for (code, value) in set {
         call.rest(code).rest(value);
     }
