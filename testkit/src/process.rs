@@ -1,5 +1,5 @@
 //! A `session-manager` binary run as a child process, with its output captured, stopped by
-//! SIGTERM or SIGKILL, and killed if the test ends early.
+//! SIGTERM or SIGKILL, and killed if the test or the bench ends early.
 
 use std::{
     io::Read,
@@ -50,6 +50,16 @@ impl Service {
             std::thread::sleep(Duration::from_millis(50));
         }
         service
+    }
+
+    /// Its REST port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// The URL of `path` on its REST port.

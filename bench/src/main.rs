@@ -1,27 +1,30 @@
 //! `session-bench`: measures the service against minimal ceilings built from the same crates,
 //! on the local Redis and RabbitMQ, and prints a table (optionally written to
-//! `docs/BENCHMARKS.md`).
+//! `docs/BENCHMARKS.md`). A package of its own, so that building or installing the service does
+//! not build it.
 //!
 //! ```text
-//! cargo run --release --bin session-bench                 # full run, prints the table
-//! cargo run --release --bin session-bench -- --write      # also writes docs/BENCHMARKS.md
-//! cargo run --release --bin session-bench -- --smoke      # a few hundred ms per case (CI)
-//! cargo run --release --bin session-bench -- --only "REST get"   # the cases starting so
-//! cargo run --release --bin session-bench -- --only scale         # the scale part alone
-//! cargo run --release --bin session-bench -- --only scale --large 10000   # both stores alike
+//! cargo build --release --bin session-manager            # the service it measures
+//! cargo run --release -p session-bench                    # full run, prints the table
+//! cargo run --release -p session-bench -- --write         # also writes docs/BENCHMARKS.md
+//! cargo run --release -p session-bench -- --smoke         # a few hundred ms per case (CI)
+//! cargo run --release -p session-bench -- --only "REST get"   # the cases starting so
+//! cargo run --release -p session-bench -- --only scale         # the scale part alone
+//! cargo run --release -p session-bench -- --only scale --large 10000   # both stores alike
 //! ```
 //!
-//! The service runs as a child process (the `session-manager` binary next to this one), so
-//! its peak RSS can be read; the ceilings run as child processes of this same binary
-//! (`session-bench ceiling-rest|ceiling-amqp`): a bare warp handler doing one Redis round trip
-//! per request, and a bare lapin consumer doing one Redis round trip and replying. Each case
+//! The service runs as a child process (the `session-manager` binary next to this one, or
+//! `--service`), so its peak RSS can be read; the ceilings run as child processes of this same
+//! binary (`session-bench ceiling-rest|ceiling-amqp`): a bare warp handler doing one Redis round
+//! trip per request, and a bare lapin consumer doing one Redis round trip and replying. Each case
 //! alternates rounds of the ceiling and the service, so that drift of the machine cancels.
 //! A benchmark, not a test: it asserts nothing.
 
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -30,6 +33,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use lapin::{
     options::{
@@ -41,6 +45,9 @@ use lapin::{
 };
 use redis::AsyncCommands;
 use serde_json::{json, Value};
+use session_manager_testkit::{
+    free_port, wait_for_port, Service, LOCAL_AMQP_URL as AMQP_URL, LOCAL_REDIS_URL as REDIS_URL,
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -51,8 +58,6 @@ use tokio::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const HTTP_CONNECTIONS: usize = 50;
 const AMQP_IN_FLIGHT: usize = 64;
 /// In docs/BENCHMARKS.md, the start of the hand-written notes that `--write` keeps.
@@ -63,37 +68,77 @@ const FIXTURE_SESSIONS: usize = 10_000;
 
 mod scale;
 
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "session-bench",
+    about = "Measures session-manager against minimal ceilings"
+)]
+struct Cli {
+    /// Run as one of the ceilings (started by the benchmark itself).
+    #[command(subcommand)]
+    ceiling: Option<Ceiling>,
+    /// A few hundred ms per case and small stores: checks that the tool works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the report to docs/BENCHMARKS.md, keeping its hand-written notes.
+    #[arg(long)]
+    write: bool,
+    /// Only the cases whose name starts so (e.g. "REST get", "AMQP"), or "scale".
+    #[arg(long)]
+    only: Option<String>,
+    /// Sessions in the large store of the scale part (default 1,000,000; 20,000 with --smoke).
+    #[arg(long)]
+    large: Option<usize>,
+    /// The service binary (default: the `session-manager` next to this binary).
+    #[arg(long)]
+    service: Option<PathBuf>,
+}
+
+/// The ceilings, each a child process of the benchmark.
+#[derive(Subcommand)]
+enum Ceiling {
+    /// A bare warp handler doing one Redis round trip per request.
+    CeilingRest {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        prefix: String,
+    },
+    /// A bare lapin consumer doing one Redis round trip per command, then replying.
+    CeilingAmqp {
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        prefix: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("ceiling-rest") => {
-            return ceiling_rest(arg(&args, "--port")?.parse()?, arg(&args, "--prefix")?).await
-        }
-        Some("ceiling-amqp") => {
-            return ceiling_amqp(&arg(&args, "--queue")?, arg(&args, "--prefix")?).await
-        }
-        _ => {}
+    let cli = Cli::parse();
+    match cli.ceiling {
+        Some(Ceiling::CeilingRest { port, prefix }) => return ceiling_rest(port, prefix).await,
+        Some(Ceiling::CeilingAmqp { queue, prefix }) => return ceiling_amqp(&queue, prefix).await,
+        None => {}
     }
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let write = args.iter().any(|a| a == "--write");
-    let round = if smoke {
-        Duration::from_millis(300)
-    } else {
-        Duration::from_secs(3)
+    let smoke = cli.smoke;
+    let service = match cli.service {
+        Some(path) => path,
+        None => sibling("session-manager")?,
     };
-    let only = arg(&args, "--only").ok();
     let plan = Plan {
-        round,
-        rounds: if smoke { 1 } else { 3 },
-        only: only.as_deref(),
-        scale: only.as_deref().is_none_or(|only| only == "scale"),
-        small: if smoke { 2_000 } else { 10_000 },
-        large: match arg(&args, "--large") {
-            Ok(large) => large.parse()?,
-            Err(_) if smoke => 20_000,
-            Err(_) => 1_000_000,
+        service: &service,
+        round: if smoke {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(3)
         },
+        rounds: if smoke { 1 } else { 3 },
+        only: cli.only.as_deref(),
+        scale: cli.only.as_deref().is_none_or(|only| only == "scale"),
+        small: if smoke { 2_000 } else { 10_000 },
+        large: cli.large.unwrap_or(if smoke { 20_000 } else { 1_000_000 }),
         big_user: if smoke {
             2 * session_manager::store::DELETE_STEP + 1
         } else {
@@ -103,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let report = run(&plan).await?;
     println!("{report}");
-    if write {
+    if cli.write {
         std::fs::create_dir_all("docs")?;
         // The notes under NOTES_MARKER are written by hand and kept.
         let notes = std::fs::read_to_string("docs/BENCHMARKS.md")
@@ -116,69 +161,41 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn arg(args: &[String], name: &str) -> anyhow::Result<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|at| args.get(at + 1))
-        .cloned()
-        .with_context(|| format!("missing {name}"))
-}
-
-/// Starts the `session-manager` binary on `port` with the key prefix, its queue and exchange
-/// named `<names>.commands` and `<names>.events`, over the Redis at `redis_url`.
-fn spawn_service(port: u16, prefix: &str, names: &str, redis_url: &str) -> anyhow::Result<Child_> {
-    Ok(Child_(
-        Command::new(sibling("session-manager")?)
-            .env("SERVICE_PORT", port.to_string())
+/// Starts the service binary on a free port with the key prefix, its queue and exchange named
+/// `<names>.commands` and `<names>.events`, over the Redis at `redis_url`; returns once it
+/// listens.
+fn spawn_service(service: &Path, prefix: &str, names: &str, redis_url: &str) -> Service {
+    Service::start(
+        Command::new(service)
             .env("REDIS_URL", redis_url)
             .env("SESSION_KEY_PREFIX", prefix)
             .env("SESSION_COMMAND_QUEUE", format!("{names}.commands"))
             .env("SESSION_EVENTS_EXCHANGE", format!("{names}.events"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting session-manager")?,
-    ))
+            .env("RUST_LOG", "warn"),
+        free_port(),
+    )
 }
 
 /// A child process killed when dropped.
-struct Child_(Child);
+struct KilledOnDrop(Child);
 
-impl Drop for Child_ {
+impl Drop for KilledOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<std::path::PathBuf> {
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it first (cargo build --release)",
+            "{} not found: build it first (cargo build --release --bin {name}) or name it with --service",
             path.display()
         );
     }
     Ok(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap_or(18_099)
-}
-
-async fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 /// Peak resident set size of a process, in MiB (VmHWM).
@@ -740,6 +757,8 @@ async fn amqp_load(
 
 /// What one run measures.
 struct Plan<'a> {
+    /// The service binary.
+    service: &'a Path,
     round: Duration,
     rounds: usize,
     /// `--only`: the load cases whose name starts so.
@@ -826,24 +845,23 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
     let ceiling_prefix = format!("bench-{run_id}-ceiling");
     let command_queue = format!("bench.{run_id}.commands");
     let ceiling_queue = format!("bench.{run_id}.ceiling");
-    let service_port = free_port();
-    let service = spawn_service(service_port, &prefix, &format!("bench.{run_id}"), REDIS_URL)?;
+    let service = spawn_service(plan.service, &prefix, &format!("bench.{run_id}"), REDIS_URL);
+    let service_port = service.port();
     let ceiling_port = free_port();
     let exe = std::env::current_exe()?;
-    let _ceiling_rest = Child_(
+    let _ceiling_rest = KilledOnDrop(
         Command::new(&exe)
             .args(["ceiling-rest", "--port", &ceiling_port.to_string()])
             .args(["--prefix", &ceiling_prefix])
             .spawn()?,
     );
-    let _ceiling_amqp = Child_(
+    let _ceiling_amqp = KilledOnDrop(
         Command::new(&exe)
             .args(["ceiling-amqp", "--queue", &ceiling_queue])
             .args(["--prefix", &ceiling_prefix])
             .spawn()?,
     );
-    wait_for_port(service_port).await?;
-    wait_for_port(ceiling_port).await?;
+    wait_for_port(ceiling_port).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Fixture: sessions to read (in the service and the ceiling's keys), users with 10 each.
@@ -906,7 +924,7 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
             });
         }
     }
-    let rss = peak_rss_mib(service.0.id());
+    let rss = peak_rss_mib(service.id());
     drop(service);
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;

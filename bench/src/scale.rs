@@ -7,7 +7,6 @@
 
 use std::{
     fmt::Write as _,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -15,11 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use session_manager_testkit::{PrivateRedis, Service};
 
 use crate::{
-    command_usec, create_sessions, free_port, redis_cpu, spawn_service, used_memory, wait_for_port,
-    Child_, HttpConnection, Plan, Sample,
+    command_usec, create_sessions, redis_cpu, spawn_service, used_memory, HttpConnection, Plan,
+    Sample,
 };
 
 /// Blocks of the latency probe per store.
@@ -33,29 +33,25 @@ struct Store {
     /// Sessions to read and users to list.
     ids: Vec<String>,
     users: Vec<String>,
-    _redis: Child_,
-    _service: Child_,
+    _redis: PrivateRedis,
+    _service: Service,
 }
 
 impl Store {
     /// Starts a private Redis and a service over it and fills it with `sessions` sessions of
     /// users of 10 each; returns it and Redis's memory growth per session.
-    async fn start(run_id: &str, name: &str, sessions: usize) -> anyhow::Result<(Self, f64)> {
-        let redis_port = free_port();
-        let redis = Child_(
-            Command::new("redis-server")
-                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting redis-server")?,
-        );
-        wait_for_port(redis_port).await?;
-        let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-        let port = free_port();
+    async fn start(
+        plan: &Plan<'_>,
+        run_id: &str,
+        name: &str,
+        sessions: usize,
+    ) -> anyhow::Result<(Self, f64)> {
+        let redis = PrivateRedis::start(&[]);
+        let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
         let prefix = "session-manager".to_owned();
-        let service = spawn_service(port, &prefix, &format!("bench.{run_id}.{name}"), &redis_url)?;
-        wait_for_port(port).await?;
+        let names = format!("bench.{run_id}.{name}");
+        let service = spawn_service(plan.service, &prefix, &names, &redis_url);
+        let port = service.port();
         let mut connection = connect(&redis_url).await?;
         let before = used_memory(&mut connection).await?;
         let ids = create_sessions(port, sessions, |n| {
@@ -94,8 +90,8 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
         "scale: filling a store of {} sessions and one of {}",
         plan.small, plan.large
     );
-    let (small, _) = Store::start(run_id, "small", plan.small).await?;
-    let (large, per_session) = Store::start(run_id, "large", plan.large).await?;
+    let (small, _) = Store::start(plan, run_id, "small", plan.small).await?;
+    let (large, per_session) = Store::start(plan, run_id, "large", plan.large).await?;
     // What an idle instance costs its Redis (the relay's tick over every bucket).
     let mut idle_cpu = [0.0; 2];
     for (store, idle) in [&small, &large].into_iter().zip(&mut idle_cpu) {
