@@ -4,13 +4,18 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /app
 
-# Build the dependencies alone first, so this layer is reused until Cargo.toml/Cargo.lock change.
-# The manifest names explicit targets (src/lib.rs, src/main.rs, tests/api/main.rs), so stand-ins
-# for each must exist.
+# Build the dependencies alone first, so this layer is reused until a manifest or Cargo.lock
+# changes. The service's manifest is the root of a workspace (the service, its client, its bench
+# and its test kit), so every member's manifest must be there, with stand-ins for the targets
+# cargo looks for; only the service is built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/api \
+COPY bench/Cargo.toml bench/
+COPY client/Cargo.toml client/
+COPY testkit/Cargo.toml testkit/
+RUN mkdir -p src tests/api bench/src client/src testkit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs tests/api/main.rs \
+ && echo 'fn main() {}' > bench/src/main.rs \
+ && touch src/lib.rs tests/api/main.rs client/src/lib.rs testkit/src/lib.rs \
  && cargo build --release --locked --bin session-manager \
  && rm -rf src
 
