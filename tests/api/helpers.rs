@@ -1,7 +1,8 @@
-//! Test harness: `spawn_app()` runs one instance in-process against the real Redis and RabbitMQ
-//! on this machine, isolated by its own key prefix, queue, exchange and OS-chosen port, and
-//! removes all of them when dropped. It also gives an AMQP client (commands with replies, event
-//! subscriptions, the dead-letter queue) and checks messages against `schemas/`.
+//! Test harness: `spawn_app()` runs one instance in-process (the test kit's [`Instance`])
+//! against the real Redis and RabbitMQ on this machine, isolated by its own key prefix, queue,
+//! exchange and OS-chosen port, and removes all of them when dropped. It gives REST helpers, an
+//! AMQP client (the client crate's, for commands with replies; event subscriptions; the
+//! dead-letter queue) and checks every message against `schemas/`.
 
 use std::{
     collections::HashMap,
@@ -12,12 +13,9 @@ use std::{
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-        QueueBindOptions, QueueDeclareOptions,
-    },
+    options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions},
     types::FieldTable,
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    BasicProperties, Channel, Connection, ConnectionProperties,
 };
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -25,6 +23,10 @@ use session_manager::{
     config::Settings,
     domain::{Command, Fields, NewSession, Outcome, SessionId, UserId},
     store::{Bucket, Keys, Policy, RedisConnection, RedisMode, Store},
+};
+use session_manager_client::{
+    amqp::{self as client, PrivateQueue, RawMessage},
+    events::SESSION_CLOSED,
 };
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
@@ -231,15 +233,14 @@ pub struct Reply {
     pub properties: BasicProperties,
 }
 
-/// The test's own AMQP connection: publishes commands, reads replies, events and dead letters.
+/// The test's AMQP side: the client crate's [`client::AmqpClient`] for commands and replies
+/// (no retries: a reply must come within [`WAIT`]), and a connection of the test's own for dead
+/// letters and event subscriptions. Every reply and event is checked against `schemas/`.
 pub struct AmqpClient {
+    client: client::AmqpClient,
     connection: Connection,
     pub channel: Channel,
     queue: String,
-    reply_queue: String,
-    replies: tokio::sync::Mutex<Consumer>,
-    /// Replies that arrived while another correlation id was awaited.
-    early: tokio::sync::Mutex<HashMap<String, Reply>>,
 }
 
 impl AmqpClient {
@@ -247,41 +248,27 @@ impl AmqpClient {
         let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is running on 127.0.0.1:5672");
-        let channel = connection.create_channel().await.unwrap();
-        let replies_channel = connection.create_channel().await.unwrap();
-        let (reply_queue, replies) = private_queue(&replies_channel, None).await;
+        let client = client::AmqpClient::with_connection(&connection, &settings.command_queue)
+            .await
+            .unwrap()
+            .with_timeout(WAIT)
+            .with_retries(0);
         Self {
+            client,
+            channel: connection.create_channel().await.unwrap(),
             connection,
-            channel,
             queue: settings.command_queue.clone(),
-            reply_queue,
-            replies: tokio::sync::Mutex::new(replies),
-            early: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// The exclusive queue that replies to [`AmqpClient::call`] go to.
     pub fn reply_queue(&self) -> &str {
-        &self.reply_queue
+        self.client.reply_queue()
     }
 
     /// Publishes a raw command body with the given properties (persistent, JSON by default).
     pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
-        let properties = properties
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        self.channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        self.client.publish(body, properties).await.unwrap();
     }
 
     /// Publishes `command` with `reply_to` and a fresh correlation id and returns the reply,
@@ -297,57 +284,32 @@ impl AmqpClient {
     }
 
     pub async fn call_raw(&self, body: &[u8], message_id: Option<&str>) -> Reply {
-        let correlation_id = uuid::Uuid::new_v4().to_string();
-        let mut properties = BasicProperties::default()
-            .with_reply_to(self.reply_queue.as_str().into())
-            .with_correlation_id(correlation_id.as_str().into());
-        if let Some(id) = message_id {
-            properties = properties.with_message_id(id.into());
-        }
-        self.publish(body, properties).await;
-        let reply = self.reply_for(&correlation_id).await;
+        let reply = self
+            .client
+            .call_raw(body, message_id)
+            .await
+            .expect("a reply arrives in time");
+        let reply = checked_reply(reply);
         check_against_schemas(body, &reply.body);
         reply
     }
 
-    /// Waits for the reply carrying `correlation_id`.
+    /// Waits for the reply carrying `correlation_id`, of a command published with
+    /// [`AmqpClient::publish`].
     pub async fn reply_for(&self, correlation_id: &str) -> Reply {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            // Another caller may have parked our reply while we waited for the consumer.
-            if let Some(reply) = self.early.lock().await.remove(correlation_id) {
-                return reply;
-            }
-            let mut replies = self.replies.lock().await;
-            if let Some(reply) = self.early.lock().await.remove(correlation_id) {
-                return reply;
-            }
-            let delivery = tokio::time::timeout_at(deadline, replies.next())
-                .await
-                .expect("a reply arrives in time")
-                .expect("the reply consumer is open")
-                .expect("a reply delivery");
-            let reply = reply_of(&delivery);
-            let id = reply
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|id| id.to_string())
-                .unwrap_or_default();
-            if id == correlation_id {
-                return reply;
-            }
-            self.early.lock().await.insert(id, reply);
-        }
+        let reply = self
+            .client
+            .reply_for(correlation_id, WAIT)
+            .await
+            .expect("a reply arrives in time");
+        checked_reply(reply)
     }
 
-    /// The next reply of any command, or `None` when none arrives `within`.
+    /// The next reply of a command published with [`AmqpClient::publish`], or `None` when none
+    /// arrives `within`.
     pub async fn next_reply(&self, within: Duration) -> Option<Reply> {
-        let mut replies = self.replies.lock().await;
-        match tokio::time::timeout(within, replies.next()).await {
-            Ok(Some(Ok(delivery))) => Some(reply_of(&delivery)),
-            _ => None,
-        }
+        let reply = self.client.next_reply(within).await.unwrap();
+        reply.map(checked_reply)
     }
 
     /// Waits until some instance consumes from the command queue.
@@ -355,14 +317,10 @@ impl AmqpClient {
         session_manager_testkit::instance::wait_for_consumer(&self.queue).await;
     }
 
-    /// Waits `for_how_long` and asserts that no reply at all arrives.
+    /// Waits `for_how_long` and asserts that no reply to a published command arrives.
     pub async fn assert_no_reply(&self, for_how_long: Duration) {
-        let mut replies = self.replies.lock().await;
-        if let Ok(Some(delivery)) = tokio::time::timeout(for_how_long, replies.next()).await {
-            panic!(
-                "unexpected reply: {:?}",
-                delivery.map(|d| reply_of(&d).body)
-            );
+        if let Some(reply) = self.next_reply(for_how_long).await {
+            panic!("unexpected reply: {:?}", reply.body);
         }
     }
 
@@ -408,54 +366,11 @@ impl AmqpClient {
     /// Binds a fresh queue to the events exchange; events published from now on arrive there.
     pub async fn subscribe(&self, exchange: &str) -> EventSubscription {
         let channel = self.connection.create_channel().await.unwrap();
-        let (_, consumer) = private_queue(&channel, Some(exchange)).await;
-        EventSubscription { consumer }
-    }
-}
-
-/// Declares an exclusive, server-named queue (bound to `exchange` with key `session.closed` when
-/// given) and consumes it without acks; returns its name and the consumer.
-pub async fn private_queue(channel: &Channel, exchange: Option<&str>) -> (String, Consumer) {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string();
-    if let Some(exchange) = exchange {
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.into(),
-                "session.closed".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+        let queue = PrivateQueue::bound(&channel, exchange, SESSION_CLOSED)
             .await
             .unwrap();
+        EventSubscription { queue }
     }
-    let tag = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (queue, consumer)
 }
 
 /// A command the service accepted must match its command schema, and its result the result
@@ -480,26 +395,23 @@ pub fn check_against_schemas(command: &[u8], reply: &Value) {
     assert_valid(result, &reply["result"]);
 }
 
-fn reply_of(delivery: &Delivery) -> Reply {
-    let body: Value = serde_json::from_slice(&delivery.data).expect("a reply is JSON");
+/// A reply, checked against `schemas/reply.json` and for its content type.
+pub fn checked_reply(reply: RawMessage) -> Reply {
+    let body: Value = reply.json().expect("a reply is JSON");
     assert_valid("reply.json", &body);
     assert_eq!(
-        delivery
-            .properties
-            .content_type()
-            .as_ref()
-            .map(|t| t.as_str()),
+        reply.properties.content_type().as_ref().map(|t| t.as_str()),
         Some("application/json")
     );
     Reply {
         body,
-        properties: delivery.properties.clone(),
+        properties: reply.properties,
     }
 }
 
 /// A queue bound to the events exchange.
 pub struct EventSubscription {
-    consumer: Consumer,
+    queue: PrivateQueue,
 }
 
 /// A received `SessionClosed`, checked against its schema and the contract's properties.
@@ -512,14 +424,13 @@ pub struct Event {
 
 impl EventSubscription {
     pub async fn next(&mut self) -> Event {
-        let delivery = tokio::time::timeout(WAIT, self.consumer.next())
+        let event = tokio::time::timeout(WAIT, self.queue.next())
             .await
             .expect("an event arrives in time")
-            .expect("the event consumer is open")
-            .expect("an event delivery");
-        let body: Value = serde_json::from_slice(&delivery.data).expect("an event is JSON");
+            .expect("the event consumer is open");
+        let body: Value = event.json().expect("an event is JSON");
         assert_valid("event.SessionClosed.json", &body);
-        let properties = delivery.properties.clone();
+        let properties = event.properties;
         assert_eq!(
             properties.content_type().as_ref().map(|t| t.as_str()),
             Some("application/cloudevents+json")
@@ -536,7 +447,7 @@ impl EventSubscription {
         assert_eq!(body["subject"], body["data"]["session_id"]);
         Event {
             body,
-            routing_key: delivery.routing_key.to_string(),
+            routing_key: event.routing_key,
             properties,
         }
     }
@@ -557,8 +468,8 @@ impl EventSubscription {
 
     /// Asserts that no further event arrives within `for_how_long`.
     pub async fn assert_quiet(&mut self, for_how_long: Duration) {
-        if let Ok(Some(delivery)) = tokio::time::timeout(for_how_long, self.consumer.next()).await {
-            let body = delivery.map(|d| String::from_utf8_lossy(&d.data).into_owned());
+        if let Ok(event) = tokio::time::timeout(for_how_long, self.queue.next()).await {
+            let body = event.map(|e| String::from_utf8_lossy(&e.body).into_owned());
             panic!("unexpected event: {body:?}");
         }
     }
