@@ -25,10 +25,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -45,13 +42,14 @@ use lapin::{
 };
 use redis::AsyncCommands;
 use serde_json::{json, Value};
+use session_manager_client::amqp::{AmqpClient, CallError};
 use session_manager_testkit::{
     free_port, wait_for_port, Service, LOCAL_AMQP_URL as AMQP_URL, LOCAL_REDIS_URL as REDIS_URL,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
-    sync::{oneshot, Mutex},
+    sync::Mutex,
 };
 
 /// The same allocator as the service, so that the ceilings are built from the same parts.
@@ -635,7 +633,9 @@ async fn ceiling_amqp(queue: &str, prefix: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An AMQP client keeping `AMQP_IN_FLIGHT` persistent commands in flight.
+/// `AMQP_IN_FLIGHT` persistent commands kept in flight through one client of the client crate
+/// (publisher confirms on), for `round`. Commands carry no `message_id`, as most reads do, and
+/// are not published again: a reply that does not come within 10 s counts as an error.
 async fn amqp_load(
     connection: &Connection,
     queue: &str,
@@ -643,100 +643,51 @@ async fn amqp_load(
     fixture: &Arc<Fixture>,
     round: Duration,
 ) -> anyhow::Result<Sample> {
-    let channel = connection.create_channel().await?;
-    let reply_queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .name()
-        .to_string();
-    let pending: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
-    let mut consumer = channel
-        .basic_consume(
-            reply_queue.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = {
-        let pending = pending.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                if let Some(id) = delivery.properties.correlation_id() {
-                    if let Some(done) = pending.lock().unwrap().remove(id.as_str()) {
-                        let _ = done.send(());
-                    }
-                }
-            }
-        })
-    };
+    let client = Arc::new(
+        AmqpClient::with_connection(connection, queue)
+            .await?
+            .with_timeout(Duration::from_secs(10)),
+    );
     let until = Instant::now() + round;
-    let counter = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..AMQP_IN_FLIGHT)
         .map(|seed| {
-            let channel = channel.clone();
-            let pending = pending.clone();
+            let client = client.clone();
             let fixture = fixture.clone();
-            let queue = queue.to_owned();
-            let reply_queue = reply_queue.clone();
-            let counter = counter.clone();
-            let stop = stop.clone();
             tokio::spawn(async move {
                 let mut sample = Sample::default();
                 let mut n = seed.wrapping_mul(7919);
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                while Instant::now() < until {
                     n = n.wrapping_add(1);
                     let id = &fixture.ids[n % fixture.ids.len()];
                     let user = &fixture.users[n % fixture.users.len()];
                     let command = match op.pick(n) {
                         Op::Get => json!({"type": "GetSession", "session_id": id}),
-                        Op::Create => serde_json::from_str::<Value>(&create_body(FIXTURE_SESSIONS + n)).map(|mut body| {
+                        Op::Create => {
+                            let mut body: Value =
+                                serde_json::from_str(&create_body(FIXTURE_SESSIONS + n))?;
                             body["type"] = json!("CreateSession");
                             body
-                        })?,
+                        }
                         Op::List => json!({"type": "ListSessions", "user_id": user}),
                         Op::Update => json!({"type": "UpdateSession", "session_id": id, "access_token": "renewed"}),
                         Op::Delete | Op::Mix => {
-                            let Some(victim) = fixture.deletable.lock().await.pop() else { break };
+                            let Some(victim) = fixture.deletable.lock().await.pop() else {
+                                break;
+                            };
                             json!({"type": "DeleteSession", "session_id": victim})
                         }
                     };
-                    let correlation_id = format!("{seed}-{}", counter.fetch_add(1, Ordering::Relaxed));
-                    let (done, answered) = oneshot::channel();
-                    pending.lock().unwrap().insert(correlation_id.clone(), done);
                     let begun = Instant::now();
-                    channel
-                        .basic_publish(
-                            "".into(),
-                            queue.as_str().into(),
-                            BasicPublishOptions::default(),
-                            command.to_string().as_bytes(),
-                            BasicProperties::default()
-                                .with_content_type("application/json".into())
-                                .with_delivery_mode(2)
-                                .with_reply_to(reply_queue.as_str().into())
-                                .with_correlation_id(correlation_id.as_str().into()),
-                        )
-                        .await?;
-                    if tokio::time::timeout(Duration::from_secs(10), answered).await.is_err() {
-                        sample.errors += 1;
-                        continue;
+                    match client.call_raw(command.to_string().as_bytes(), None).await {
+                        Ok(_) => {
+                            let took = begun.elapsed().as_micros().min(u128::from(u32::MAX));
+                            sample.latencies_us.push(took as u32);
+                            sample.ops += 1;
+                        }
+                        Err(CallError::Timeout { .. }) => sample.errors += 1,
+                        Err(error) => return Err(error.into()),
                     }
-                    sample.latencies_us.push(begun.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    sample.ops += 1;
                 }
                 Ok::<_, anyhow::Error>(sample)
             })
@@ -747,9 +698,6 @@ async fn amqp_load(
         total.merge(worker.await??);
     }
     total.elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    listener.abort();
-    let _ = channel.close(200, "done".into()).await;
     Ok(total)
 }
 
