@@ -99,5 +99,6 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
