@@ -21,15 +21,27 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// Parses the wire name, e.g. `"user_sessions_deleted"`.
+    /// Every reason.
+    pub const ALL: [Self; 4] = [
+        Self::Deleted,
+        Self::UserSessionsDeleted,
+        Self::Expired,
+        Self::Evicted,
+    ];
+
+    /// The wire name, e.g. `"user_sessions_deleted"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::UserSessionsDeleted => "user_sessions_deleted",
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+        }
+    }
+
+    /// Parses the wire name.
     pub fn parse(reason: &str) -> Option<Self> {
-        Some(match reason {
-            "deleted" => Self::Deleted,
-            "user_sessions_deleted" => Self::UserSessionsDeleted,
-            "expired" => Self::Expired,
-            "evicted" => Self::Evicted,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|known| known.as_str() == reason)
     }
 }
 
@@ -103,6 +115,20 @@ impl SessionClosed {
                 closed_at: &self.closed_at,
             },
         };
-        serde_json::to_vec(&event).unwrap_or_default()
+        serde_json::to_vec(&event).expect("an event serializes: strings and an enum only")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_written_as_they_are_parsed() {
+        for reason in CloseReason::ALL {
+            let written = serde_json::to_value(reason).unwrap();
+            assert_eq!(written, reason.as_str());
+            assert_eq!(CloseReason::parse(reason.as_str()), Some(reason));
+        }
     }
 }

@@ -44,7 +44,7 @@ pub use keys::Keys;
 pub use outbox::{OutboxEntry, GROUP};
 
 use self::{
-    ops::{CommandScripts, Record},
+    ops::{CommandCall, CommandScripts},
     outbox::OutboxScripts,
     script::Constants,
 };
@@ -180,7 +180,7 @@ impl Store {
         command: &Command,
         message_id: Option<&MessageId>,
     ) -> Result<Outcome, StoreError> {
-        let record = Record {
+        let record = CommandCall {
             command,
             message_id,
         };

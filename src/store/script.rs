@@ -1,25 +1,33 @@
 //! Lua scripts, assembled from pieces: a header that Rust generates, the shared pieces under
 //! `lua/`, and the script's own body.
 //!
-//! The header defines what both sides must agree on, from the one place each is kept on the Rust
-//! side: the session hash's field codes (`FIELD`, from `hash.rs`), the outbox entry's field codes
-//! and consumer group (`EVENT`, `GROUP`, from `outbox.rs`), the key kinds a script derives keys
-//! with (`KIND`, from `keys.rs`) and the instance's policy (`LIFETIME`, `IDLE`, `MAX_PER_USER`,
-//! `TTL_MARGIN`); then it binds the script's `KEYS` and `ARGV` to the names of its [`Layout`],
-//! which the Rust side calls it with ([`Call`] checks the names in debug builds).
+//! What both sides must agree on is written in the pieces as named constants, each taken from
+//! the one place it is kept on the Rust side and put in as a literal when the script is
+//! assembled (so a script run pays nothing for them, and a name that does not exist stops the
+//! assembly): the session hash's field codes (`FIELD.<name>`, from `hash.rs`), the outbox entry's
+//! field codes and consumer group (`EVENT.<name>`, `GROUP`, from `outbox.rs`), the key kinds a
+//! script derives keys with (`KIND.<name>`, from `keys.rs`), the reasons a session ends
+//! (`REASON.<name>`, from the domain), the statuses a command script answers (`STATUS.<name>`,
+//! from `ops`) and the instance's policy (`LIFETIME`, `IDLE`, `MAX_PER_USER`, `TTL_MARGIN`).
+//! The header binds the script's `KEYS` and `ARGV` to the names of its [`Layout`], which the
+//! Rust side calls it with ([`Call`] checks the names in debug builds).
 //!
 //! Every piece states at its top what it `needs` and what it `provides`; a test checks that each
-//! need is met by the header or an earlier piece. A Lua error that Redis reports names the piece
-//! and the line within it, not the line of the assembled text.
+//! need is met by a constant, the header or an earlier piece. A Lua error that Redis reports
+//! names the piece and the line within it, not the line of the assembled text.
+
+use std::collections::HashMap;
 
 use redis::{FromRedisValue, Script, ScriptInvocation, ToRedisArgs};
 
 use super::{
     hash::HashField,
     keys::kind,
+    ops::status,
     outbox::{EventField, GROUP},
     Policy, RedisConnection, StoreError, TTL_MARGIN,
 };
+use crate::domain::CloseReason;
 
 /// A piece of Lua: its file name and text.
 #[derive(Debug, Clone, Copy)]
@@ -106,42 +114,105 @@ impl Layout {
     }
 }
 
-/// The constants of every script's header, for one store's policy.
+/// The tables of named constants: a piece writes `FIELD.user_id`.
+const TABLES: [&str; 5] = ["FIELD", "EVENT", "KIND", "REASON", "STATUS"];
+/// The single constants: a piece writes `GROUP`.
+const SCALARS: [&str; 5] = ["GROUP", "LIFETIME", "IDLE", "MAX_PER_USER", "TTL_MARGIN"];
+
+/// The constants of one store's scripts, by the name the pieces write, as Lua literals.
 #[derive(Debug, Clone)]
 pub(super) struct Constants {
-    text: String,
+    values: HashMap<String, String>,
 }
 
 impl Constants {
     pub fn new(policy: &Policy) -> Self {
-        let millis = |duration: std::time::Duration| duration.as_millis() as u64;
-        let table = |entries: &mut dyn Iterator<Item = (&str, &str)>| {
-            let entries: Vec<String> = entries
-                .map(|(name, value)| format!("{name} = {}", quoted(value)))
-                .collect();
-            format!("{{{}}}", entries.join(", "))
+        let mut values = HashMap::new();
+        let mut table = |table: &str, entries: &mut dyn Iterator<Item = (&str, &str)>| {
+            for (name, value) in entries {
+                values.insert(format!("{table}.{name}"), quoted(value));
+            }
         };
-        let text = format!(
-            "local FIELD = {}\nlocal EVENT = {}\nlocal KIND = {}\nlocal GROUP = {}\n\
-             local LIFETIME, IDLE, MAX_PER_USER, TTL_MARGIN = {}, {}, {}, {}\n",
-            table(
-                &mut HashField::TABLE
-                    .iter()
-                    .map(|(_, name, code)| (*name, *code))
-            ),
-            table(
-                &mut EventField::TABLE
-                    .iter()
-                    .map(|(_, name, code)| (*name, *code))
-            ),
-            table(&mut [("session", kind::SESSION), ("index", kind::INDEX)].into_iter()),
-            quoted(GROUP),
-            millis(policy.lifetime),
-            policy.idle.map_or(0, millis),
-            policy.max_per_user.unwrap_or(0),
-            millis(TTL_MARGIN),
+        table(
+            "FIELD",
+            &mut HashField::TABLE.iter().map(|(_, n, code)| (*n, *code)),
         );
-        Self { text }
+        table(
+            "EVENT",
+            &mut EventField::TABLE.iter().map(|(_, n, code)| (*n, *code)),
+        );
+        table(
+            "KIND",
+            &mut [("session", kind::SESSION), ("index", kind::INDEX)].into_iter(),
+        );
+        table(
+            "REASON",
+            &mut CloseReason::ALL.iter().map(|r| (r.as_str(), r.as_str())),
+        );
+        table("STATUS", &mut status::ALL.iter().map(|s| (*s, *s)));
+        let millis = |duration: std::time::Duration| (duration.as_millis() as u64).to_string();
+        values.insert("GROUP".into(), quoted(GROUP));
+        values.insert("LIFETIME".into(), millis(policy.lifetime));
+        values.insert("IDLE".into(), policy.idle.map_or("0".into(), millis));
+        values.insert(
+            "MAX_PER_USER".into(),
+            policy.max_per_user.unwrap_or(0).to_string(),
+        );
+        values.insert("TTL_MARGIN".into(), millis(TTL_MARGIN));
+        Self { values }
+    }
+
+    /// `text` (the piece `piece`) with every constant put in as its literal; comments and
+    /// strings are left as they are, and so are the lines. Panics at a `TABLE.name` that names
+    /// nothing: a mistake in a piece, found when the script is assembled.
+    fn put_in(&self, piece: &str, text: &str) -> String {
+        let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if rest.starts_with("--") {
+                let end = rest.find('\n').unwrap_or(rest.len());
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+            } else if c == '\'' || c == '"' {
+                let mut end = 1;
+                let bytes = rest.as_bytes();
+                while end < bytes.len() && bytes[end] != c as u8 && bytes[end] != b'\n' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                let end = (end + 1).min(rest.len());
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+            } else if c.is_ascii_alphabetic() || c == '_' {
+                let word = rest.find(|c: char| !is_word(c)).unwrap_or(rest.len());
+                let mut token = &rest[..word];
+                let after = &rest[word..];
+                if TABLES.contains(&token) && after.starts_with('.') {
+                    let name = after[1..]
+                        .find(|c: char| !is_word(c))
+                        .unwrap_or(after.len() - 1);
+                    token = &rest[..word + 1 + name];
+                    let value = self.values.get(token).unwrap_or_else(|| {
+                        panic!("{piece}: {token} is no constant the Rust side defines")
+                    });
+                    out.push_str(value);
+                } else if SCALARS.contains(&token) {
+                    out.push_str(&self.values[token]);
+                } else {
+                    out.push_str(token);
+                }
+                rest = &rest[token.len()..];
+            } else {
+                // A number or a name that goes on after a dot (`redis.call`) is copied as is.
+                let end = rest
+                    .find(|c: char| !(is_word(c) || c == '.'))
+                    .unwrap_or(rest.len());
+                let end = end.max(c.len_utf8());
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+            }
+        }
+        out
     }
 }
 
@@ -207,8 +278,7 @@ impl LuaScript {
             ref layout,
         } = *source;
         let header = format!(
-            "-- header, generated by store/script.rs\n{}{}",
-            constants.text,
+            "-- header, generated by store/script.rs: KEYS and ARGV by name\n{}",
             bindings(layout)
         );
         let mut assembled = String::new();
@@ -217,6 +287,7 @@ impl LuaScript {
             .chain(pieces.iter().map(|piece| (piece.name, piece.text)))
             .chain([(name, text)]);
         for (name, text) in parts {
+            let text = constants.put_in(name, text);
             let text = text.trim_end();
             sections.push(Section {
                 name,
@@ -343,18 +414,6 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// The names the constants of the header define.
-    const CONSTANT_NAMES: &[&str] = &[
-        "FIELD",
-        "EVENT",
-        "KIND",
-        "GROUP",
-        "LIFETIME",
-        "IDLE",
-        "MAX_PER_USER",
-        "TTL_MARGIN",
-    ];
-
     /// The names after `label:` in a piece's top comment (which may continue on `--   ` lines).
     fn declared(text: &str, label: &str) -> Vec<String> {
         let mut names = Vec::new();
@@ -375,15 +434,32 @@ pub(super) mod tests {
         names
     }
 
+    /// The words of the code of `text`, comments left out.
+    fn words(text: &str) -> HashSet<&str> {
+        text.lines()
+            .map(|line| line.split("--").next().unwrap_or_default())
+            .flat_map(|code| code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+            .filter(|word| !word.is_empty())
+            .collect()
+    }
+
     /// Checks that every need of every piece of a script is met by the header or an earlier
-    /// piece, and that each piece defines what it says it provides.
+    /// piece, that a piece uses nothing of an earlier piece nor a constant that it does not
+    /// declare as a need, and that each piece defines what it says it provides.
     pub fn check_pieces(source: &Source) {
         let layout = &source.layout;
         let body = Piece {
             name: source.name,
             text: source.text,
         };
-        let mut provided: HashSet<String> = CONSTANT_NAMES.iter().map(|n| n.to_string()).collect();
+        // What earlier pieces define and the constants: a piece must declare what it uses of
+        // them. (The layout's names are left out: pieces use the same words for parameters.)
+        let mut shared: HashSet<String> = TABLES
+            .iter()
+            .chain(&SCALARS)
+            .map(|n| n.to_string())
+            .collect();
+        let mut provided = shared.clone();
         provided.extend(layout.all_keys().iter().map(|n| n.to_string()));
         provided.extend(layout.all_args().iter().map(|arg| arg.name().to_owned()));
         provided.extend(layout.rest.map(str::to_owned));
@@ -393,10 +469,18 @@ pub(super) mod tests {
                 "{} starts with a comment saying what it does",
                 piece.name
             );
-            for need in declared(piece.text, "needs:") {
+            let needs = declared(piece.text, "needs:");
+            for need in &needs {
                 assert!(
-                    provided.contains(&need),
+                    provided.contains(need),
                     "{} needs {need}, which nothing before it provides",
+                    piece.name
+                );
+            }
+            for used in words(piece.text) {
+                assert!(
+                    !shared.contains(used) || needs.iter().any(|need| need == used),
+                    "{} uses {used} without saying that it needs it",
                     piece.name
                 );
             }
@@ -412,6 +496,7 @@ pub(super) mod tests {
                     "{} says it provides {name} but does not define it",
                     piece.name
                 );
+                shared.insert(name.clone());
                 provided.insert(name);
             }
         }

@@ -1,6 +1,6 @@
 -- live.lua: whether a session is live, ending it as expired when its moment has passed, and the
 -- idle deadline that reads and updates move.
--- needs: IDLE, FIELD, schedule_key, now, key_of_session, key_of_index, end_session
+-- needs: IDLE, FIELD, REASON, schedule_key, now, key_of_session, key_of_index, end_session
 -- provides: live, live_device, touch
 
 -- `expires` is the session's stored expires_at. Without idle timeout that is its end (and its
@@ -12,7 +12,7 @@ local function live(session_id, user_id, device_id, expires)
     ends = redis.call('ZSCORE', schedule_key, session_id)
   end
   if ends and tonumber(ends) <= now then
-    end_session(session_id, user_id, device_id, 'expired', tonumber(ends))
+    end_session(session_id, user_id, device_id, REASON.expired, tonumber(ends))
     return false
   end
   return true

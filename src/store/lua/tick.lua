@@ -3,18 +3,18 @@
 -- 1. Ends the sessions whose moment has passed (reason expired), writing their events.
 -- 2. Returns outbox entries for this consumer to publish: its own that it took before but did
 --    not acknowledge (publishing failed), entries another consumer took but did not acknowledge
---    for stale_after ms, then new ones; at most `limit` of each. Each entry: id, then its
+--    for stale_after ms, then new ones; at most `limit` in all. Each entry: id, then its
 --    field/value list.
 -- 3. With forget_after > 0, forgets the consumers (of instances that are gone) idle that long and
 --    holding nothing.
 -- needs: schedule_key, outbox_key, consumer, limit, stale_after, forget_after, GROUP, FIELD, now,
---   key_of_session, end_session
+--   REASON, key_of_session, end_session
 local due = redis.call('ZRANGEBYSCORE', schedule_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
   local session_id, ends = due[i], tonumber(due[i + 1])
   local stored = redis.call('HMGET', key_of_session(session_id), FIELD.user_id, FIELD.device_id)
   if stored[1] then
-    end_session(session_id, stored[1], stored[2], 'expired', ends)
+    end_session(session_id, stored[1], stored[2], REASON.expired, ends)
   else
     redis.call('ZREM', schedule_key, session_id)
   end

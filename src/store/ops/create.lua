@@ -2,7 +2,7 @@
 -- field/value pairs from ARGV[fields_at]), its end on the schedule and its entry in the user's
 -- index; one more than MAX_PER_USER evicts the user's oldest live sessions.
 -- needs: session_key, index_key, session_id, user_id, fields_at, LIFETIME, IDLE, MAX_PER_USER,
---   TTL_MARGIN, FIELD, schedule_key, time, now, live_device, end_session, finish
+--   TTL_MARGIN, FIELD, REASON, STATUS, schedule_key, time, now, live_device, end_session, finish
 local expires = now + LIFETIME
 local ends = expires
 if IDLE > 0 then
@@ -37,8 +37,8 @@ if MAX_PER_USER > 0 and redis.call('ZCARD', index_key) > MAX_PER_USER then
     end
   end
   for i = 1, #alive - MAX_PER_USER do
-    end_session(alive[i], user_id, devices[alive[i]], 'evicted', now)
+    end_session(alive[i], user_id, devices[alive[i]], REASON.evicted, now)
   end
 end
 
-return finish({s = 'ok', v = session_id})
+return finish({s = STATUS.ok, v = session_id})

@@ -1,7 +1,7 @@
 //! CreateSession: a new session in its user's bucket, on the schedule and in the user's index;
 //! with a per-user limit, the user's oldest live sessions are evicted (their events written).
 
-use super::{answer, session_id, Record};
+use super::{run, session_id, CommandCall};
 use crate::{
     domain::{NewSession, Outcome},
     store::{
@@ -25,7 +25,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
 
 pub(in crate::store) async fn apply(
     store: &Store,
-    record: Record<'_>,
+    record: CommandCall<'_>,
     new: &NewSession,
 ) -> Result<Outcome, StoreError> {
     let id = Bucket::of_user(&new.user_id).new_session_id();
@@ -39,8 +39,7 @@ pub(in crate::store) async fn apply(
     for (code, value) in hash::pairs(&new.fields) {
         call.rest(code).rest(value);
     }
-    let document: String = call.invoke(&store.connection).await?;
-    let created = answer(&document)?;
+    let created = run(&call, store).await?;
     let created = created
         .as_str()
         .ok_or_else(|| StoreError::Corrupt("create answered no session id".into()))?;

@@ -1,6 +1,6 @@
 //! DeleteSession: ends one live session with reason `deleted`, writing its event.
 
-use super::{answer, Record, ONE_SESSION};
+use super::{run, CommandCall, ONE_SESSION};
 use crate::{
     domain::{Outcome, SessionId},
     store::{
@@ -18,14 +18,11 @@ pub(in crate::store) static SCRIPT: Source = Source {
 
 pub(in crate::store) async fn apply(
     store: &Store,
-    record: Record<'_>,
+    record: CommandCall<'_>,
     id: &SessionId,
 ) -> Result<Outcome, StoreError> {
-    let document: String = record
-        .call_on_session(store, &store.commands.delete, id)
-        .invoke(&store.connection)
-        .await?;
-    answer(&document)?;
+    let call = record.call_on_session(store, &store.commands.delete, id);
+    run(&call, store).await?;
     Ok(Outcome::SessionDeleted {
         session_id: id.clone(),
     })

@@ -7,7 +7,7 @@
 -- keys (a redelivered command resumes from the progress). The last step returns the ids of all
 -- the sessions it ended.
 -- needs: index_key, progress_key, user_id, step, progress_ttl, now, live_device, end_session,
---   finish
+--   finish, REASON, STATUS
 local cutoff = redis.call('LINDEX', progress_key, 0)
 local started = cutoff ~= false
 if not started then
@@ -21,7 +21,7 @@ for i = 1, math.min(#ids, step) do
   local session_id = ids[i]
   local device_id = live_device(session_id, user_id)
   if device_id then
-    end_session(session_id, user_id, device_id, 'user_sessions_deleted', now)
+    end_session(session_id, user_id, device_id, REASON.user_sessions_deleted, now)
     closed[#closed + 1] = session_id
   end
 end
@@ -34,7 +34,7 @@ if #ids > step then
     redis.call('RPUSH', progress_key, unpack(closed))
   end
   redis.call('EXPIRE', progress_key, progress_ttl)
-  return 'more'
+  return STATUS.more
 end
 
 if started then
@@ -45,4 +45,4 @@ if started then
   end
   closed = earlier
 end
-return finish({s = 'ok', v = closed})
+return finish({s = STATUS.ok, v = closed})

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{answer, session_id, strings, Record};
+use super::{answer, session_id, strings, CommandCall};
 use crate::{
     domain::{Outcome, UserId},
     store::{
@@ -35,7 +35,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
 
 pub(in crate::store) async fn apply(
     store: &Store,
-    record: Record<'_>,
+    record: CommandCall<'_>,
     user_id: &UserId,
 ) -> Result<Outcome, StoreError> {
     let progress_ttl = match record.message_id {
@@ -53,8 +53,8 @@ pub(in crate::store) async fn apply(
         .arg("progress_ttl", progress_ttl.as_secs());
     loop {
         let document: String = call.invoke(&store.connection).await?;
-        // A step that leaves sessions to end answers 'more': call again with the same keys.
-        if document != "more" {
+        // A step that leaves sessions to end answers MORE: call again with the same keys.
+        if document != super::status::MORE {
             let ids = strings(answer(&document)?)?;
             return Ok(Outcome::UserSessionsDeleted {
                 user_id: user_id.clone(),

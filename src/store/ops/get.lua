@@ -1,10 +1,10 @@
 -- get.lua: GetSession, when the store cannot read the hash alone (a message_id to record, an
 -- idle deadline to move, or a session near its end). Returns the session's fields as a flat
 -- field/value list.
--- needs: session_key, session_id, FIELD, live, touch, finish
+-- needs: session_key, session_id, FIELD, STATUS, live, touch, finish
 local fields = redis.call('HGETALL', session_key)
 if #fields == 0 then
-  return finish({s = 'not_found'})
+  return finish({s = STATUS.not_found})
 end
 local stored = {}
 for i = 1, #fields, 2 do
@@ -12,7 +12,7 @@ for i = 1, #fields, 2 do
 end
 local expires = stored[FIELD.expires_at]
 if not live(session_id, stored[FIELD.user_id], stored[FIELD.device_id], expires) then
-  return finish({s = 'not_found'})
+  return finish({s = STATUS.not_found})
 end
 touch(session_id, tonumber(expires))
-return finish({s = 'ok', v = fields})
+return finish({s = STATUS.ok, v = fields})

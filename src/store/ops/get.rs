@@ -2,7 +2,7 @@
 //! is one `HGETALL` without a script, unless the session ends within [`CLOCK_SLACK`] by this
 //! host's clock: the script then judges by Redis's clock, and ends it if its moment has passed.
 
-use super::{answer, strings, Record, ONE_SESSION};
+use super::{run, strings, CommandCall, ONE_SESSION};
 use crate::{
     domain::{Outcome, SessionId},
     store::{
@@ -21,7 +21,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
 
 pub(in crate::store) async fn apply(
     store: &Store,
-    record: Record<'_>,
+    record: CommandCall<'_>,
     id: &SessionId,
 ) -> Result<Outcome, StoreError> {
     if record.message_id.is_none() && store.policy.idle.is_none() {
@@ -29,11 +29,8 @@ pub(in crate::store) async fn apply(
             return Ok(outcome);
         }
     }
-    let document: String = record
-        .call_on_session(store, &store.commands.get, id)
-        .invoke(&store.connection)
-        .await?;
-    let pairs = strings(answer(&document)?)?;
+    let call = record.call_on_session(store, &store.commands.get, id);
+    let pairs = strings(run(&call, store).await?)?;
     Ok(Outcome::Session(hash::session(id, pairs)?))
 }
 

@@ -1,6 +1,6 @@
 -- list.lua: ListSessions. Returns session id/device id pairs of the user's live sessions, oldest
 -- first; entries of ended sessions are removed on the way.
--- needs: index_key, user_id, live_device, finish
+-- needs: index_key, user_id, STATUS, live_device, finish
 local listed = {}
 for _, session_id in ipairs(redis.call('ZRANGE', index_key, 0, -1)) do
   local device_id = live_device(session_id, user_id)
@@ -9,4 +9,4 @@ for _, session_id in ipairs(redis.call('ZRANGE', index_key, 0, -1)) do
     listed[#listed + 1] = device_id
   end
 end
-return finish({s = 'ok', v = listed})
+return finish({s = STATUS.ok, v = listed})

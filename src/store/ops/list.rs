@@ -1,7 +1,7 @@
 //! ListSessions: the user's live sessions, oldest first, with their device ids; index entries of
 //! sessions that ended are dropped on the way.
 
-use super::{answer, session_id, strings, Record};
+use super::{run, session_id, strings, CommandCall};
 use crate::{
     domain::{DeviceId, Outcome, SessionSummary, UserId},
     store::{
@@ -24,16 +24,13 @@ pub(in crate::store) static SCRIPT: Source = Source {
 
 pub(in crate::store) async fn apply(
     store: &Store,
-    record: Record<'_>,
+    record: CommandCall<'_>,
     user_id: &UserId,
 ) -> Result<Outcome, StoreError> {
-    let document: String = record
-        .call(store, &store.commands.list)
-        .key("index_key", store.keys.index(user_id))
-        .arg("user_id", user_id.as_str())
-        .invoke(&store.connection)
-        .await?;
-    let mut pairs = strings(answer(&document)?)?.into_iter();
+    let mut call = record.call(store, &store.commands.list);
+    call.key("index_key", store.keys.index(user_id))
+        .arg("user_id", user_id.as_str());
+    let mut pairs = strings(run(&call, store).await?)?.into_iter();
     let mut sessions = Vec::new();
     while let (Some(id), Some(device_id)) = (pairs.next(), pairs.next()) {
         sessions.push(SessionSummary {

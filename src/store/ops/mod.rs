@@ -3,7 +3,7 @@
 //! keys and arguments it is called with, and the decoding of its answer.
 //!
 //! Every command script starts with the same keys and arguments (its idempotency record, its
-//! bucket's schedule and outbox; the record's TTL and the bucket's key base), which [`Record`]
+//! bucket's schedule and outbox; the record's TTL and the bucket's key base), which [`CommandCall`]
 //! adds, and answers one JSON document, `{"s": "ok", "v": …}` or `{"s": "<error>", "f": …}`,
 //! which [`answer`] reads.
 
@@ -48,13 +48,28 @@ impl CommandScripts {
     }
 }
 
-/// A command on its way to its script, with its idempotency record.
-pub(super) struct Record<'a> {
+/// The statuses a command script answers with, `STATUS.<status>` in the scripts.
+pub(super) mod status {
+    /// Done; `v` holds the result.
+    pub const OK: &str = "ok";
+    /// No such live session.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The command asserts a user or device id (`f`) other than the stored one.
+    pub const CONFLICT: &str = "conflict";
+    /// A step of a DeleteUserSessions that leaves sessions to end: call again.
+    pub const MORE: &str = "more";
+    /// Every status.
+    pub const ALL: [&str; 4] = [OK, NOT_FOUND, CONFLICT, MORE];
+}
+
+/// A command on its way to its script: the command and its `message_id`, which name its
+/// idempotency record.
+pub(super) struct CommandCall<'a> {
     pub command: &'a Command,
     pub message_id: Option<&'a MessageId>,
 }
 
-impl Record<'_> {
+impl CommandCall<'_> {
     /// A call of `script` with the keys and arguments every command script starts with.
     pub fn call<'s>(&self, store: &Store, script: &'s LuaScript) -> Call<'s> {
         let bucket = Bucket::of_command(self.command);
@@ -105,14 +120,25 @@ struct Document {
     f: Option<String>,
 }
 
+/// Runs a command script and answers the `v` of its document, or the error it answered.
+async fn run(call: &Call<'_>, store: &Store) -> Result<Value, StoreError> {
+    let document: String = call.invoke(&store.connection).await?;
+    answer(&document)
+}
+
 /// The `v` of a script's document, or the error it answered.
 fn answer(document: &str) -> Result<Value, StoreError> {
     let document: Document = serde_json::from_str(document)
         .map_err(|e| StoreError::Corrupt(format!("script answer: {e}")))?;
     match document.s.as_str() {
-        "ok" => Ok(document.v),
-        "not_found" => Err(StoreError::NotFound),
-        "conflict" => Err(StoreError::Conflict(document.f.unwrap_or_default())),
+        status::OK => Ok(document.v),
+        status::NOT_FOUND => Err(StoreError::NotFound),
+        status::CONFLICT => {
+            let field = document
+                .f
+                .ok_or_else(|| StoreError::Corrupt("a conflict that names no field".into()))?;
+            Err(StoreError::Conflict(field))
+        }
         other => Err(StoreError::Corrupt(format!(
             "unknown script status {other:?}"
         ))),
@@ -147,7 +173,13 @@ mod tests {
     use crate::store::script::tests::check_pieces;
 
     #[test]
-    fn every_command_script_meets_its_needs() {
+    fn every_command_script_meets_its_needs_and_assembles() {
+        let constants = Constants::new(&crate::store::Policy {
+            lifetime: std::time::Duration::from_secs(60),
+            idle: Some(std::time::Duration::from_secs(30)),
+            max_per_user: Some(3),
+            record_retention: std::time::Duration::from_secs(60),
+        });
         for source in [
             &create::SCRIPT,
             &get::SCRIPT,
@@ -157,6 +189,8 @@ mod tests {
             &delete_user::SCRIPT,
         ] {
             check_pieces(source);
+            // Panics at a constant that the Rust side does not define.
+            LuaScript::assemble(source, &constants);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! UpdateSession: sets and clears the client's fields of a live session, checks the user and
 //! device ids the client asserts, moves the idle deadline, and answers the whole session.
 
-use super::{answer, strings, Record};
+use super::{run, strings, CommandCall};
 use crate::{
     domain::{DeviceId, Outcome, SessionId, SessionPatch, UserId},
     store::{
@@ -29,7 +29,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
 
 pub(in crate::store) async fn apply(
     store: &Store,
-    record: Record<'_>,
+    record: CommandCall<'_>,
     id: &SessionId,
     patch: &SessionPatch,
 ) -> Result<Outcome, StoreError> {
@@ -50,7 +50,6 @@ pub(in crate::store) async fn apply(
     for code in cleared {
         call.rest(code);
     }
-    let document: String = call.invoke(&store.connection).await?;
-    let pairs = strings(answer(&document)?)?;
+    let pairs = strings(run(&call, store).await?)?;
     Ok(Outcome::Session(hash::session(id, pairs)?))
 }
