@@ -6,7 +6,10 @@ use std::{fmt, time::Duration};
 
 use clap::Parser;
 
-use crate::store::RedisMode;
+use crate::{
+    store::{RedisConnection, RedisMode},
+    transport::amqp::AmqpLink,
+};
 
 /// The command line and environment, as given (not `Debug`: it holds secrets).
 #[derive(Parser)]
@@ -218,17 +221,18 @@ impl TryFrom<Cli> for Settings {
             }
         };
         // The parse error is not shown: it could quote the password.
-        redis::Client::open(redis_url.as_str())
-            .map_err(|_| invalid(redis_variable, "is not a valid Redis URL"))?;
+        if !RedisConnection::is_valid_url(&redis_url) {
+            return Err(invalid(redis_variable, "is not a valid Redis URL"));
+        }
         let redis_mode = match cli.redis_cluster.to_ascii_lowercase().as_str() {
             "auto" => RedisMode::Auto,
             "yes" | "true" | "1" => RedisMode::Cluster,
             "no" | "false" | "0" => RedisMode::Standalone,
             _ => return Err(invalid("REDIS_CLUSTER", "must be auto, yes or no")),
         };
-        cli.amqp_url
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|_| invalid("AMQP_URL", "is not a valid AMQP URL"))?;
+        if !AmqpLink::is_valid_url(&cli.amqp_url) {
+            return Err(invalid("AMQP_URL", "is not a valid AMQP URL"));
+        }
         if cli.session_exp_sec == 0 {
             return Err(invalid("SESSION_EXP_SEC", "must be at least 1"));
         }

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::SessionClosed,
+    domain::{Command, SessionClosed},
     metrics::Metrics,
     store::{Bucket, OutboxEntry, Store},
     telemetry::Chain,
@@ -59,19 +59,21 @@ pub struct RelayWake {
 }
 
 impl RelayWake {
-    /// Has the relay visit `bucket` now.
-    pub fn mark(&self, bucket: Bucket) {
-        if let Ok(mut dirty) = self.dirty.lock() {
-            dirty.insert(bucket);
-        }
+    /// Has the relay visit the bucket of `command` now (it may have written events).
+    pub fn mark(&self, command: &Command) {
+        self.dirty().insert(Bucket::of_command(command));
         self.notify.notify_one();
     }
 
     fn take(&self) -> Vec<Bucket> {
+        self.dirty().drain().collect()
+    }
+
+    fn dirty(&self) -> std::sync::MutexGuard<'_, HashSet<Bucket>> {
+        // Nothing panics while holding the lock; should something, the set is still whole.
         self.dirty
             .lock()
-            .map(|mut dirty| dirty.drain().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

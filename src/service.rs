@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::{
     domain::{Command, Error, MessageId, Outcome},
     relay::RelayWake,
-    store::{Bucket, Store},
+    store::Store,
 };
 
 /// The one implementation of every session operation.
@@ -35,17 +35,17 @@ impl SessionService {
         command: &Command,
         message_id: Option<&MessageId>,
     ) -> Result<Outcome, Error> {
-        let outcome = self.store.apply(command, message_id).await;
+        let outcome = self.store.apply(command, message_id).await?;
         // Deletes and evictions wrote events: have them published now rather than at the next
         // tick (sessions found past their end are left to the tick).
         let wrote_events = match command {
-            Command::DeleteSession(_) | Command::DeleteUserSessions(_) => outcome.is_ok(),
+            Command::DeleteSession(_) | Command::DeleteUserSessions(_) => true,
             Command::CreateSession(_) => self.store.evicts(),
             _ => false,
         };
         if wrote_events {
-            self.relay_wake.mark(Bucket::of_command(command));
+            self.relay_wake.mark(command);
         }
-        Ok(outcome?)
+        Ok(outcome)
     }
 }

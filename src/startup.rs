@@ -278,7 +278,7 @@ mod tests {
         }
     }
 
-    fn stages(first: fn(), second: fn()) -> Vec<Stage> {
+    fn stages_calling(first: fn(), second: fn()) -> Vec<Stage> {
         let (one, two) = (CancellationToken::new(), CancellationToken::new());
         vec![
             Stage::new(
@@ -293,8 +293,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_shutdown_stops_every_stage_and_is_ok() {
-        assert!(supervise(async {}, stages(|| {}, || {})).await.is_ok());
+    async fn a_shutdown_stops_the_stages_in_order_each_after_the_one_before_has_ended() {
+        let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (one, two) = (CancellationToken::new(), CancellationToken::new());
+        let task = |name: &'static str, stop: &CancellationToken, linger: u64| {
+            let (stop, ended) = (stop.clone(), ended.clone());
+            Task::spawn(name, async move {
+                stop.cancelled().await;
+                // The first stage takes a while to finish: the second must wait for it.
+                tokio::time::sleep(Duration::from_millis(linger)).await;
+                ended.lock().unwrap().push(name);
+            })
+        };
+        let stages = vec![
+            Stage::new(one.clone(), vec![task("front end", &one, 100)]),
+            Stage::new(two.clone(), vec![task("relay", &two, 0)]),
+        ];
+        assert!(supervise(async {}, stages).await.is_ok());
+        assert_eq!(*ended.lock().unwrap(), ["front end", "relay"]);
+        assert!(supervise(async {}, stages_calling(|| {}, || {}))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
@@ -334,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_panics_while_stopping_is_reported() {
-        let result = supervise(async {}, stages(|| {}, || panic!("late"))).await;
+        let result = supervise(async {}, stages_calling(|| {}, || panic!("late"))).await;
         assert!(
             matches!(result, Err(StartupError::Task { task: "two", ref cause }) if cause == "panicked: late"),
             "{result:?}"

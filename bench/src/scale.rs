@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::bail;
+use session_manager::store::{Bucket, Keys};
 use session_manager_testkit::{PrivateRedis, Service};
 
 use crate::{
@@ -217,9 +218,9 @@ async fn timed(
 async fn live_sessions(store: &Store) -> anyhow::Result<u64> {
     let mut redis = connect(&store.redis_url).await?;
     let mut pipe = redis::pipe();
-    for bucket in 0..=255u8 {
-        pipe.cmd("ZCARD")
-            .arg(format!("{}:{{{bucket:02x}}}:exp", store.prefix));
+    let keys = Keys::new(&store.prefix);
+    for bucket in Bucket::all() {
+        pipe.cmd("ZCARD").arg(keys.schedule(bucket));
     }
     let counts: Vec<u64> = pipe.query_async(&mut redis).await?;
     Ok(counts.iter().sum())
@@ -240,10 +241,11 @@ async fn memory_share(store: &Store) -> anyhow::Result<MemoryShare> {
     let hash = average_usage(&mut redis, &format!("{prefix}:*:s:*"), 1.0).await?;
     let index = average_usage(&mut redis, &format!("{prefix}:*:u:bench-user-*"), 10.0).await?;
     let mut schedule = 0.0;
-    for bucket in 0..=255u8 {
+    let keys = Keys::new(prefix);
+    for bucket in Bucket::all() {
         let bytes: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
-            .arg(format!("{prefix}:{{{bucket:02x}}}:exp"))
+            .arg(keys.schedule(bucket))
             .query_async(&mut redis)
             .await?;
         schedule += bytes.unwrap_or(0) as f64;

@@ -14,7 +14,7 @@ pub enum ErrorCode {
     NotFound,
     /// The input contradicts what is stored (an update naming another user or device).
     Conflict,
-    /// Redis cannot be reached now; the same request may succeed later.
+    /// The store cannot be reached now; the same request may succeed later.
     Unavailable,
     /// Anything else; the cause is logged, not sent.
     Internal,

@@ -56,7 +56,7 @@ pub struct SessionClosed {
     pub device_id: DeviceId,
     /// Why it ended.
     pub reason: CloseReason,
-    /// When it ended (Redis server time).
+    /// When it ended, by the store's clock.
     pub closed_at: Timestamp,
 }
 

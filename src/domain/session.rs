@@ -193,7 +193,8 @@ impl UserEmail {
     }
 }
 
-/// A moment, kept as milliseconds since the Unix epoch (Redis server time), shown as RFC 3339 UTC.
+/// A moment, kept as milliseconds since the Unix epoch (by the store's clock), shown as RFC 3339
+/// UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(i64);
 
@@ -201,7 +202,7 @@ impl Timestamp {
     /// The last moment RFC 3339 can write with four year digits: 9999-12-31T23:59:59.999Z.
     const LAST_MILLIS: i64 = 253_402_300_799_999;
 
-    /// A moment from 1970 to the end of year 9999; `None` outside (never a Redis clock reading).
+    /// A moment from 1970 to the end of year 9999; `None` outside (never a clock reading).
     pub fn from_unix_millis(millis: i64) -> Option<Self> {
         (0..=Self::LAST_MILLIS)
             .contains(&millis)
@@ -266,7 +267,7 @@ pub struct Session {
     pub expiration_time: Option<u64>,
     /// The user's e-mail address.
     pub user_email: Option<UserEmail>,
-    /// When it was created (Redis server time).
+    /// When it was created, by the store's clock.
     pub created_at: Timestamp,
     /// When it was last updated.
     pub updated_at: Timestamp,

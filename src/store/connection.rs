@@ -37,6 +37,11 @@ pub enum RedisConnection {
 }
 
 impl RedisConnection {
+    /// Whether `url` is a Redis URL this service can use.
+    pub fn is_valid_url(url: &str) -> bool {
+        redis::Client::open(url).is_ok()
+    }
+
     /// Connects according to `mode`. A standalone connection is lazy, so the service starts
     /// while Redis is down; a cluster connection needs its seed node now to learn the slots.
     pub async fn open(url: &str, mode: RedisMode) -> RedisResult<Self> {

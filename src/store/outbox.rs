@@ -39,7 +39,7 @@ static TICK: Source = Source {
     text: include_str!("lua/tick.lua"),
     pieces: &[BUCKET],
     layout: Layout {
-        command: false,
+        command_script: false,
         keys: &["schedule_key", "outbox_key"],
         args: &[
             Arg::Text("base"),
@@ -57,7 +57,7 @@ static ACKNOWLEDGE: Source = Source {
     text: include_str!("lua/acknowledge.lua"),
     pieces: &[],
     layout: Layout {
-        command: false,
+        command_script: false,
         keys: &["outbox_key"],
         args: &[],
         rest: Some("ids_at"),

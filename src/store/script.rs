@@ -92,7 +92,7 @@ const COMMAND_ARGS: &[Arg] = &[Arg::Number("record_ttl"), Arg::Text("base")];
 #[derive(Debug)]
 pub(super) struct Layout {
     /// A command script's keys and arguments start with [`COMMAND_KEYS`] and [`COMMAND_ARGS`].
-    pub command: bool,
+    pub command_script: bool,
     pub keys: &'static [&'static str],
     pub args: &'static [Arg],
     /// The name under which the header gives the index of the first argument after the named
@@ -103,13 +103,21 @@ pub(super) struct Layout {
 impl Layout {
     /// Every key name, in order.
     fn all_keys(&self) -> Vec<&'static str> {
-        let leading = if self.command { COMMAND_KEYS } else { &[] };
+        let leading = if self.command_script {
+            COMMAND_KEYS
+        } else {
+            &[]
+        };
         leading.iter().chain(self.keys).copied().collect()
     }
 
     /// Every named argument, in order.
     fn all_args(&self) -> Vec<Arg> {
-        let leading = if self.command { COMMAND_ARGS } else { &[] };
+        let leading = if self.command_script {
+            COMMAND_ARGS
+        } else {
+            &[]
+        };
         leading.iter().chain(self.args).copied().collect()
     }
 }
@@ -252,6 +260,9 @@ fn bindings(layout: &Layout) -> String {
     text
 }
 
+/// How Redis names a line of a script in its errors: `user_script:<line>`.
+const SCRIPT_LINE: &str = "user_script:";
+
 /// Where a piece starts in the assembled text.
 #[derive(Debug)]
 struct Section {
@@ -327,7 +338,7 @@ impl LuaScript {
     /// The message of a Redis error, with every `user_script:<line>` replaced by the piece and
     /// its own line.
     fn located(&self, message: &str) -> String {
-        const MARK: &str = "user_script:";
+        const MARK: &str = SCRIPT_LINE;
         let mut out = String::with_capacity(message.len());
         let mut rest = message;
         while let Some(at) = rest.find(MARK) {
@@ -395,12 +406,14 @@ impl Call<'_> {
         connection: &RedisConnection,
     ) -> Result<T, StoreError> {
         debug_assert_eq!(self.keys, self.script.layout.all_keys().len());
+        debug_assert_eq!(self.args, self.script.layout.all_args().len());
         let mut connection = connection.clone();
         self.invocation
             .invoke_async(&mut connection)
             .await
             .map_err(|error| match StoreError::from(error) {
-                StoreError::Redis(error) => {
+                // An error raised while the script ran (Redis names it by its line there).
+                StoreError::Redis(error) if error.to_string().contains(SCRIPT_LINE) => {
                     StoreError::Script(self.script.located(&error.to_string()))
                 }
                 other => other,
@@ -509,7 +522,7 @@ pub(super) mod tests {
             text: "-- a body\nreturn 1\n",
             pieces: &[RECORD],
             layout: Layout {
-                command: true,
+                command_script: true,
                 keys: &[],
                 args: &[],
                 rest: None,
@@ -544,7 +557,7 @@ pub(super) mod tests {
             text: "-- nothing\n-- needs: finish, live, live_device, touch, end_session\n",
             pieces: COMMAND_PIECES,
             layout: Layout {
-                command: true,
+                command_script: true,
                 keys: &[],
                 args: &[],
                 rest: None,

@@ -163,12 +163,13 @@ pub async fn clean_up(settings: &Settings) {
     }
 }
 
-/// Waits until some instance consumes from `queue` on the machine's RabbitMQ.
+/// Waits until some instance consumes from `queue` on the machine's RabbitMQ (twice [`WAIT`] at
+/// the most: an instance starting on a busy machine may take long).
 pub async fn wait_for_consumer(queue: &str) {
     let connection = Connection::connect(LOCAL_AMQP_URL, ConnectionProperties::default())
         .await
         .expect("RabbitMQ is running on 127.0.0.1:5672");
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + 2 * WAIT;
     loop {
         // A passive declare of a missing queue closes its channel: use a fresh one each time.
         let channel = connection.create_channel().await.expect("a channel");

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::json;
 use session_manager::{
     config::Settings,
-    domain::{SessionId, UserId},
+    domain::{Command, MessageId, SessionId, UserId},
     store::{Bucket, Keys, Policy, RedisConnection, RedisMode, Store, GROUP},
 };
 
@@ -20,23 +20,19 @@ async fn idempotency_records_vanish_after_their_retention() {
         ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
-    let created = app
-        .amqp
-        .call_with_id(
-            &json!({"type": "CreateSession", "user_id": "u", "device_id": "d"}),
-            "create-1",
-        )
-        .await;
+    let create = json!({"type": "CreateSession", "user_id": "u", "device_id": "d"});
+    let created = app.amqp.call_with_id(&create, "create-1").await;
     let id = created.body["result"]["session_id"].as_str().unwrap();
-    app.amqp
-        .call_with_id(
-            &json!({"type": "DeleteSession", "session_id": id}),
-            "delete-1",
-        )
-        .await;
-    let left = app.keys_left().await;
-    assert_eq!(left.len(), 2, "the two records: {left:?}");
-    assert!(left.iter().all(|key| key.contains(":r:")), "{left:?}");
+    let delete = json!({"type": "DeleteSession", "session_id": id});
+    app.amqp.call_with_id(&delete, "delete-1").await;
+    let record = |command: &serde_json::Value, message_id: &str| {
+        let command = Command::parse(command.to_string().as_bytes()).unwrap();
+        app.keys()
+            .record(&command, MessageId::parse(message_id).as_ref())
+    };
+    let mut records = vec![record(&create, "create-1"), record(&delete, "delete-1")];
+    records.sort();
+    assert_eq!(app.keys_left().await, records, "the two records are left");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(app.keys_left().await, Vec::<String>::new());
 }

@@ -189,11 +189,12 @@ impl TestApp {
     /// fixed bookkeeping (an empty outbox stream per bucket that ever had events).
     pub async fn keys_left(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
+        let outboxes: Vec<String> = Bucket::all().map(|b| self.keys().outbox(b)).collect();
         eventually(async || {
             let mut left = Vec::new();
             let mut outbox_entries = 0;
             for key in self.stored_keys().await {
-                if key.ends_with(":outbox") {
+                if outboxes.contains(&key) {
                     let length: usize = redis::cmd("XLEN")
                         .arg(&key)
                         .query_async(&mut redis)

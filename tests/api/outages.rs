@@ -149,3 +149,27 @@ async fn an_incompatible_command_queue_makes_the_instance_unready() {
     app.create_session(json!({"user_id": "u", "device_id": "d"}))
         .await;
 }
+
+/// An events exchange that exists with other properties (a fanout, say) stops the events only:
+/// commands are still consumed and answered, and the instance is ready.
+#[tokio::test]
+async fn an_incompatible_events_exchange_stops_the_events_not_the_commands() {
+    let settings = isolated_settings();
+    let amqp = crate::helpers::AmqpClient::connect(&settings).await;
+    amqp.channel
+        .exchange_declare(
+            settings.events_exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let app = spawn_app_with(settings).await;
+    let created = app
+        .amqp
+        .call(&json!({"type": "CreateSession", "user_id": "u", "device_id": "d"}))
+        .await;
+    assert_eq!(created.body["status"], "ok", "{}", created.body);
+    until_ready_is(&app, 200).await;
+}

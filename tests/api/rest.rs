@@ -15,8 +15,8 @@ use reqwest::{
 use serde_json::{json, Value};
 use session_manager::{
     config::{SecretString, Settings},
-    domain::SessionId,
-    store::DELETE_STEP,
+    domain::{SessionId, UserId},
+    store::{Bucket, DELETE_STEP},
 };
 use time::OffsetDateTime;
 
@@ -613,13 +613,16 @@ async fn expires_at_is_created_at_plus_the_session_lifetime() {
     // margin later.
     let mut redis = app.redis.clone();
     let margin = session_manager::store::TTL_MARGIN.as_millis() as i64;
+    let schedule = app
+        .keys()
+        .schedule(Bucket::of_session(&SessionId::parse(&id).unwrap()));
     for key in app.stored_keys().await {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut redis)
             .await
             .unwrap();
-        if key.ends_with(":exp") {
+        if key == schedule {
             assert_eq!(ttl, -1, "{key}: the schedule is fixed bookkeeping");
             let ends: f64 = redis::cmd("ZSCORE")
                 .arg(&key)
@@ -1555,13 +1558,15 @@ async fn delete_all_of_more_sessions_than_one_step_ends_them_all_in_creation_ord
     session(&app, &bobs).await;
     // Only bob's session is left (and the schedule it is on): no index entry of alice's, no
     // progress of the steps.
-    let left = app.keys_left().await;
-    assert_eq!(left.len(), 3, "{left:?}");
-    assert!(
-        left.iter()
-            .all(|key| key.ends_with(":exp") || key.ends_with(":u:bob") || key.ends_with(&bobs)),
-        "{left:?}"
-    );
+    let bob = UserId::parse("bob".into()).unwrap();
+    let keys = app.keys();
+    let mut bobs_keys = vec![
+        keys.schedule(Bucket::of_user(&bob)),
+        keys.index(&bob),
+        keys.session(&SessionId::parse(&bobs).unwrap()),
+    ];
+    bobs_keys.sort();
+    assert_eq!(app.keys_left().await, bobs_keys);
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
     text: include_str!("delete_user.lua"),
     pieces: COMMAND_PIECES,
     layout: Layout {
-        command: true,
+        command_script: true,
         keys: &["index_key", "progress_key"],
         args: &[
             Arg::Text("user_id"),

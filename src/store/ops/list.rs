@@ -15,7 +15,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
     text: include_str!("list.lua"),
     pieces: COMMAND_PIECES,
     layout: Layout {
-        command: true,
+        command_script: true,
         keys: &["index_key"],
         args: &[Arg::Text("user_id")],
         rest: None,

@@ -104,7 +104,7 @@ impl CommandCall<'_> {
 
 /// The keys and arguments of a command script about one session and nothing else.
 pub(super) const ONE_SESSION: Layout = Layout {
-    command: true,
+    command_script: true,
     keys: &["session_key"],
     args: &[Arg::Text("session_id")],
     rest: None,

@@ -16,7 +16,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
     text: include_str!("update.lua"),
     pieces: COMMAND_PIECES,
     layout: Layout {
-        command: true,
+        command_script: true,
         keys: &["session_key"],
         args: &[
             Arg::Text("session_id"),

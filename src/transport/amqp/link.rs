@@ -34,6 +34,11 @@ impl AmqpLink {
         })
     }
 
+    /// Whether `url` is an AMQP URL this service can use.
+    pub fn is_valid_url(url: &str) -> bool {
+        url.parse::<lapin::uri::AMQPUri>().is_ok()
+    }
+
     /// Whether a connection is up now (for `/readyz`).
     pub fn is_connected(&self) -> bool {
         self.current().is_some()

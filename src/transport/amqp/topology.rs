@@ -1,7 +1,7 @@
 //! What the service declares on the broker: the durable quorum command queue, dead-lettering to
 //! `<queue>.dead` (a quorum queue too), and the durable topic exchange of the events. Declared by
-//! the worker on every connection before it consumes, so that the exchange exists by the time
-//! the instance is ready, and by the events channel when it opens.
+//! the worker on every connection before it consumes (the exchange first, so that it exists by
+//! the time the instance is ready), and the exchange again by the events channel when it opens.
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueDeclareOptions},
@@ -14,8 +14,8 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declares the command queue and its dead-letter queue, and the events exchange.
-pub async fn declare(channel: &Channel, queue: &str, exchange: &str) -> Result<(), lapin::Error> {
+/// Declares the command queue and its dead-letter queue.
+pub async fn declare_queues(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
     let dead_letter_queue = dead_letter_queue(queue);
     let durable = QueueDeclareOptions {
         durable: true,
@@ -51,7 +51,7 @@ pub async fn declare(channel: &Channel, queue: &str, exchange: &str) -> Result<(
     channel
         .queue_declare(queue.into(), durable, arguments)
         .await?;
-    declare_events_exchange(channel, exchange).await
+    Ok(())
 }
 
 /// Declares the durable topic exchange of the events.

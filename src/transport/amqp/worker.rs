@@ -90,8 +90,8 @@ impl Reply<'_> {
 }
 
 /// Consumes commands until `shutdown` is cancelled, on whatever connection `link` has, starting
-/// over (topology, QoS, consumer) on each new connection.
-/// `consuming` tells whether it consumes now.
+/// over (topology, QoS, consumer) on each new connection; `consuming` tells whether it consumes
+/// now.
 pub async fn run_worker(
     link: Arc<AmqpLink>,
     service: SessionService,
@@ -138,8 +138,22 @@ async fn consume(
     settings: &WorkerSettings,
     shutdown: CancellationToken,
 ) -> Result<(), lapin::Error> {
+    // The events exchange first, on a channel of its own (a refused declare closes its
+    // channel), so that it exists by the time the instance is ready; a refusal (an exchange of
+    // that name with other properties) stops the events, which the relay then reports, not the
+    // commands.
+    let events = connection.create_channel().await?;
+    match topology::declare_events_exchange(&events, &settings.events_exchange).await {
+        Ok(()) => {
+            let _ = events.close(200, "declared".into()).await;
+        }
+        Err(error) => {
+            tracing::error!(error = %error, exchange = %settings.events_exchange,
+                "cannot declare the events exchange; events cannot be published");
+        }
+    }
     let channel = connection.create_channel().await?;
-    topology::declare(&channel, &settings.queue, &settings.events_exchange).await?;
+    topology::declare_queues(&channel, &settings.queue).await?;
     // The prefetch window is the worker's concurrency: up to this many commands are applied at
     // once, and no more are taken while they are (so a stalled Redis stops intake).
     channel

@@ -259,7 +259,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn session_id(id: Option<&str>) -> Result<SessionId, Error> {
-    SessionId::parse_existing(id.unwrap_or_default())
+    SessionId::parse_existing(id.expect("Route::Session always comes with its id"))
 }
 
 fn user_id_query(request: &Request) -> Result<UserId, Error> {

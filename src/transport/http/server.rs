@@ -1,9 +1,10 @@
-//! The HTTP/1.1 server under the routes: accepts connections until shutdown, then stops
-//! accepting and lets the requests in flight finish. Written out (rather than `warp::serve`) so
+//! The HTTP server under the routes (HTTP/1.1, and HTTP/2 for clients that start with it, as
+//! `warp::serve` has it): accepts connections until shutdown, then stops accepting and lets the
+//! requests in flight finish. Written out (rather than `warp::serve`) so
 //! that a client closing its connection mid-request is a debug line, not an error of the
 //! service.
 
-use std::{convert::Infallible, future::Future, time::Duration};
+use std::{convert::Infallible, future::Future, io::ErrorKind, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -31,6 +32,17 @@ pub async fn serve<F>(
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
+            // A client that gave up while waiting in the backlog: nothing to do.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue
+            }
             Err(error) => {
                 // Out of file descriptors, say: wait for some to be freed rather than spin.
                 tracing::error!(error = %error, "cannot accept a connection");
