@@ -1008,7 +1008,7 @@ fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds:
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Benchmarks\n\nRun by `cargo run --release --bin session-bench -- --write` on a machine with {cores} cores, \
+        "# Benchmarks\n\nRun by `cargo run --release -p session-bench -- --write` on a machine with {cores} cores, \
          against the local Redis and RabbitMQ; REST over HTTP/1.1 keep-alive with {HTTP_CONNECTIONS} connections, \
          AMQP with {AMQP_IN_FLIGHT} persistent commands in flight. Each case: {rounds} round(s) of {:.1} s, \
          alternating with its ceiling (a bare warp handler / lapin consumer doing one Redis round trip).\n",
