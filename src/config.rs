@@ -4,9 +4,10 @@
 
 use std::{fmt, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::{
+    keyring::Keyring,
     store::{RedisConnection, RedisMode},
     transport::amqp::AmqpLink,
 };
@@ -71,10 +72,12 @@ pub struct Cli {
         default_value = "session.events"
     )]
     pub session_events_exchange: String,
-    /// When set, /a01/* requires `Authorization: Bearer <token>`.
+    /// When set, /a01/* requires `Authorization: Bearer <token>`; several tokens,
+    /// comma-separated, are all accepted (for rotation).
     #[arg(long, env = "SESSION_API_TOKEN", hide_env_values = true)]
     pub session_api_token: Option<String>,
-    /// Encryption of tokens at rest: not supported by this version, setting it stops the start.
+    /// Seals tokens and e-mail at rest: one key (32 bytes, standard base64) or a keyring
+    /// `<id>:<key>,…` whose first key seals and every key opens.
     #[arg(long, env = "SESSION_ENCRYPTION_KEY", hide_env_values = true)]
     pub session_encryption_key: Option<String>,
     /// How long a command's outcome is kept under its message_id, in seconds (at least 24 h
@@ -87,6 +90,18 @@ pub struct Cli {
     /// Ask a running instance's /healthz on localhost and exit 0 if it is healthy (for Docker).
     #[arg(long)]
     pub healthcheck: bool,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub task: Option<Task>,
+}
+
+/// A task the binary runs instead of serving.
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Re-seal every stored token and e-mail that is plain text or sealed under a key other
+    /// than the first of SESSION_ENCRYPTION_KEY, while instances serve; safe to interrupt and
+    /// run again. Prints progress, then the count of values per key id, on stderr.
+    Rewrap,
 }
 
 /// A setting that cannot be used; the message names the variable.
@@ -153,8 +168,10 @@ pub struct Settings {
     pub command_queue: String,
     /// The topic exchange of the events.
     pub events_exchange: String,
-    /// When set, `/a01/*` requires it as bearer token.
-    pub api_token: Option<SecretString>,
+    /// When not empty, `/a01/*` requires one of them as bearer token.
+    pub api_tokens: Vec<SecretString>,
+    /// Seals the secret fields at rest; empty: stored as given. Its `Debug` shows key ids only.
+    pub keyring: Keyring,
     /// Commands taken at once and applied concurrently.
     pub prefetch: u16,
 }
@@ -174,7 +191,8 @@ impl Settings {
             key_prefix: "session-manager".into(),
             command_queue: "session.commands".into(),
             events_exchange: "session.events".into(),
-            api_token: None,
+            api_tokens: Vec::new(),
+            keyring: Keyring::default(),
             prefetch: 64,
         }
     }
@@ -250,12 +268,11 @@ impl TryFrom<Cli> for Settings {
             Ok(max) => Some(max),
             Err(_) => return Err(invalid("SESSION_MAX_PER_USER", "is too large")),
         };
-        if cli.session_encryption_key.is_some() {
-            return Err(invalid(
-                "SESSION_ENCRYPTION_KEY",
-                "encryption at rest is not supported by this version; leave it unset",
-            ));
-        }
+        let keyring = match cli.session_encryption_key {
+            None => Keyring::default(),
+            Some(text) => Keyring::parse(&text)
+                .map_err(|error| invalid("SESSION_ENCRYPTION_KEY", error.to_string()))?,
+        };
         let prefix = cli.session_key_prefix;
         if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(invalid(
@@ -269,11 +286,18 @@ impl TryFrom<Cli> for Settings {
         if cli.amqp_prefetch == 0 {
             return Err(invalid("AMQP_PREFETCH", "must be at least 1"));
         }
-        let api_token = match cli.session_api_token {
-            Some(token) if token.trim().is_empty() => {
-                return Err(invalid("SESSION_API_TOKEN", "must not be empty when set"))
-            }
-            token => token.map(SecretString::new),
+        let api_tokens = match cli.session_api_token {
+            None => Vec::new(),
+            Some(tokens) => tokens
+                .split(',')
+                .map(|token| match token.trim() {
+                    "" => Err(invalid(
+                        "SESSION_API_TOKEN",
+                        "must be one or more non-empty tokens, comma-separated",
+                    )),
+                    token => Ok(SecretString::new(token)),
+                })
+                .collect::<Result<_, _>>()?,
         };
         Ok(Self {
             port: cli.service_port,
@@ -291,7 +315,8 @@ impl TryFrom<Cli> for Settings {
                 "SESSION_EVENTS_EXCHANGE",
                 cli.session_events_exchange,
             )?,
-            api_token,
+            api_tokens,
+            keyring,
             prefetch: cli.amqp_prefetch,
         })
     }
@@ -325,13 +350,22 @@ mod tests {
     }
 
     #[test]
+    fn several_api_tokens_are_read_and_trimmed() {
+        let s = settings(&["--session-api-token", "old-one, new-one"]).unwrap();
+        let tokens: Vec<&str> = s.api_tokens.iter().map(SecretString::expose).collect();
+        assert_eq!(tokens, ["old-one", "new-one"]);
+        assert!(!format!("{s:?}").contains("old-one"));
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
             (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
             (&["--redis-url", "nope://x"], "REDIS_URL"),
             (&["--amqp-url", "http://x"], "AMQP_URL"),
             (&["--session-api-token", " "], "SESSION_API_TOKEN"),
+            (&["--session-api-token", "a,,b"], "SESSION_API_TOKEN"),
             (&["--redis-cluster", "maybe"], "REDIS_CLUSTER"),
         ];
         for (args, variable) in cases {

@@ -18,6 +18,7 @@
 //!   [`relay::EventSink`].
 //! - [`transport`]: the REST (warp) and AMQP (lapin) front ends; everything RabbitMQ, the event
 //!   sink included, is under [`transport::amqp`].
+//! - [`keyring`]: sealing secret values at rest (`SESSION_ENCRYPTION_KEY`).
 //! - [`backoff`]: retrying with backoff.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`startup`]: builds and runs one instance.
@@ -28,6 +29,7 @@
 pub mod backoff;
 pub mod config;
 pub mod domain;
+pub mod keyring;
 pub mod metrics;
 pub mod relay;
 pub mod service;

@@ -12,8 +12,9 @@ use anyhow::Context;
 use clap::Parser;
 use mimalloc::MiMalloc;
 use session_manager::{
-    config::{Cli, Settings},
-    startup::Application,
+    config::{Cli, Settings, Task},
+    startup::{open_store, Application},
+    store::RewrapReport,
     telemetry,
 };
 
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     if cli.healthcheck {
         return healthcheck(cli.service_port);
     }
+    let task = cli.task;
     let settings = match Settings::try_from(cli) {
         Ok(settings) => settings,
         Err(error) => {
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
         eprintln!("session-manager: bad configuration: {error}");
         return ExitCode::from(2);
     }
+    if task == Some(Task::Rewrap) && settings.keyring.is_empty() {
+        eprintln!("session-manager: bad configuration: SESSION_ENCRYPTION_KEY: rewrap needs the keyring to seal under");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -55,7 +61,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    let done = match task {
+        Some(Task::Rewrap) => runtime.block_on(rewrap(settings)),
+        None => runtime.block_on(run(settings)),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -72,6 +82,53 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .run_until_stopped(shutdown_signal())
         .await
         .context("session-manager stopped with an error")
+}
+
+/// `session-manager rewrap`: re-seals under the ring's first key, with progress on stderr about
+/// once a second and the count of values per key id at the end.
+async fn rewrap(settings: Settings) -> anyhow::Result<()> {
+    let sealing_id = settings.keyring.sealing_id().unwrap_or_default().to_owned();
+    let store = open_store(&settings)
+        .await
+        .context("rewrap could not connect to Redis")?;
+    eprintln!("rewrap: re-sealing under key id {sealing_id:?}");
+    let mut last = std::time::Instant::now();
+    let report = store
+        .rewrap(|report| {
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                eprintln!(
+                    "rewrap: {} keys scanned, {} values re-sealed",
+                    report.keys_scanned, report.values_resealed
+                );
+            }
+        })
+        .await
+        .context("rewrap stopped; run it again to finish")?;
+    print_report(&report);
+    if !report.unknown_keys.is_empty() || report.keys_skipped > 0 {
+        anyhow::bail!("rewrap left values as they were (see above); run it again once resolved");
+    }
+    Ok(())
+}
+
+fn print_report(report: &RewrapReport) {
+    eprintln!(
+        "rewrap: done: {} keys scanned, {} values re-sealed",
+        report.keys_scanned, report.values_resealed
+    );
+    for (key_id, count) in &report.by_key {
+        eprintln!("rewrap: values under {key_id}: {count}");
+    }
+    for (key_id, count) in &report.unknown_keys {
+        eprintln!("rewrap: values under key id {key_id:?}, which the ring does not hold: {count}");
+    }
+    if report.keys_skipped > 0 {
+        eprintln!(
+            "rewrap: keys changed by instances through every attempt: {}",
+            report.keys_skipped
+        );
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

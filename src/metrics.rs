@@ -1,5 +1,5 @@
-//! Prometheus metrics of one instance: REST requests and AMQP commands (counts and latencies)
-//! and published events. Each `Application` owns its registry (no global state), rendered by
+//! Prometheus metrics of one instance: REST requests and AMQP commands (counts and latencies),
+//! published events and values sealed under an unknown key. Each `Application` owns its registry (no global state), rendered by
 //! `GET /metrics` in the text format.
 
 use std::time::Duration;
@@ -53,6 +53,7 @@ pub struct Metrics {
     commands: Family<CommandLabels, Counter>,
     command_latency: LatencyFamily<CommandNameLabels>,
     events_published: Counter,
+    unknown_key_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +72,7 @@ impl Metrics {
         let command_latency =
             LatencyFamily::<CommandNameLabels>::new_with_constructor(latency_histogram);
         let events_published = Counter::default();
+        let unknown_key_failures = Counter::default();
         registry.register(
             "http_requests",
             "REST requests answered",
@@ -96,6 +98,11 @@ impl Metrics {
             "SessionClosed events confirmed by the broker",
             events_published.clone(),
         );
+        registry.register(
+            "unknown_key_failures",
+            "Requests failed because a stored value is sealed under a key id not in SESSION_ENCRYPTION_KEY",
+            unknown_key_failures.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -103,6 +110,7 @@ impl Metrics {
             commands,
             command_latency,
             events_published,
+            unknown_key_failures,
         }
     }
 
@@ -142,6 +150,11 @@ impl Metrics {
     /// Counts events the broker confirmed.
     pub fn record_events_published(&self, count: usize) {
         self.events_published.inc_by(count as u64);
+    }
+
+    /// Counts a request that failed on a value sealed under a key id not in the ring.
+    pub fn record_unknown_key(&self) {
+        self.unknown_key_failures.inc();
     }
 
     /// The Prometheus text exposition.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use crate::{
     domain::{Command, Error, MessageId, Outcome},
+    metrics::Metrics,
     relay::RelayWake,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// The one implementation of every session operation.
@@ -16,12 +17,18 @@ use crate::{
 pub struct SessionService {
     store: Store,
     relay_wake: Arc<RelayWake>,
+    metrics: Arc<Metrics>,
 }
 
 impl SessionService {
-    /// `relay_wake` is notified whenever a command may have written events to the outbox.
-    pub fn new(store: Store, relay_wake: Arc<RelayWake>) -> Self {
-        Self { store, relay_wake }
+    /// `relay_wake` is notified whenever a command may have written events to the outbox;
+    /// `metrics` counts what fails on a value sealed under a key the ring does not hold.
+    pub fn new(store: Store, relay_wake: Arc<RelayWake>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            relay_wake,
+            metrics,
+        }
     }
 
     /// The store, for readiness checks.
@@ -29,13 +36,22 @@ impl SessionService {
         &self.store
     }
 
-    /// Applies `command`, once per `message_id`: a repetition returns the first outcome.
+    /// Applies `command`; a changing one once per `message_id`: a repetition returns the first
+    /// outcome (reads are answered from the current state).
     pub async fn execute(
         &self,
         command: &Command,
         message_id: Option<&MessageId>,
     ) -> Result<Outcome, Error> {
-        let outcome = self.store.apply(command, message_id).await?;
+        let outcome = match self.store.apply(command, message_id).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                if matches!(error, StoreError::UnknownKey { .. }) {
+                    self.metrics.record_unknown_key();
+                }
+                return Err(error.into());
+            }
+        };
         // Deletes and evictions wrote events: have them published now rather than at the next
         // tick (sessions found past their end are left to the tick).
         let wrote_events = match command {

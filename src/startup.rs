@@ -39,6 +39,24 @@ pub enum StartupError {
     },
 }
 
+/// The store that `settings` describe (also used by `session-manager rewrap`).
+pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
+    let redis = RedisConnection::open(settings.redis_url.expose(), settings.redis_mode)
+        .await
+        .map_err(StartupError::Redis)?;
+    Ok(Store::new(
+        redis,
+        Keys::new(&settings.key_prefix),
+        Policy {
+            lifetime: settings.session_lifetime,
+            idle: settings.idle_timeout,
+            max_per_user: settings.max_per_user,
+            record_retention: settings.idempotency_retention,
+        },
+        settings.keyring.clone(),
+    ))
+}
+
 /// One built instance, ready to run.
 pub struct Application {
     listener: TcpListener,
@@ -53,26 +71,14 @@ pub struct Application {
 impl Application {
     /// Connects (Redis lazily, unless it is a cluster) and binds the REST port.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let redis = RedisConnection::open(settings.redis_url.expose(), settings.redis_mode)
-            .await
-            .map_err(StartupError::Redis)?;
+        let store = open_store(&settings).await?;
         let metrics = Arc::new(Metrics::new());
         // Connected by `run_until_stopped`, and again whenever the connection is lost.
         let amqp = AmqpLink::new(settings.amqp_url.clone());
-        let store = Store::new(
-            redis,
-            Keys::new(&settings.key_prefix),
-            Policy {
-                lifetime: settings.session_lifetime,
-                idle: settings.idle_timeout,
-                max_per_user: settings.max_per_user,
-                record_retention: settings.idempotency_retention,
-            },
-        );
         let wake = Arc::new(RelayWake::default());
         let events = AmqpEvents::new(amqp.clone(), settings.events_exchange.clone());
         let relay = Relay::new(store.clone(), events, wake.clone(), metrics.clone());
-        let service = SessionService::new(store, wake);
+        let service = SessionService::new(store, wake, metrics.clone());
         let listener = TcpListener::bind(("0.0.0.0", settings.port))
             .await
             .map_err(StartupError::Bind)?;
@@ -107,7 +113,7 @@ impl Application {
         let state = Arc::new(HttpState {
             service: self.service.clone(),
             metrics: self.metrics.clone(),
-            api_token: self.settings.api_token.clone(),
+            api_tokens: self.settings.api_tokens.clone(),
             readiness: Arc::new(move || {
                 let store = store.clone();
                 let amqp_ready = link.is_connected() && ready.get();

@@ -71,6 +71,12 @@ impl Command {
         }
     }
 
+    /// Whether the command can change the sessions. Only those are recorded under their
+    /// `message_id` (contract §7.4): a read repeated is answered from the current state.
+    pub fn changes(&self) -> bool {
+        !matches!(self, Self::GetSession(_) | Self::ListSessions(_))
+    }
+
     /// The command's `type`, also used as a metrics label.
     pub fn name(&self) -> &'static str {
         match self {

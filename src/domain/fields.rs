@@ -2,7 +2,13 @@
 //! Used by the domain parsers of create and update inputs and of AMQP commands; it knows JSON
 //! shapes, not session rules.
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use serde::{
+    de::{self, Deserializer, MapAccess, SeqAccess, Visitor},
+    Deserialize,
+};
+use serde_json::{error::Category, Map, Number, Value};
 
 use super::Error;
 
@@ -46,10 +52,18 @@ impl<T> Field<T> {
 pub struct Fields(Map<String, Value>);
 
 impl Fields {
-    /// Parses a request body, which must be one JSON object.
+    /// Parses a request body, which must be one JSON object in which no object repeats a
+    /// member name (I-JSON, RFC 7493; contract §7.7): a parser that kept the first or the last
+    /// would let a gateway and this service disagree about whose session it is.
     pub fn from_slice(body: &[u8]) -> Result<Self, Error> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|error| Error::InvalidArgument(format!("body is not valid JSON: {error}")))?;
+        let Strict(value) =
+            serde_json::from_slice(body).map_err(|error| match error.classify() {
+                // Only `Strict` raises data errors: it takes every JSON type.
+                Category::Data => Error::InvalidArgument(error.to_string()),
+                Category::Io | Category::Syntax | Category::Eof => {
+                    Error::InvalidArgument(format!("body is not valid JSON: {error}"))
+                }
+            })?;
         Self::from_value(value)
     }
 
@@ -104,5 +118,118 @@ impl Fields {
             None => Ok(()),
             Some(name) => Err(Error::InvalidArgument(format!("{name}: unknown field"))),
         }
+    }
+}
+
+/// A JSON value whose objects, at any depth, never repeat a member name; the error of a repeated
+/// one starts with its name.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        // serde_json only hands over finite numbers.
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if members.contains_key(&name) {
+                return Err(de::Error::custom(format_args!(
+                    "{name}: member name repeated in an object"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            members.insert(name, value);
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(body: &str) -> String {
+        match Fields::from_slice(body.as_bytes()) {
+            Err(Error::InvalidArgument(message)) => message,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_repeated_member_name_is_invalid_and_named_at_any_depth() {
+        let message = invalid(r#"{"user_id":"a","device_id":"d","user_id":"b"}"#);
+        assert!(
+            message.starts_with("user_id: member name repeated"),
+            "{message}"
+        );
+        let message = invalid(r#"{"x":[{"deep":1,"deep":2}]}"#);
+        assert!(
+            message.starts_with("deep: member name repeated"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn values_of_every_json_type_are_kept() {
+        let body = r#"{"s":"x\u00e9","i":-3,"u":18446744073709551615,"f":1.5,"b":true,"n":null,"a":[1,{"k":"v"}]}"#;
+        let Fields(members) = Fields::from_slice(body.as_bytes()).unwrap();
+        assert_eq!(
+            Value::Object(members),
+            serde_json::from_str::<Value>(body).unwrap()
+        );
+    }
+
+    #[test]
+    fn what_is_not_json_says_so() {
+        assert!(invalid("{\"a\":").starts_with("body is not valid JSON"));
+        assert!(invalid("[1]").contains("object"));
     }
 }

@@ -8,6 +8,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
     Cmd, Pipeline, RedisFuture, RedisResult, Value,
 };
 
@@ -72,6 +73,82 @@ impl RedisConnection {
         Ok(Self::Standalone(ConnectionManager::new_lazy_with_config(
             client, config,
         )?))
+    }
+}
+
+/// A server that `SCAN` walks: the standalone server, or one master of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ScanNode {
+    /// The one server.
+    Standalone,
+    /// A cluster master, by the address the cluster gives for it.
+    Master {
+        /// Its host.
+        host: String,
+        /// Its port.
+        port: u16,
+    },
+}
+
+impl RedisConnection {
+    /// The servers that together hold every key: the server, or each master of the cluster
+    /// (from `CLUSTER SLOTS`).
+    pub(super) async fn scan_nodes(&self) -> RedisResult<Vec<ScanNode>> {
+        let Self::Cluster(connection) = self else {
+            return Ok(vec![ScanNode::Standalone]);
+        };
+        let ranges: Vec<Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut connection.clone())
+            .await?;
+        let mut nodes = Vec::new();
+        // Each range: [first slot, last slot, [host, port, id, …] of its master, replicas…].
+        for range in ranges {
+            let Value::Array(parts) = range else { continue };
+            let Some(Value::Array(master)) = parts.get(2) else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
+                continue;
+            };
+            let node = ScanNode::Master {
+                host: redis::from_redis_value_ref(host)?,
+                port: redis::from_redis_value_ref(port)?,
+            };
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// One `SCAN` step on `node`: the next cursor (0 when the walk is done) and the keys of this
+    /// step that match `pattern`.
+    pub(super) async fn scan_step(
+        &self,
+        node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        match (self, node) {
+            (Self::Cluster(connection), ScanNode::Master { host, port }) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let answer = connection.clone().route_command(command, routing).await?;
+                Ok(redis::from_redis_value(answer)?)
+            }
+            (connection, _) => command.query_async(&mut connection.clone()).await,
+        }
     }
 }
 

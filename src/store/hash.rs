@@ -1,11 +1,16 @@
 //! The session hash: the one table of its fields, each with the name the Rust side and the
 //! scripts share (`FIELD.<name>` in a script's generated header) and the short code it is stored
-//! under; and the conversions between a session and the hash's field/value pairs.
+//! under; and the conversions between a session and the hash's field/value pairs, which seal the
+//! secret fields on the way in and open them on the way out ([`Keyring`]), so that no script
+//! ever sees their plain text.
 
 use super::StoreError;
-use crate::domain::{
-    DeviceId, Field, MutableFields, Secret, Session, SessionId, SessionPatch, Timestamp, UserEmail,
-    UserId,
+use crate::{
+    domain::{
+        DeviceId, Field, MutableFields, Secret, Session, SessionId, SessionPatch, Timestamp,
+        UserEmail, UserId,
+    },
+    keyring::{Keyring, OpenError},
 };
 
 /// A field of the session hash.
@@ -42,6 +47,24 @@ impl HashField {
     pub fn code(self) -> &'static str {
         Self::TABLE[self as usize].2
     }
+
+    /// The field's shared name, which a sealed value is bound to.
+    pub fn name(self) -> &'static str {
+        Self::TABLE[self as usize].1
+    }
+
+    /// The fields stored sealed when a key is set (contract §7.1).
+    pub const SEALED: [Self; 4] = [
+        Self::AuthCode,
+        Self::AccessToken,
+        Self::RefreshToken,
+        Self::UserEmail,
+    ];
+
+    /// Whether the field is stored sealed when a key is set.
+    pub fn is_sealed(self) -> bool {
+        Self::SEALED.contains(&self)
+    }
 }
 
 /// The field of `table` (a table of fields, their shared names and stored codes) stored as
@@ -53,8 +76,13 @@ pub(super) fn of_code<T: Copy>(table: &[(T, &str, &str)], code: &str) -> Option<
         .map(|(field, _, _)| *field)
 }
 
-/// The client-set fields that have a value, as field code/value pairs.
-pub(super) fn pairs(fields: &MutableFields) -> Vec<(&'static str, String)> {
+/// The client-set fields of session `id` that have a value, as field code/value pairs in the
+/// form to store (the secret ones sealed).
+pub(super) fn pairs(
+    fields: &MutableFields,
+    id: &SessionId,
+    keyring: &Keyring,
+) -> Vec<(&'static str, String)> {
     let secret = |secret: &Option<Secret>| secret.as_ref().map(|s| s.expose().to_owned());
     [
         (HashField::AuthCode, secret(&fields.auth_code)),
@@ -70,25 +98,42 @@ pub(super) fn pairs(fields: &MutableFields) -> Vec<(&'static str, String)> {
         ),
     ]
     .into_iter()
-    .filter_map(|(field, value)| value.map(|value| (field.code(), value)))
+    .filter_map(|(field, value)| {
+        let value = value?;
+        let stored = if field.is_sealed() {
+            keyring.seal(id.as_str(), field.name(), &value)
+        } else {
+            value
+        };
+        Some((field.code(), stored))
+    })
     .collect()
 }
 
-/// What an update writes: the pairs to set and the codes of the fields to clear.
-pub(super) fn patch(patch: &SessionPatch) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
+/// What an update of session `id` writes: the pairs to set (the secret ones sealed) and the
+/// codes of the fields to clear.
+pub(super) fn patch(
+    patch: &SessionPatch,
+    id: &SessionId,
+    keyring: &Keyring,
+) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
     fn value<T: Clone>(field: &Field<T>) -> Option<T> {
         match field {
             Field::Value(value) => Some(value.clone()),
             Field::Absent | Field::Null => None,
         }
     }
-    let set = pairs(&MutableFields {
-        auth_code: value(&patch.auth_code),
-        access_token: value(&patch.access_token),
-        refresh_token: value(&patch.refresh_token),
-        expiration_time: value(&patch.expiration_time),
-        user_email: value(&patch.user_email),
-    });
+    let set = pairs(
+        &MutableFields {
+            auth_code: value(&patch.auth_code),
+            access_token: value(&patch.access_token),
+            refresh_token: value(&patch.refresh_token),
+            expiration_time: value(&patch.expiration_time),
+            user_email: value(&patch.user_email),
+        },
+        id,
+        keyring,
+    );
     let cleared = [
         (HashField::AuthCode, matches!(patch.auth_code, Field::Null)),
         (
@@ -123,8 +168,35 @@ pub(super) fn timestamp(text: &str) -> Result<Timestamp, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {text:?}")))
 }
 
-/// The session of id `id` from its hash's field/value pairs (as `HGETALL` returns them).
-pub(super) fn session(id: &SessionId, pairs: Vec<String>) -> Result<Session, StoreError> {
+/// The plain text of `stored`, the value of the sealed `field` of session `id`.
+fn open(
+    keyring: &Keyring,
+    id: &SessionId,
+    field: HashField,
+    stored: String,
+) -> Result<String, StoreError> {
+    keyring
+        .open(id.as_str(), field.name(), stored)
+        .map_err(|error| match error {
+            OpenError::UnknownKey(key_id) => StoreError::UnknownKey {
+                session_id: id.as_str().to_owned(),
+                key_id,
+            },
+            OpenError::Forged => StoreError::Corrupt(format!(
+                "the {} of session {} does not open: damaged, or moved from elsewhere",
+                field.name(),
+                id.as_str()
+            )),
+        })
+}
+
+/// The session of id `id` from its hash's field/value pairs (as `HGETALL` returns them), its
+/// secret fields opened.
+pub(super) fn session(
+    id: &SessionId,
+    pairs: Vec<String>,
+    keyring: &Keyring,
+) -> Result<Session, StoreError> {
     let (mut user_id, mut device_id) = (None, None);
     let (mut created_at, mut updated_at, mut expires_at) = (None, None, None);
     let mut fields = MutableFields::default();
@@ -132,6 +204,11 @@ pub(super) fn session(id: &SessionId, pairs: Vec<String>) -> Result<Session, Sto
     while let (Some(code), Some(value)) = (pairs.next(), pairs.next()) {
         let Some(field) = of_code(&HashField::TABLE, &code) else {
             continue;
+        };
+        let value = if field.is_sealed() {
+            open(keyring, id, field, value)?
+        } else {
+            value
         };
         match field {
             HashField::UserId => user_id = Some(UserId::from_stored(value)),

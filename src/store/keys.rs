@@ -113,6 +113,54 @@ impl Keys {
     }
 }
 
+/// What a key under the prefix holds, as far as its name tells (for `rewrap`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum KeyKind {
+    /// The hash of this session.
+    Session(SessionId),
+    /// The recorded outcome of an UpdateSession of this session (the session's fields).
+    UpdateRecord(SessionId),
+    /// Anything else: it holds no secret value.
+    Other,
+}
+
+impl Keys {
+    /// `SCAN`'s pattern of every key under the prefix.
+    pub(super) fn pattern(&self) -> String {
+        // Only `*` is special in the prefix: `{`, `}` are refused by the settings, and the
+        // other glob characters would at worst match more keys, which `kind_of` sorts out.
+        format!("{}:*", self.prefix)
+    }
+
+    /// What the key named `key` holds.
+    pub(super) fn kind_of(&self, key: &str) -> KeyKind {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(":{"))
+            .and_then(|rest| rest.split_once("}:"))
+            .map(|(_bucket, rest)| rest);
+        let Some(rest) = rest else {
+            return KeyKind::Other;
+        };
+        if let Some(id) = rest.strip_prefix(kind::SESSION) {
+            return SessionId::parse(id).map_or(KeyKind::Other, KeyKind::Session);
+        }
+        // `r:UpdateSession:<n>:<session id>:<message id>`, as `of_command` writes it.
+        let target = rest
+            .strip_prefix(kind::RECORD)
+            .and_then(|rest| rest.strip_prefix(UPDATE_SESSION))
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(length, rest)| rest.get(..length.parse::<usize>().ok()?));
+        target
+            .and_then(SessionId::parse)
+            .map_or(KeyKind::Other, KeyKind::UpdateRecord)
+    }
+}
+
+/// The type of UpdateSession commands, in their record keys.
+const UPDATE_SESSION: &str = "UpdateSession";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +180,38 @@ mod tests {
             keys.record(&delete, Some(&message_id)),
             format!("p:{tag}:r:DeleteSession:45:{}:m-1", session.as_str())
         );
+    }
+
+    #[test]
+    fn kind_of_reads_back_sessions_and_update_records() {
+        let keys = Keys::new("p");
+        let session = Bucket::of_user(&UserId::parse("bob".into()).unwrap()).new_session_id();
+        let message_id = MessageId::parse("m:1").unwrap();
+        let update = Command::parse(
+            format!(
+                r#"{{"type":"UpdateSession","session_id":"{}","auth_code":"c"}}"#,
+                session.as_str()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(update.name(), UPDATE_SESSION);
+        assert_eq!(
+            keys.kind_of(&keys.session(&session)),
+            KeyKind::Session(session.clone())
+        );
+        assert_eq!(
+            keys.kind_of(&keys.record(&update, Some(&message_id))),
+            KeyKind::UpdateRecord(session.clone())
+        );
+        let delete = Command::DeleteSession(session.clone());
+        for other in [
+            keys.record(&delete, Some(&message_id)),
+            keys.record(&update, None),
+            keys.schedule(Bucket::of_session(&session)),
+            Keys::new("q").session(&session),
+        ] {
+            assert_eq!(keys.kind_of(&other), KeyKind::Other, "{other}");
+        }
     }
 }

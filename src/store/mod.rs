@@ -7,14 +7,16 @@
 //! - `ops/`: one file per operation (create, get, list, update, delete, delete_user), each with
 //!   its script beside it, the keys and arguments it passes and the decoding of its answer.
 //! - `outbox`: the outbox streams and the periodic tick, with their scripts.
+//! - `rewrap`: re-sealing stored secret values under the keyring's first key.
 //! - `script`: how scripts are assembled from a generated header and the pieces under `lua/`.
 //! - `hash`, `keys`, `bucket`: the session hash's fields, every key, the buckets.
 //! - `connection`: a standalone or cluster connection.
 //!
 //! Each command is one script call, so it is one round trip and every multi-key change is
 //! atomic; only a DeleteUserSessions of more than [`DELETE_STEP`] sessions takes one call per
-//! step, each atomic. A command with a `message_id` is recorded by the same script (the last
-//! step's) for `SESSION_IDEMPOTENCY_SEC`, and a repetition answers the recorded outcome.
+//! step, each atomic. A changing command with a `message_id` is recorded by the same script (the
+//! last step's) for `SESSION_IDEMPOTENCY_SEC`, and a repetition answers the recorded outcome;
+//! reads are not recorded (contract §7.4).
 //!
 //! # Keys a script derives
 //!
@@ -32,6 +34,7 @@ mod hash;
 mod keys;
 mod ops;
 mod outbox;
+mod rewrap;
 mod script;
 
 use std::time::Duration;
@@ -42,13 +45,17 @@ pub use bucket::{Bucket, BUCKETS};
 pub use connection::{RedisConnection, RedisMode};
 pub use keys::Keys;
 pub use outbox::{OutboxEntry, GROUP};
+pub use rewrap::{RewrapReport, PLAIN};
 
 use self::{
     ops::{CommandCall, CommandScripts},
     outbox::OutboxScripts,
     script::Constants,
 };
-use crate::domain::{Command, Error, MessageId, Outcome};
+use crate::{
+    domain::{Command, Error, MessageId, Outcome},
+    keyring::Keyring,
+};
 
 /// Why the store could not apply a command.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,14 @@ pub enum StoreError {
     /// Redis answered something the store never writes.
     #[error("unexpected data from Redis: {0}")]
     Corrupt(String),
+    /// A value of a session is sealed under a key the keyring does not hold.
+    #[error("a value of session {session_id} is sealed under key id {key_id:?}, which SESSION_ENCRYPTION_KEY does not hold")]
+    UnknownKey {
+        /// The session, named in full so that an operator can find it.
+        session_id: String,
+        /// The key id of the value's header.
+        key_id: String,
+    },
 }
 
 impl From<RedisError> for StoreError {
@@ -143,18 +158,21 @@ pub struct Store {
     connection: RedisConnection,
     keys: Keys,
     policy: Policy,
+    keyring: std::sync::Arc<Keyring>,
     commands: std::sync::Arc<CommandScripts>,
     outbox: std::sync::Arc<OutboxScripts>,
 }
 
 impl Store {
-    /// A store over `connection`, with keys under `keys` and sessions ending by `policy`.
-    pub fn new(connection: RedisConnection, keys: Keys, policy: Policy) -> Self {
+    /// A store over `connection`, with keys under `keys`, sessions ending by `policy` and
+    /// secret fields sealed by `keyring` (stored as given when it is empty).
+    pub fn new(connection: RedisConnection, keys: Keys, policy: Policy, keyring: Keyring) -> Self {
         let constants = Constants::new(&policy);
         Self {
             connection,
             keys,
             policy,
+            keyring: std::sync::Arc::new(keyring),
             commands: std::sync::Arc::new(CommandScripts::new(&constants)),
             outbox: std::sync::Arc::new(OutboxScripts::new(&constants)),
         }
@@ -174,7 +192,8 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Applies one command, once per `message_id`: a repetition answers the first outcome.
+    /// Applies one command. A changing command is applied once per `message_id`: a repetition
+    /// answers the first outcome. A read is not recorded: it always answers the current state.
     pub async fn apply(
         &self,
         command: &Command,
@@ -182,7 +201,7 @@ impl Store {
     ) -> Result<Outcome, StoreError> {
         let record = CommandCall {
             command,
-            message_id,
+            message_id: message_id.filter(|_| command.changes()),
         };
         match command {
             Command::CreateSession(new) => ops::create::apply(self, record, new).await,

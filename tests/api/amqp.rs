@@ -479,6 +479,15 @@ async fn messages_that_cannot_be_understood_get_invalid_argument_and_are_dead_le
             "device_id",
         ),
         (json_case(json!({"type": "GetSession"})), "session_id"),
+        // A repeated member name (contract §7.7), whichever value would have won.
+        (
+            br#"{"type": "CreateSession", "user_id": "new-user", "device_id": "d", "user_id": "victim"}"#.to_vec(),
+            "user_id",
+        ),
+        (
+            br#"{"type": "DeleteUserSessions", "type": "DeleteUserSessions", "user_id": "victim"}"#.to_vec(),
+            "type",
+        ),
         (json_case(json!({"type": "DeleteUserSessions"})), "user_id"),
         (
             json_case(
@@ -744,6 +753,65 @@ async fn delete_session_repeated_with_the_same_message_id_repeats_its_outcome() 
         .await;
     assert_error(&third.body, "not_found", "");
     assert_nothing_else_dead_lettered(&app).await;
+}
+
+/// Reads are not recorded (contract §7.4): a GetSession or ListSessions repeated with its
+/// `message_id` answers the state of now, and no record is written. With idle expiry a read runs
+/// the script (it moves the deadline), without it a plain `HGETALL`: both are checked.
+#[tokio::test]
+async fn reads_repeated_with_the_same_message_id_answer_the_current_state() {
+    for idle in [None, Some(Duration::from_secs(600))] {
+        let mut settings = isolated_settings();
+        settings.idle_timeout = idle;
+        let app = spawn_app_with(settings).await;
+        let id = app
+            .create_session(json!({"user_id": "reader", "device_id": "d", "access_token": "one"}))
+            .await;
+        let get = json!({"type": "GetSession", "session_id": id});
+        let list = json!({"type": "ListSessions", "user_id": "reader"});
+        let (get_id, list_id) = ("get-again".to_owned(), "list-again".to_owned());
+
+        let first = app.amqp.call_with_id(&get, &get_id).await;
+        assert_eq!(
+            ok_result(&first.body, "result.Session.json")["access_token"],
+            "one"
+        );
+        let listed = app.amqp.call_with_id(&list, &list_id).await;
+        assert_eq!(
+            ok_result(&listed.body, "result.SessionList.json")["sessions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let (status, _) = app.patch(&id, &json!({"access_token": "two"})).await;
+        assert_eq!(status, 200);
+        app.create_session(json!({"user_id": "reader", "device_id": "e"}))
+            .await;
+
+        let again = app.amqp.call_with_id(&get, &get_id).await;
+        assert_eq!(
+            ok_result(&again.body, "result.Session.json")["access_token"],
+            "two",
+            "idle {idle:?}"
+        );
+        let relisted = app.amqp.call_with_id(&list, &list_id).await;
+        assert_eq!(
+            ok_result(&relisted.body, "result.SessionList.json")["sessions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        for (command, message_id) in [(&get, &get_id), (&list, &list_id)] {
+            assert_eq!(
+                ttl(&app, &record_key(&app, command, message_id)).await,
+                -2,
+                "no record of {command}"
+            );
+        }
+    }
 }
 
 // --- concurrency --------------------------------------------------------------------------

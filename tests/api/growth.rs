@@ -95,6 +95,7 @@ async fn consumers_of_gone_instances_are_forgotten() {
             max_per_user: None,
             record_retention: settings.idempotency_retention,
         },
+        settings.keyring.clone(),
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
     let taken = store

@@ -534,7 +534,12 @@ impl StoreAlone {
             max_per_user,
             record_retention: Duration::from_secs(60),
         };
-        let store = Store::new(connection, Keys::new(&settings.key_prefix), policy);
+        let store = Store::new(
+            connection,
+            Keys::new(&settings.key_prefix),
+            policy,
+            settings.keyring.clone(),
+        );
         let redis = redis::Client::open(REDIS_URL)
             .unwrap()
             .get_multiplexed_async_connection()

@@ -66,6 +66,30 @@ fn bad_configuration_stops_the_service_with_one_line_naming_the_variable() {
 }
 
 #[test]
+fn a_malformed_keyring_stops_the_start_without_echoing_a_key() {
+    let good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let short = "c2VjcmV0LWJ1dC1zaG9ydA==";
+    for ring in [
+        format!("a:{good},b:{short}"),
+        format!("a:{good},a:{good}"),
+        format!("a:{good},{good}"),
+        format!("a:{good},b:{good}!"),
+        format!("bad id:{good}"),
+        format!("a:{good},,b:{good}"),
+    ] {
+        let output = run_to_exit(service_binary().env("SESSION_ENCRYPTION_KEY", &ring));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{ring}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{ring}: {stderr}");
+        assert!(stderr.contains("SESSION_ENCRYPTION_KEY"), "{stderr}");
+        assert!(
+            !stderr.contains(good) && !stderr.contains(short),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_redis_password_in_a_bad_url_is_not_echoed() {
     let output = run_to_exit(service_binary().env("REDIS_URL", "redis://:hunter2@[::1"));
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -460,6 +460,34 @@ async fn malformed_and_non_object_bodies_are_invalid_argument() {
     assert_eq!(session(&app, &id).await["auth_code"], Value::Null);
 }
 
+/// A JSON object that repeats a member name is refused, naming the member (contract §7.7), so
+/// that a gateway that reads the first value and this service can never disagree about whose
+/// session it is.
+#[tokio::test]
+async fn a_repeated_member_name_is_invalid_and_named() {
+    let app = spawn_app().await;
+    for body in [
+        r#"{"user_id": "alice", "device_id": "phone", "user_id": "mallory"}"#,
+        r#"{"user_id": "alice", "user_id": "alice", "device_id": "phone"}"#,
+    ] {
+        expect_invalid(post_raw(&app, body).await, "user_id").await;
+    }
+    assert!(app.stored_keys().await.is_empty(), "a session was created");
+    let id = app
+        .create_session(json!({"user_id": "alice", "device_id": "phone"}))
+        .await;
+    let response = app
+        .http
+        .patch(app.url(&format!("/a01/session/{id}")))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(r#"{"auth_code": "a", "auth_code": "b"}"#)
+        .send()
+        .await
+        .unwrap();
+    expect_invalid(response, "auth_code").await;
+    assert_eq!(session(&app, &id).await["auth_code"], Value::Null);
+}
+
 // ----- GET /a01/session?user_id= -------------------------------------------------------------
 
 #[tokio::test]
@@ -1053,8 +1081,9 @@ async fn delete_all_of_a_user_without_sessions_is_an_empty_list() {
 
 #[tokio::test]
 async fn an_api_token_is_required_when_configured() {
+    // Two tokens, as during a rotation: either is accepted.
     let settings = Settings {
-        api_token: Some(SecretString::new("t0ken")),
+        api_tokens: vec![SecretString::new("t0ken"), SecretString::new("n3w-token")],
         ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
@@ -1079,6 +1108,8 @@ async fn an_api_token_is_required_when_configured() {
             Some("Bearer wrong"),
             Some("Bearer t0ke"),
             Some("Bearer t0ken0"),
+            Some("Bearer n3w-toke"),
+            Some("Bearer t0ken,n3w-token"),
             Some("Basic t0ken"),
             Some("t0ken"),
             Some("Bearer"),
@@ -1128,7 +1159,7 @@ async fn an_api_token_is_required_when_configured() {
     let response = app
         .http
         .get(app.url("/a01/session?user_id=alice"))
-        .header(header::AUTHORIZATION, "bearer t0ken")
+        .header(header::AUTHORIZATION, "bearer n3w-token")
         .send()
         .await
         .unwrap();

@@ -36,7 +36,7 @@ pub(in crate::store) async fn apply(
         .arg("user_id", new.user_id.as_str())
         .rest(HashField::DeviceId.code())
         .rest(new.device_id.as_str());
-    for (code, value) in hash::pairs(&new.fields) {
+    for (code, value) in hash::pairs(&new.fields, &id, &store.keyring) {
         call.rest(code).rest(value);
     }
     let created = run(&call, store).await?;

@@ -1,6 +1,6 @@
--- get.lua: GetSession, when the store cannot read the hash alone (a message_id to record, an
--- idle deadline to move, or a session near its end). Returns the session's fields as a flat
--- field/value list.
+-- get.lua: GetSession, when the store cannot read the hash alone (an idle deadline to move, or
+-- a session near its end). Returns the session's fields as a flat field/value list. A read is
+-- never recorded: record_ttl is 0.
 -- needs: session_key, session_id, FIELD, STATUS, live, touch, finish
 local fields = redis.call('HGETALL', session_key)
 if #fields == 0 then

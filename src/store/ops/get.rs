@@ -1,6 +1,7 @@
-//! GetSession. A plain read changes nothing (no record to write, no idle deadline to move), so it
-//! is one `HGETALL` without a script, unless the session ends within [`CLOCK_SLACK`] by this
-//! host's clock: the script then judges by Redis's clock, and ends it if its moment has passed.
+//! GetSession. Without idle expiry a read changes nothing (reads are not recorded, and there is no
+//! idle deadline to move), so it is one `HGETALL` without a script, unless the session ends
+//! within [`CLOCK_SLACK`] by this host's clock: the script then judges by Redis's clock, and ends
+//! it if its moment has passed.
 
 use super::{run, strings, CommandCall, ONE_SESSION};
 use crate::{
@@ -24,14 +25,14 @@ pub(in crate::store) async fn apply(
     record: CommandCall<'_>,
     id: &SessionId,
 ) -> Result<Outcome, StoreError> {
-    if record.message_id.is_none() && store.policy.idle.is_none() {
+    if store.policy.idle.is_none() {
         if let Some(outcome) = read(store, id).await? {
             return Ok(outcome);
         }
     }
     let call = record.call_on_session(store, &store.commands.get, id);
     let pairs = strings(run(&call, store).await?)?;
-    Ok(Outcome::Session(hash::session(id, pairs)?))
+    Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?))
 }
 
 /// The session read with one `HGETALL`; `None` when the script must answer instead. Without idle
@@ -45,7 +46,7 @@ async fn read(store: &Store, id: &SessionId) -> Result<Option<Outcome>, StoreErr
     if pairs.is_empty() {
         return Err(StoreError::NotFound);
     }
-    let session = hash::session(id, pairs)?;
+    let session = hash::session(id, pairs, &store.keyring)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64);

@@ -33,7 +33,7 @@ pub(in crate::store) async fn apply(
     id: &SessionId,
     patch: &SessionPatch,
 ) -> Result<Outcome, StoreError> {
-    let (set, cleared) = hash::patch(patch);
+    let (set, cleared) = hash::patch(patch, id, &store.keyring);
     let mut call = record.call_on_session(store, &store.commands.update, id);
     call.arg(
         "asserted_user_id",
@@ -51,5 +51,5 @@ pub(in crate::store) async fn apply(
         call.rest(code);
     }
     let pairs = strings(run(&call, store).await?)?;
-    Ok(Outcome::Session(hash::session(id, pairs)?))
+    Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?))
 }

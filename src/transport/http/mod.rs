@@ -45,8 +45,8 @@ pub struct HttpState {
     pub service: SessionService,
     /// Where requests are counted.
     pub metrics: Arc<Metrics>,
-    /// When set, `/a01/*` requires it as bearer token.
-    pub api_token: Option<SecretString>,
+    /// When not empty, `/a01/*` requires one of them as bearer token.
+    pub api_tokens: Vec<SecretString>,
     /// Answers `/readyz`.
     pub readiness: ReadinessProbe,
 }
@@ -234,9 +234,9 @@ impl HttpState {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {
-        let Some(expected) = &self.api_token else {
+        if self.api_tokens.is_empty() {
             return Ok(());
-        };
+        }
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -244,11 +244,17 @@ impl HttpState {
                 let (scheme, token) = value.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
-        match given {
-            Some(token) if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => {
-                Ok(())
-            }
-            _ => Err(HttpError::Unauthorized),
+        // Every token is compared, each in constant time, so that the time taken does not tell
+        // which one nearly matched.
+        let accepted = given.is_some_and(|token| {
+            self.api_tokens.iter().fold(false, |accepted, expected| {
+                accepted | constant_time_eq(token.as_bytes(), expected.expose().as_bytes())
+            })
+        });
+        if accepted {
+            Ok(())
+        } else {
+            Err(HttpError::Unauthorized)
         }
     }
 }

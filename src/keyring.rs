@@ -1,0 +1,368 @@
+//! Sealing secret values at rest (contract §7.1): the keyring of `SESSION_ENCRYPTION_KEY` and
+//! the sealed form of a value. Only this module writes and reads that form; it knows nothing of
+//! Redis or of where a value is kept: the store seals a value before it leaves for Redis and
+//! opens it when it comes back, so that the scripts only ever see sealed text.
+//!
+//! # Sealed form
+//!
+//! ```text
+//! $sm1$<key id>$<base64url, unpadded: 24-byte nonce ‖ ciphertext ‖ 16-byte tag>
+//! ```
+//!
+//! Format 1 is XChaCha20-Poly1305 with a fresh random 192-bit nonce per value (random nonces
+//! that long need no counter shared between instances). The associated data binds the value to
+//! the format, the key id, the session id and the field name, so that a sealed value copied to
+//! another session or field, or relabelled with another key id, does not open. A stored value
+//! without the `$sm1$` prefix is plain text, written before a key was set: it is read as it is,
+//! and sealed at its next write or by `session-manager rewrap`.
+
+use std::fmt;
+
+use base64::{
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+    Engine,
+};
+use chacha20poly1305::{
+    aead::{Aead, KeyInit, Payload},
+    XChaCha20Poly1305, XNonce,
+};
+use rand::RngCore;
+
+/// The prefix of every value sealed in format 1.
+const PREFIX: &str = "$sm1$";
+const NONCE_BYTES: usize = 24;
+const TAG_BYTES: usize = 16;
+const KEY_BYTES: usize = 32;
+const MAX_ID_CHARS: usize = 16;
+/// The id of a key given bare, without `<id>:`.
+const BARE_ID: &str = "0";
+
+/// The keys of `SESSION_ENCRYPTION_KEY`: the first seals, every one opens. Empty when no key is
+/// set: values are then stored as given. Its `Debug` shows the key ids, never a key.
+#[derive(Clone, Default)]
+pub struct Keyring {
+    keys: Vec<Key>,
+}
+
+#[derive(Clone)]
+struct Key {
+    id: String,
+    cipher: XChaCha20Poly1305,
+}
+
+/// Why a keyring cannot be used. The message never quotes a key.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// An entry is empty (e.g. two commas in a row).
+    #[error("entry {0} is empty")]
+    Empty(usize),
+    /// An id is not 1–16 characters of `[A-Za-z0-9_-]`.
+    #[error("entry {0}: the key id must be 1 to {MAX_ID_CHARS} characters of A-Z a-z 0-9 _ -")]
+    BadId(usize),
+    /// Two entries share an id.
+    #[error("entry {entry}: the key id {id:?} is used twice")]
+    DuplicateId {
+        /// The later entry.
+        entry: usize,
+        /// Its id.
+        id: String,
+    },
+    /// A key is not standard base64.
+    #[error("entry {0}: the key is not standard base64")]
+    BadBase64(usize),
+    /// A key is not 32 bytes long.
+    #[error("entry {entry}: the key must be {KEY_BYTES} bytes, it is {length}")]
+    BadLength {
+        /// The entry.
+        entry: usize,
+        /// The length of its key in bytes.
+        length: usize,
+    },
+    /// More than one entry, and one of them without `<id>:`.
+    #[error("entry {0}: in a ring of several keys every key needs an id (<id>:<key>)")]
+    MissingId(usize),
+}
+
+/// Why a stored value cannot be opened.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// It is sealed under a key that the ring does not hold.
+    #[error("sealed under key id {0:?}, which SESSION_ENCRYPTION_KEY does not hold")]
+    UnknownKey(String),
+    /// It has the sealed form's prefix but does not open: damaged, or moved from another session
+    /// or field.
+    #[error("a sealed value that does not open (damaged, or moved from elsewhere)")]
+    Forged,
+}
+
+/// How a stored value is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing<'a> {
+    /// In plain text.
+    Plain,
+    /// Sealed under the key of this id.
+    Sealed(&'a str),
+}
+
+impl Keyring {
+    /// Parses `SESSION_ENCRYPTION_KEY`: one bare key, or `<id>:<key>` entries separated by
+    /// commas; keys are 32 bytes in standard base64. Entries are numbered from 1 in errors.
+    pub fn parse(text: &str) -> Result<Self, KeyringError> {
+        let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+        let mut keys: Vec<Key> = Vec::with_capacity(entries.len());
+        for (at, entry) in entries.iter().enumerate() {
+            let number = at + 1;
+            if entry.is_empty() {
+                return Err(KeyringError::Empty(number));
+            }
+            let (id, encoded) = match entry.split_once(':') {
+                Some((id, key)) => (id, key),
+                None if entries.len() == 1 => (BARE_ID, *entry),
+                None => return Err(KeyringError::MissingId(number)),
+            };
+            let id_ok = (1..=MAX_ID_CHARS).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !id_ok {
+                return Err(KeyringError::BadId(number));
+            }
+            if keys.iter().any(|key| key.id == id) {
+                return Err(KeyringError::DuplicateId {
+                    entry: number,
+                    id: id.to_owned(),
+                });
+            }
+            let bytes = STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| KeyringError::BadBase64(number))?;
+            if bytes.len() != KEY_BYTES {
+                return Err(KeyringError::BadLength {
+                    entry: number,
+                    length: bytes.len(),
+                });
+            }
+            keys.push(Key {
+                id: id.to_owned(),
+                cipher: XChaCha20Poly1305::new_from_slice(&bytes)
+                    .expect("the length was checked just above"),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    /// Whether no key is set, so that values are stored as given.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The id of the key that seals, if any.
+    pub fn sealing_id(&self) -> Option<&str> {
+        self.keys.first().map(|key| key.id.as_str())
+    }
+
+    /// `plain`, the value of `field` of session `session_id`, in the form to store: sealed under
+    /// the first key, or as it is when the ring is empty.
+    pub fn seal(&self, session_id: &str, field: &str, plain: &str) -> String {
+        let Some(key) = self.keys.first() else {
+            return plain.to_owned();
+        };
+        let mut nonce = [0u8; NONCE_BYTES];
+        // ThreadRng is a CSPRNG (ChaCha12) seeded from the OS.
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = key
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: &associated_data(&key.id, session_id, field),
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any message shorter than 256 GiB");
+        let mut text = String::with_capacity(
+            PREFIX.len() + key.id.len() + 1 + (NONCE_BYTES + sealed.len()).div_ceil(3) * 4,
+        );
+        text.push_str(PREFIX);
+        text.push_str(&key.id);
+        text.push('$');
+        let mut bytes = Vec::with_capacity(NONCE_BYTES + sealed.len());
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&sealed);
+        URL_SAFE_NO_PAD.encode_string(bytes, &mut text);
+        text
+    }
+
+    /// The plain text of `stored`, the stored value of `field` of session `session_id`.
+    pub fn open(&self, session_id: &str, field: &str, stored: String) -> Result<String, OpenError> {
+        let Some((id, encoded)) = split(&stored) else {
+            return Ok(stored);
+        };
+        let key = self
+            .keys
+            .iter()
+            .find(|key| key.id == id)
+            .ok_or_else(|| OpenError::UnknownKey(id.to_owned()))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| OpenError::Forged)?;
+        if bytes.len() < NONCE_BYTES + TAG_BYTES {
+            return Err(OpenError::Forged);
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_BYTES);
+        let plain = key
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &associated_data(id, session_id, field),
+                },
+            )
+            .map_err(|_| OpenError::Forged)?;
+        String::from_utf8(plain).map_err(|_| OpenError::Forged)
+    }
+
+    /// How `stored` is kept, read from its header alone.
+    pub fn sealing(stored: &str) -> Sealing<'_> {
+        split(stored).map_or(Sealing::Plain, |(id, _)| Sealing::Sealed(id))
+    }
+
+    /// Whether `stored` is already as the ring would store it now: sealed under the first key,
+    /// or plain when the ring is empty.
+    pub fn is_current(&self, stored: &str) -> bool {
+        match (Self::sealing(stored), self.sealing_id()) {
+            (Sealing::Plain, None) => true,
+            (Sealing::Sealed(id), Some(current)) => id == current,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|key| &key.id))
+            .finish()
+    }
+}
+
+/// The key id and the encoded bytes of a sealed value; `None` for plain text.
+fn split(stored: &str) -> Option<(&str, &str)> {
+    stored.strip_prefix(PREFIX)?.split_once('$')
+}
+
+/// What a sealed value is bound to besides its key.
+fn associated_data(key_id: &str, session_id: &str, field: &str) -> Vec<u8> {
+    let mut data =
+        Vec::with_capacity(PREFIX.len() + key_id.len() + session_id.len() + field.len() + 3);
+    for part in [PREFIX, key_id, session_id, field] {
+        data.extend_from_slice(part.as_bytes());
+        data.push(0);
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> String {
+        STANDARD.encode([byte; KEY_BYTES])
+    }
+
+    fn ring(text: &str) -> Keyring {
+        Keyring::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_for_its_session_and_field() {
+        let ring = ring(&key(1));
+        let sealed = ring.seal("s1", "access_token", "secret-token");
+        assert!(sealed.starts_with("$sm1$0$"), "{sealed}");
+        assert!(!sealed.contains("secret-token"));
+        assert_eq!(
+            ring.open("s1", "access_token", sealed.clone()).unwrap(),
+            "secret-token"
+        );
+        assert_eq!(
+            ring.open("s2", "access_token", sealed.clone()),
+            Err(OpenError::Forged)
+        );
+        assert_eq!(
+            ring.open("s1", "refresh_token", sealed.clone()),
+            Err(OpenError::Forged)
+        );
+        // Two seals of one value differ (a fresh nonce each).
+        assert_ne!(ring.seal("s1", "access_token", "secret-token"), sealed);
+    }
+
+    #[test]
+    fn every_key_opens_the_first_seals_and_an_unknown_id_is_named() {
+        let old = ring(&format!("old:{}", key(1)));
+        let rotated = ring(&format!("new:{},old:{}", key(2), key(1)));
+        let by_old = old.seal("s", "f", "v");
+        assert_eq!(rotated.open("s", "f", by_old.clone()).unwrap(), "v");
+        let by_new = rotated.seal("s", "f", "v");
+        assert_eq!(Keyring::sealing(&by_new), Sealing::Sealed("new"));
+        assert!(rotated.is_current(&by_new) && !rotated.is_current(&by_old));
+        assert_eq!(
+            old.open("s", "f", by_new),
+            Err(OpenError::UnknownKey("new".into()))
+        );
+        // Relabelling a value with another id of the ring does not open it.
+        let relabelled = by_old.replacen("$old$", "$new$", 1);
+        assert_eq!(rotated.open("s", "f", relabelled), Err(OpenError::Forged));
+    }
+
+    #[test]
+    fn plain_text_reads_as_it_is_and_an_empty_ring_stores_plain() {
+        let ring = ring(&key(1));
+        assert_eq!(ring.open("s", "f", "legacy".into()).unwrap(), "legacy");
+        assert!(!ring.is_current("legacy"));
+        let none = Keyring::default();
+        assert_eq!(none.seal("s", "f", "v"), "v");
+        assert!(none.is_current("v"));
+    }
+
+    #[test]
+    fn a_malformed_ring_is_refused_without_quoting_a_key() {
+        let short = STANDARD.encode([7u8; 16]);
+        let cases = [
+            ("".to_owned(), KeyringError::Empty(1)),
+            (format!("a:{},", key(1)), KeyringError::Empty(2)),
+            ("not base64!".to_owned(), KeyringError::BadBase64(1)),
+            (
+                short.clone(),
+                KeyringError::BadLength {
+                    entry: 1,
+                    length: 16,
+                },
+            ),
+            (
+                format!("a:{},{}", key(1), key(2)),
+                KeyringError::MissingId(2),
+            ),
+            (format!("bad id:{}", key(1)), KeyringError::BadId(1)),
+            (
+                format!("{}:{}", "x".repeat(17), key(1)),
+                KeyringError::BadId(1),
+            ),
+            (
+                format!("a:{},a:{}", key(1), key(2)),
+                KeyringError::DuplicateId {
+                    entry: 2,
+                    id: "a".into(),
+                },
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = Keyring::parse(&text).unwrap_err();
+            assert_eq!(error, expected, "{text}");
+            for part in [key(1), key(2), short.clone()] {
+                assert!(!error.to_string().contains(&part));
+            }
+        }
+        assert!(!format!("{:?}", ring(&key(3))).contains(&key(3)));
+    }
+}

@@ -1,0 +1,323 @@
+//! `session-manager rewrap` (contract §7.1): re-seals every stored secret value that is plain
+//! text or sealed under a key other than the keyring's first, while instances keep serving.
+//!
+//! It walks every key under the prefix with `SCAN` (on each master of a cluster). For a session
+//! hash, and for the recorded outcome of an UpdateSession (which holds the session's fields), it
+//! reads the values, re-seals them here, and writes them back with a compare-and-set script: one
+//! small atomic call per key, so that Redis is never blocked for long, and a value that an
+//! instance wrote in between (already sealed under its first key) is left as it is and read
+//! again. Stopping it at any point leaves every value readable; running it again finishes the
+//! work. Values under a key id the ring does not hold are counted and left alone.
+
+use std::collections::BTreeMap;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use serde_json::Value;
+
+use super::{
+    hash::{of_code, HashField},
+    keys::KeyKind,
+    script::{Arg, Constants, Layout, LuaScript, Source},
+    Store, StoreError,
+};
+use crate::{
+    domain::SessionId,
+    keyring::{Keyring, OpenError, Sealing},
+};
+
+static REWRAP_HASH: Source = Source {
+    name: "rewrap_hash.lua",
+    text: include_str!("lua/rewrap_hash.lua"),
+    pieces: &[],
+    layout: Layout {
+        command_script: false,
+        keys: &["session_key"],
+        args: &[],
+        rest: Some("changes_at"),
+    },
+};
+
+static REWRAP_RECORD: Source = Source {
+    name: "rewrap_record.lua",
+    text: include_str!("lua/rewrap_record.lua"),
+    pieces: &[],
+    layout: Layout {
+        command_script: false,
+        keys: &["record_key"],
+        args: &[Arg::Text("old"), Arg::Text("new")],
+        rest: None,
+    },
+};
+
+/// Keys asked of each `SCAN` step.
+const SCAN_COUNT: usize = 500;
+/// Keys re-sealed at once.
+const IN_FLIGHT: usize = 16;
+/// How often a key is read again when instances keep changing it meanwhile.
+const ATTEMPTS: usize = 5;
+/// How an unsealed value is counted.
+pub const PLAIN: &str = "(plain text)";
+
+/// What a rewrap has done so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RewrapReport {
+    /// Keys under the prefix looked at.
+    pub keys_scanned: u64,
+    /// Values written back re-sealed.
+    pub values_resealed: u64,
+    /// Secret values by how they are stored now: the key id, or [`PLAIN`].
+    pub by_key: BTreeMap<String, u64>,
+    /// Values under a key id the ring does not hold (left as they are), by that id.
+    pub unknown_keys: BTreeMap<String, u64>,
+    /// Keys that instances kept changing through every attempt (run again).
+    pub keys_skipped: u64,
+}
+
+impl RewrapReport {
+    fn add(&mut self, other: Self) {
+        self.keys_scanned += other.keys_scanned;
+        self.values_resealed += other.values_resealed;
+        self.keys_skipped += other.keys_skipped;
+        for (into, from) in [
+            (&mut self.by_key, other.by_key),
+            (&mut self.unknown_keys, other.unknown_keys),
+        ] {
+            for (id, count) in from {
+                *into.entry(id).or_default() += count;
+            }
+        }
+    }
+
+    fn count(&mut self, stored: &str) {
+        let label = match Keyring::sealing(stored) {
+            Sealing::Plain => PLAIN,
+            Sealing::Sealed(id) => id,
+        };
+        *self.by_key.entry(label.to_owned()).or_default() += 1;
+    }
+}
+
+/// What to do with one stored value.
+enum Verdict {
+    /// It is stored as the ring would store it now.
+    Current,
+    /// Write this instead.
+    Reseal(String),
+    /// It is sealed under this key id, which the ring does not hold.
+    Unknown(String),
+}
+
+/// The rewrap scripts, assembled once per run.
+struct Scripts {
+    hash: LuaScript,
+    record: LuaScript,
+}
+
+impl Store {
+    /// Re-seals every secret value under the prefix that is not sealed under the keyring's
+    /// first key, calling `progress` after each `SCAN` step. The ring must not be empty.
+    pub async fn rewrap(
+        &self,
+        mut progress: impl FnMut(&RewrapReport),
+    ) -> Result<RewrapReport, StoreError> {
+        let constants = Constants::new(&self.policy);
+        let scripts = Scripts {
+            hash: LuaScript::assemble(&REWRAP_HASH, &constants),
+            record: LuaScript::assemble(&REWRAP_RECORD, &constants),
+        };
+        let pattern = self.keys.pattern();
+        let mut report = RewrapReport::default();
+        for node in self.connection.scan_nodes().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self
+                    .connection
+                    .scan_step(&node, cursor, &pattern, SCAN_COUNT)
+                    .await?;
+                report.keys_scanned += keys.len() as u64;
+                let done: Vec<RewrapReport> = stream::iter(keys)
+                    .map(|key| self.rewrap_key(&scripts, key))
+                    .buffer_unordered(IN_FLIGHT)
+                    .try_collect()
+                    .await?;
+                for one in done {
+                    report.add(one);
+                }
+                progress(&report);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn rewrap_key(&self, scripts: &Scripts, key: String) -> Result<RewrapReport, StoreError> {
+        match self.keys.kind_of(&key) {
+            KeyKind::Session(id) => self.rewrap_session(scripts, &key, &id).await,
+            KeyKind::UpdateRecord(id) => self.rewrap_record(scripts, &key, &id).await,
+            KeyKind::Other => Ok(RewrapReport::default()),
+        }
+    }
+
+    /// The verdict on `stored`, the value of `field` of session `id`.
+    fn verdict(
+        &self,
+        id: &SessionId,
+        field: HashField,
+        stored: &str,
+    ) -> Result<Verdict, StoreError> {
+        if self.keyring.is_current(stored) {
+            return Ok(Verdict::Current);
+        }
+        match self
+            .keyring
+            .open(id.as_str(), field.name(), stored.to_owned())
+        {
+            Ok(plain) => Ok(Verdict::Reseal(self.keyring.seal(
+                id.as_str(),
+                field.name(),
+                &plain,
+            ))),
+            Err(OpenError::UnknownKey(key_id)) => Ok(Verdict::Unknown(key_id)),
+            Err(OpenError::Forged) => Err(StoreError::Corrupt(format!(
+                "the {} of session {} does not open: damaged, or moved from elsewhere",
+                field.name(),
+                id.as_str()
+            ))),
+        }
+    }
+
+    async fn rewrap_session(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        id: &SessionId,
+    ) -> Result<RewrapReport, StoreError> {
+        let codes: Vec<&str> = HashField::SEALED.iter().map(|field| field.code()).collect();
+        for _ in 0..ATTEMPTS {
+            let mut connection = self.connection.clone();
+            let values: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(key)
+                .arg(&codes)
+                .query_async(&mut connection)
+                .await?;
+            let mut report = RewrapReport::default();
+            let mut changes = Vec::new();
+            for (field, stored) in HashField::SEALED.into_iter().zip(values) {
+                let Some(stored) = stored else { continue };
+                match self.verdict(id, field, &stored)? {
+                    Verdict::Current => report.count(&stored),
+                    Verdict::Unknown(key_id) => {
+                        *report.unknown_keys.entry(key_id).or_default() += 1
+                    }
+                    Verdict::Reseal(new) => changes.push((field.code(), stored, new)),
+                }
+            }
+            if changes.is_empty() {
+                return Ok(report);
+            }
+            let mut call = scripts.hash.call();
+            call.key("session_key", key);
+            for (code, old, new) in &changes {
+                call.rest(*code).rest(old).rest(new);
+            }
+            let written: usize = call.invoke(&self.connection).await?;
+            if written == changes.len() {
+                report.values_resealed += written as u64;
+                for (_, _, new) in &changes {
+                    report.count(new);
+                }
+                return Ok(report);
+            }
+            // An instance wrote in between: read the key again.
+        }
+        Ok(RewrapReport {
+            keys_skipped: 1,
+            ..RewrapReport::default()
+        })
+    }
+
+    async fn rewrap_record(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        id: &SessionId,
+    ) -> Result<RewrapReport, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let mut connection = self.connection.clone();
+            let Some(old): Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await?
+            else {
+                return Ok(RewrapReport::default());
+            };
+            let mut document: Value = serde_json::from_str(&old)
+                .map_err(|error| StoreError::Corrupt(format!("a record: {error}")))?;
+            // An outcome `{"s": "ok", "v": [code, value, …]}` (an error outcome holds no value).
+            let Some(Value::Array(pairs)) = document.get_mut("v") else {
+                return Ok(RewrapReport::default());
+            };
+            let mut report = RewrapReport::default();
+            let mut resealed = 0;
+            for pair in pairs.chunks_exact_mut(2) {
+                let (Value::String(code), Value::String(stored)) = (&pair[0], &pair[1]) else {
+                    continue;
+                };
+                let Some(field) = of_code(&HashField::TABLE, code).filter(|f| f.is_sealed()) else {
+                    continue;
+                };
+                match self.verdict(id, field, stored)? {
+                    Verdict::Current => report.count(stored),
+                    Verdict::Unknown(key_id) => {
+                        *report.unknown_keys.entry(key_id).or_default() += 1
+                    }
+                    Verdict::Reseal(new) => {
+                        report.count(&new);
+                        pair[1] = Value::String(new);
+                        resealed += 1;
+                    }
+                }
+            }
+            if resealed == 0 {
+                return Ok(report);
+            }
+            let new = document.to_string();
+            let mut call = scripts.record.call();
+            call.key("record_key", key)
+                .arg("old", &old)
+                .arg("new", &new);
+            let written: usize = call.invoke(&self.connection).await?;
+            if written == 1 {
+                report.values_resealed += resealed;
+                return Ok(report);
+            }
+        }
+        Ok(RewrapReport {
+            keys_skipped: 1,
+            ..RewrapReport::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::script::tests::check_pieces;
+
+    #[test]
+    fn the_rewrap_scripts_meet_their_needs_and_assemble() {
+        let constants = Constants::new(&crate::store::Policy {
+            lifetime: std::time::Duration::from_secs(60),
+            idle: None,
+            max_per_user: None,
+            record_retention: std::time::Duration::from_secs(60),
+        });
+        for source in [&REWRAP_HASH, &REWRAP_RECORD] {
+            check_pieces(source);
+            LuaScript::assemble(source, &constants);
+        }
+    }
+}
