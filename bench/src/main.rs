@@ -64,6 +64,7 @@ const NOTES_MARKER: &str = "<!-- notes: kept by session-bench --write -->";
 /// Sessions created before the run, read and updated by it.
 const FIXTURE_SESSIONS: usize = 10_000;
 
+mod pairs;
 mod scale;
 
 /// The command line.
@@ -164,14 +165,21 @@ async fn main() -> anyhow::Result<()> {
 /// listens.
 fn spawn_service(service: &Path, prefix: &str, names: &str, redis_url: &str) -> Service {
     Service::start(
-        Command::new(service)
-            .env("REDIS_URL", redis_url)
-            .env("SESSION_KEY_PREFIX", prefix)
-            .env("SESSION_COMMAND_QUEUE", format!("{names}.commands"))
-            .env("SESSION_EVENTS_EXCHANGE", format!("{names}.events"))
-            .env("RUST_LOG", "warn"),
+        &mut service_command(service, prefix, names, redis_url),
         free_port(),
     )
+}
+
+/// The command that [`spawn_service`] runs, for a caller that adds settings.
+fn service_command(service: &Path, prefix: &str, names: &str, redis_url: &str) -> Command {
+    let mut command = Command::new(service);
+    command
+        .env("REDIS_URL", redis_url)
+        .env("SESSION_KEY_PREFIX", prefix)
+        .env("SESSION_COMMAND_QUEUE", format!("{names}.commands"))
+        .env("SESSION_EVENTS_EXCHANGE", format!("{names}.events"))
+        .env("RUST_LOG", "warn");
+    command
 }
 
 /// A child process killed when dropped.
@@ -636,12 +644,15 @@ async fn ceiling_amqp(queue: &str, prefix: String) -> anyhow::Result<()> {
 /// `AMQP_IN_FLIGHT` persistent commands kept in flight through one client of the client crate
 /// (publisher confirms on), for `round`. Commands carry no `message_id`, as most reads do, and
 /// are not published again: a reply that does not come within 10 s counts as an error.
+/// `message_ids`: each command carries a fresh `message_id`, as a publisher that retries would
+/// send it.
 async fn amqp_load(
     connection: &Connection,
     queue: &str,
     op: Op,
     fixture: &Arc<Fixture>,
     round: Duration,
+    message_ids: bool,
 ) -> anyhow::Result<Sample> {
     let client = Arc::new(
         AmqpClient::with_connection(connection, queue)
@@ -679,7 +690,12 @@ async fn amqp_load(
                         }
                     };
                     let begun = Instant::now();
-                    match client.call_raw(command.to_string().as_bytes(), None).await {
+                    let message_id =
+                        message_ids.then(|| uuid::Uuid::new_v4().simple().to_string());
+                    match client
+                        .call_raw(command.to_string().as_bytes(), message_id.as_deref())
+                        .await
+                    {
                         Ok(_) => {
                             let took = begun.elapsed().as_micros().min(u128::from(u32::MAX));
                             sample.latencies_us.push(took as u32);
@@ -738,7 +754,7 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
 async fn clean_up(run_id: &str) -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
-    for names in ["", ".small", ".large"].map(|store| format!("bench.{run_id}{store}")) {
+    for names in ["", ".small", ".large", ".sealed"].map(|store| format!("bench.{run_id}{store}")) {
         for queue in [
             format!("{names}.commands"),
             format!("{names}.commands.dead"),
@@ -762,6 +778,7 @@ async fn clean_up(run_id: &str) -> anyhow::Result<()> {
     for pattern in [
         format!("bench-{run_id}:*"),
         format!("bench-{run_id}-ceiling:*"),
+        format!("bench-{run_id}-sealed:*"),
     ] {
         // SCAN, not KEYS: a run leaves hundreds of thousands of keys.
         let keys: Vec<String> = {
@@ -872,6 +889,17 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
             });
         }
     }
+    let pairs_report = pairs::run(
+        plan,
+        run_id,
+        &pairs::Plain {
+            port: service_port,
+            fixture: &fixture,
+            amqp: &amqp,
+            command_queue: &command_queue,
+        },
+    )
+    .await?;
     let rss = peak_rss_mib(service.id());
     drop(service);
 
@@ -881,7 +909,7 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
         true => scale::run(run_id, plan).await?,
         false => String::new(),
     };
-    Ok(render(&mut rows, rss, per_session, round, rounds) + &scale_report)
+    Ok(render(&mut rows, rss, per_session, round, rounds) + &pairs_report + &scale_report)
 }
 
 /// The front end a case loads.
@@ -935,10 +963,10 @@ impl Targets<'_> {
             (Front::Rest, false) => rest_load(self.service_port, op, fixture, round).await,
             (Front::Rest, true) => rest_load(self.ceiling_port, op, fixture, round).await,
             (Front::Amqp, false) => {
-                amqp_load(self.amqp, self.command_queue, op, fixture, round).await
+                amqp_load(self.amqp, self.command_queue, op, fixture, round, false).await
             }
             (Front::Amqp, true) => {
-                amqp_load(self.amqp, self.ceiling_queue, op, fixture, round).await
+                amqp_load(self.amqp, self.ceiling_queue, op, fixture, round, false).await
             }
         }?;
         sample.redis_cpu = redis_cpu(&mut redis).await? - cpu_before;
