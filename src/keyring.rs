@@ -365,4 +365,50 @@ mod tests {
         }
         assert!(!format!("{:?}", ring(&key(3))).contains(&key(3)));
     }
+
+    mod properties {
+        use proptest::{collection, prelude::*};
+
+        use super::*;
+
+        proptest! {
+            /// Any text: a ring or a refusal whose message quotes no part of the text's keys.
+            #[test]
+            fn any_text_is_a_ring_or_a_refusal(text in ".{0,200}") {
+                if let Err(error) = Keyring::parse(&text) {
+                    for entry in text.split(',') {
+                        let key = entry.rsplit(':').next().unwrap_or_default().trim();
+                        if key.len() >= 8 {
+                            prop_assert!(!error.to_string().contains(key), "{error}");
+                        }
+                    }
+                }
+            }
+
+            /// A valid ring parses, seals under its first key, and opens what any of its keys
+            /// sealed, for any value.
+            #[test]
+            fn a_valid_ring_round_trips(
+                ids in collection::btree_set("[A-Za-z0-9_-]{1,16}", 1..5),
+                seed in any::<u8>(),
+                plain in ".{0,100}",
+            ) {
+                let ids: Vec<String> = ids.into_iter().collect();
+                let entries: Vec<String> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(n, id)| format!("{id}:{}", key(seed.wrapping_add(n as u8))))
+                    .collect();
+                let ring = Keyring::parse(&entries.join(",")).unwrap();
+                prop_assert_eq!(ring.sealing_id(), Some(ids[0].as_str()));
+                for (first, id) in ids.iter().enumerate() {
+                    let mut rotated = entries.clone();
+                    rotated.rotate_left(first);
+                    let sealed = Keyring::parse(&rotated.join(",")).unwrap().seal("s", "f", &plain);
+                    prop_assert_eq!(Keyring::sealing(&sealed), Sealing::Sealed(id.as_str()));
+                    prop_assert_eq!(ring.open("s", "f", sealed).unwrap(), plain.clone());
+                }
+            }
+        }
+    }
 }

@@ -61,7 +61,7 @@ impl Fields {
                 // Only `Strict` raises data errors: it takes every JSON type.
                 Category::Data => Error::InvalidArgument(error.to_string()),
                 Category::Io | Category::Syntax | Category::Eof => {
-                    Error::InvalidArgument(format!("body is not valid JSON: {error}"))
+                    Error::InvalidArgument(format!("body: is not valid JSON: {error}"))
                 }
             })?;
         Self::from_value(value)
@@ -71,7 +71,7 @@ impl Fields {
     pub fn from_value(value: Value) -> Result<Self, Error> {
         match value {
             Value::Object(map) => Ok(Self(map)),
-            _ => Err(Error::InvalidArgument("body must be a JSON object".into())),
+            _ => Err(Error::InvalidArgument("body: must be a JSON object".into())),
         }
     }
 
@@ -116,8 +116,31 @@ impl Fields {
     pub fn finish(self) -> Result<(), Error> {
         match self.0.keys().min() {
             None => Ok(()),
-            Some(name) => Err(Error::InvalidArgument(format!("{name}: unknown field"))),
+            Some(name) => Err(Error::InvalidArgument(format!(
+                "{}: unknown field",
+                shown_name(name)
+            ))),
         }
+    }
+}
+
+/// A name the client chose, as an error message starts with it: as it is when it is a plain
+/// name (1–64 of `A-Z a-z 0-9 _ -`), else quoted, escaped and cut at 64 characters, so that an
+/// empty, huge or odd name still reads as a name.
+pub fn shown_name(name: &str) -> String {
+    let plain = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        return name.to_owned();
+    }
+    let cut: String = name.chars().take(64).collect();
+    let quoted = serde_json::to_string(&cut).expect("a string serializes");
+    if cut.len() < name.len() {
+        format!("{quoted}…")
+    } else {
+        quoted
     }
 }
 
@@ -182,7 +205,8 @@ impl<'de> Visitor<'de> for StrictVisitor {
         while let Some(name) = map.next_key::<String>()? {
             if members.contains_key(&name) {
                 return Err(de::Error::custom(format_args!(
-                    "{name}: member name repeated in an object"
+                    "{}: member name repeated in an object",
+                    shown_name(&name)
                 )));
             }
             let Strict(value) = map.next_value()?;
@@ -229,7 +253,7 @@ mod tests {
 
     #[test]
     fn what_is_not_json_says_so() {
-        assert!(invalid("{\"a\":").starts_with("body is not valid JSON"));
+        assert!(invalid("{\"a\":").starts_with("body: is not valid JSON"));
         assert!(invalid("[1]").contains("object"));
     }
 }

@@ -6,12 +6,14 @@ mod command;
 mod error;
 mod event;
 mod fields;
+#[cfg(test)]
+mod properties;
 mod session;
 
 pub use command::{Command, MessageId, Outcome, SessionSummary};
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
-pub use fields::{Field, Fields};
+pub use fields::{shown_name, Field, Fields};
 pub use session::{
     DeviceId, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch, Timestamp,
     UserEmail, UserId,

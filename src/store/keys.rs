@@ -113,14 +113,19 @@ impl Keys {
     }
 }
 
-/// What a key under the prefix holds, as far as its name tells (for `rewrap`).
+/// What a key under the prefix holds, as far as its name tells (for `rewrap`, and for tests
+/// that check what is left).
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum KeyKind {
+pub enum KeyKind {
     /// The hash of this session.
     Session(SessionId),
-    /// The recorded outcome of an UpdateSession of this session (the session's fields).
-    UpdateRecord(SessionId),
-    /// Anything else: it holds no secret value.
+    /// The recorded outcome of a command with a `message_id`; for an UpdateSession, the id of
+    /// its session (the record holds the session's fields).
+    Record {
+        /// The session of a recorded UpdateSession.
+        update_of: Option<SessionId>,
+    },
+    /// Anything else: an index, a schedule, an outbox, a progress list. None holds a secret.
     Other,
 }
 
@@ -133,7 +138,7 @@ impl Keys {
     }
 
     /// What the key named `key` holds.
-    pub(super) fn kind_of(&self, key: &str) -> KeyKind {
+    pub fn kind_of(&self, key: &str) -> KeyKind {
         let rest = key
             .strip_prefix(self.prefix.as_str())
             .and_then(|rest| rest.strip_prefix(":{"))
@@ -145,16 +150,17 @@ impl Keys {
         if let Some(id) = rest.strip_prefix(kind::SESSION) {
             return SessionId::parse(id).map_or(KeyKind::Other, KeyKind::Session);
         }
+        let Some(record) = rest.strip_prefix(kind::RECORD) else {
+            return KeyKind::Other;
+        };
         // `r:UpdateSession:<n>:<session id>:<message id>`, as `of_command` writes it.
-        let target = rest
-            .strip_prefix(kind::RECORD)
-            .and_then(|rest| rest.strip_prefix(UPDATE_SESSION))
+        let update_of = record
+            .strip_prefix(UPDATE_SESSION)
             .and_then(|rest| rest.strip_prefix(':'))
             .and_then(|rest| rest.split_once(':'))
-            .and_then(|(length, rest)| rest.get(..length.parse::<usize>().ok()?));
-        target
-            .and_then(SessionId::parse)
-            .map_or(KeyKind::Other, KeyKind::UpdateRecord)
+            .and_then(|(length, rest)| rest.get(..length.parse::<usize>().ok()?))
+            .and_then(SessionId::parse);
+        KeyKind::Record { update_of }
     }
 }
 
@@ -202,12 +208,16 @@ mod tests {
         );
         assert_eq!(
             keys.kind_of(&keys.record(&update, Some(&message_id))),
-            KeyKind::UpdateRecord(session.clone())
+            KeyKind::Record {
+                update_of: Some(session.clone())
+            }
         );
         let delete = Command::DeleteSession(session.clone());
+        assert_eq!(
+            keys.kind_of(&keys.record(&delete, Some(&message_id))),
+            KeyKind::Record { update_of: None }
+        );
         for other in [
-            keys.record(&delete, Some(&message_id)),
-            keys.record(&update, None),
             keys.schedule(Bucket::of_session(&session)),
             Keys::new("q").session(&session),
         ] {

@@ -43,7 +43,7 @@ use redis::RedisError;
 
 pub use bucket::{Bucket, BUCKETS};
 pub use connection::{RedisConnection, RedisMode};
-pub use keys::Keys;
+pub use keys::{KeyKind, Keys};
 pub use outbox::{OutboxEntry, GROUP};
 pub use rewrap::{RewrapReport, PLAIN};
 

@@ -156,8 +156,10 @@ impl Store {
     async fn rewrap_key(&self, scripts: &Scripts, key: String) -> Result<RewrapReport, StoreError> {
         match self.keys.kind_of(&key) {
             KeyKind::Session(id) => self.rewrap_session(scripts, &key, &id).await,
-            KeyKind::UpdateRecord(id) => self.rewrap_record(scripts, &key, &id).await,
-            KeyKind::Other => Ok(RewrapReport::default()),
+            KeyKind::Record {
+                update_of: Some(id),
+            } => self.rewrap_record(scripts, &key, &id).await,
+            KeyKind::Record { update_of: None } | KeyKind::Other => Ok(RewrapReport::default()),
         }
     }
 

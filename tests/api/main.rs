@@ -7,6 +7,7 @@ mod crashes;
 mod encryption;
 mod events;
 mod expiry;
+mod fuzz;
 mod growth;
 mod helpers;
 mod outages;

@@ -488,6 +488,59 @@ async fn a_repeated_member_name_is_invalid_and_named() {
     assert_eq!(session(&app, &id).await["auth_code"], Value::Null);
 }
 
+/// A query parameter the route does not know, or one given twice, is refused naming it
+/// (contract §7.7), and nothing happens: `except` is not silently ignored by a delete of all.
+#[tokio::test]
+async fn unknown_or_repeated_query_parameters_are_invalid_and_change_nothing() {
+    let app = spawn_app().await;
+    let kept = app
+        .create_session(json!({"user_id": "alice", "device_id": "phone"}))
+        .await;
+    let cases = [
+        (
+            reqwest::Method::DELETE,
+            format!("/a01/session?user_id=alice&except={kept}"),
+            "except",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/a01/session?user_id=alice&user_id=bob".to_owned(),
+            "user_id",
+        ),
+        (
+            reqwest::Method::GET,
+            "/a01/session?user_id=alice&limit=1".to_owned(),
+            "limit",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/a01/session/{kept}?fields=all"),
+            "fields",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/a01/session/{kept}?force=1"),
+            "force",
+        ),
+        (
+            reqwest::Method::POST,
+            "/a01/session?user_id=alice".to_owned(),
+            "user_id",
+        ),
+    ];
+    for (method, path, name) in cases {
+        let response = app
+            .http
+            .request(method.clone(), app.url(&path))
+            .json(&json!({"user_id": "alice", "device_id": "tablet"}))
+            .send()
+            .await
+            .unwrap();
+        expect_invalid(response, name).await;
+    }
+    assert_eq!(app.listed_ids("alice").await, vec![kept]);
+}
+
 // ----- GET /a01/session?user_id= -------------------------------------------------------------
 
 #[tokio::test]
@@ -533,12 +586,20 @@ async fn list_of_a_user_without_sessions_is_empty_not_an_error() {
 #[tokio::test]
 async fn list_and_delete_all_require_the_user_id_query() {
     let app = spawn_app().await;
-    for query in ["", "?", "?user=alice", "?user_id=", "?USER_ID=alice"] {
+    // (query, the name the refusal starts with): a misspelt name is an unknown parameter
+    // (contract §7.7).
+    for (query, named) in [
+        ("", "user_id:"),
+        ("?", "user_id:"),
+        ("?user_id=", "user_id:"),
+        ("?user=alice", "user: unknown query parameter"),
+        ("?USER_ID=alice", "USER_ID: unknown query parameter"),
+    ] {
         let url = app.url(&format!("/a01/session{query}"));
         let response = app.http.get(&url).send().await.unwrap();
-        expect_invalid(response, "user_id").await;
+        expect_invalid(response, named).await;
         let response = app.http.delete(&url).send().await.unwrap();
-        expect_invalid(response, "user_id").await;
+        expect_invalid(response, named).await;
     }
 }
 

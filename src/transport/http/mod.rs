@@ -5,10 +5,13 @@
 //! in [`HttpError`] and nowhere else.
 
 mod error;
+mod query;
 mod server;
 
 pub use error::HttpError;
 pub use server::serve;
+
+use query::{Query, USER_ONLY};
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -24,7 +27,7 @@ use warp::{
 
 use crate::{
     config::SecretString,
-    domain::{Command, Error, Fields, NewSession, Outcome, SessionId, SessionPatch, UserId},
+    domain::{Command, Error, Fields, NewSession, Outcome, SessionId, SessionPatch},
     metrics::Metrics,
     service::SessionService,
     telemetry::Chain,
@@ -198,20 +201,30 @@ impl HttpState {
             }
             (Route::Unknown, _) => return Err(Error::NotFound("no such route".into()).into()),
             (Route::Sessions, &Method::POST) => {
+                Query::parse(&request.query, &[])?;
                 let fields = json_body(&request.headers, body).await?;
                 Command::CreateSession(NewSession::from_fields(fields)?)
             }
-            (Route::Sessions, &Method::GET) => Command::ListSessions(user_id_query(request)?),
-            (Route::Sessions, &Method::DELETE) => {
-                Command::DeleteUserSessions(user_id_query(request)?)
+            (Route::Sessions, &Method::GET) => {
+                Command::ListSessions(Query::parse(&request.query, USER_ONLY)?.user_id()?)
             }
-            (Route::Session, &Method::GET) => Command::GetSession(session_id(id)?),
+            (Route::Sessions, &Method::DELETE) => {
+                Command::DeleteUserSessions(Query::parse(&request.query, USER_ONLY)?.user_id()?)
+            }
+            (Route::Session, &Method::GET) => {
+                Query::parse(&request.query, &[])?;
+                Command::GetSession(session_id(id)?)
+            }
             (Route::Session, &Method::PATCH) => {
+                Query::parse(&request.query, &[])?;
                 let fields = json_body(&request.headers, body).await?;
                 let patch = SessionPatch::from_fields(fields)?;
                 Command::UpdateSession(session_id(id)?, patch)
             }
-            (Route::Session, &Method::DELETE) => Command::DeleteSession(session_id(id)?),
+            (Route::Session, &Method::DELETE) => {
+                Query::parse(&request.query, &[])?;
+                Command::DeleteSession(session_id(id)?)
+            }
             (route, _) => {
                 let allowed = route
                     .allowed_methods()
@@ -266,52 +279,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn session_id(id: Option<&str>) -> Result<SessionId, Error> {
     SessionId::parse_existing(id.expect("Route::Session always comes with its id"))
-}
-
-fn user_id_query(request: &Request) -> Result<UserId, Error> {
-    let mut user_id = None;
-    for pair in request.query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if form_decode(name).as_deref() == Some("user_id") {
-            user_id = Some(form_decode(value).ok_or_else(|| {
-                Error::InvalidArgument("user_id: must be percent-encoded UTF-8".into())
-            })?);
-            break;
-        }
-    }
-    let user_id = user_id
-        .ok_or_else(|| Error::InvalidArgument("user_id: query parameter is required".into()))?;
-    UserId::parse(user_id)
-}
-
-/// Decodes one `application/x-www-form-urlencoded` component strictly: `None` when the bytes
-/// are not UTF-8 (a lossy decoding would silently name another user).
-fn form_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let hex = |offset: usize| {
-            bytes
-                .get(at + offset)
-                .and_then(|b| (*b as char).to_digit(16))
-        };
-        match (bytes[at], hex(1), hex(2)) {
-            (b'%', Some(high), Some(low)) => {
-                decoded.push((high * 16 + low) as u8);
-                at += 3;
-            }
-            (b'+', _, _) => {
-                decoded.push(b' ');
-                at += 1;
-            }
-            (byte, _, _) => {
-                decoded.push(byte);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8(decoded).ok()
 }
 
 /// Checks the content type and reads at most [`MAX_BODY_BYTES`] of the body as a JSON object.
@@ -387,17 +354,4 @@ fn text_response(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::form_decode;
-
-    #[test]
-    fn form_components_decode_strictly() {
-        assert_eq!(form_decode("a+b%20c%C3%BC").as_deref(), Some("a b cü"));
-        assert_eq!(form_decode("100%").as_deref(), Some("100%"));
-        assert_eq!(form_decode("%4"), Some("%4".into()));
-        assert_eq!(form_decode("%FF"), None);
-    }
 }
