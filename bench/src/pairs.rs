@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// A fixed key: the figures do not depend on its value.
-const KEY: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub(crate) const KEY: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// The plain service of the run and what it was given.
 pub(crate) struct Plain<'a> {

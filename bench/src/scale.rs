@@ -3,7 +3,8 @@
 //! sessions each); latencies of get, list and delete measured in blocks that alternate between
 //! them, so that drift of the machine cancels; Redis memory per session of the large one; and
 //! the deletion of all 10,000 sessions of one user in it, timed, with a second Redis client
-//! sending `PING` meanwhile to measure the longest time Redis could not answer.
+//! sending `PING` meanwhile to measure the longest time Redis could not answer; and a `rewrap`
+//! of the large store with a key, with `SLOWLOG` recording its longest command.
 
 use std::{
     fmt::Write as _,
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use session_manager::store::{Bucket, Keys};
 use session_manager_testkit::{PrivateRedis, Service};
 
@@ -111,6 +112,7 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     let [mut small_probe, mut large_probe] = probes;
     let share = memory_share(&large).await?;
     let big = delete_big_user(&large, plan.big_user).await?;
+    let rewrap = rewrap(plan, &large).await?;
     let mut out = String::new();
     render(
         &mut out,
@@ -127,7 +129,102 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
         idle_cpu[0] * 100.0,
         idle_cpu[1] * 100.0
     );
+    let _ = writeln!(
+        out,
+        "\n`session-manager rewrap` of the large store (its sessions written in plain text, while its \
+         instance runs), with a key set: {} values re-sealed in {:.1} s ({:.0} values/s). Longest Redis \
+         command meanwhile (`SLOWLOG`, which logs those over {} µs): {}. Longest `PING` round trip of \
+         another Redis client meanwhile: {:.1} ms.",
+        rewrap.resealed,
+        rewrap.took.as_secs_f64(),
+        rewrap.resealed as f64 / rewrap.took.as_secs_f64().max(1e-9),
+        SLOWLOG_OVER_US,
+        match rewrap.longest_call_us {
+            Some(us) => format!("{:.1} ms", us as f64 / 1000.0),
+            None => "none logged".to_owned(),
+        },
+        rewrap.longest_ping.as_secs_f64() * 1000.0,
+    );
     Ok(out)
+}
+
+/// Commands slower than this are logged by `SLOWLOG` during the rewrap.
+const SLOWLOG_OVER_US: u64 = 1000;
+
+/// A rewrap of a whole store.
+struct Rewrap {
+    resealed: u64,
+    took: Duration,
+    /// The longest command Redis ran meanwhile, if any took over [`SLOWLOG_OVER_US`].
+    longest_call_us: Option<u64>,
+    longest_ping: Duration,
+}
+
+/// Runs `session-manager rewrap` with a key over the store, while another client pings Redis
+/// and `SLOWLOG` records every command over [`SLOWLOG_OVER_US`].
+async fn rewrap(plan: &Plan<'_>, store: &Store) -> anyhow::Result<Rewrap> {
+    let mut redis = connect(&store.redis_url).await?;
+    for (name, value) in [
+        ("slowlog-log-slower-than", SLOWLOG_OVER_US),
+        ("slowlog-max-len", 100_000),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(&mut redis)
+            .await?;
+    }
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut redis)
+        .await?;
+    let mut command = std::process::Command::new(plan.service);
+    command
+        .arg("rewrap")
+        .env("REDIS_URL", &store.redis_url)
+        .env("SESSION_KEY_PREFIX", &store.prefix)
+        .env("SESSION_ENCRYPTION_KEY", crate::pairs::KEY)
+        .env("RUST_LOG", "warn");
+    let begun = Instant::now();
+    let run = tokio::task::spawn_blocking(move || command.output());
+    let (output, longest_ping) = longest_ping_during(&store.redis_url, run).await?;
+    let took = begun.elapsed();
+    let output = output??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("rewrap failed: {stderr}");
+    }
+    // "rewrap: done: <keys> keys scanned, <values> values re-sealed"
+    let resealed = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("rewrap: done: "))
+        .and_then(|done| done.split(", ").nth(1))
+        .and_then(|values| values.split(' ').next())
+        .and_then(|values| values.parse().ok())
+        .with_context(|| format!("no count in the rewrap's report: {stderr}"))?;
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100_000)
+        .query_async(&mut redis)
+        .await?;
+    // Each entry: [id, timestamp, microseconds, arguments, …].
+    let longest_call_us = slow
+        .iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(fields) => fields.get(2).and_then(|us| match us {
+                redis::Value::Int(us) => u64::try_from(*us).ok(),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .max();
+    Ok(Rewrap {
+        resealed,
+        took,
+        longest_call_us,
+        longest_ping,
+    })
 }
 
 /// Latencies of get, list and delete at one size of the store, and the Redis CPU time each
