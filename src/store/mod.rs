@@ -50,6 +50,7 @@ pub use rewrap::{RewrapReport, PLAIN};
 use self::{
     ops::{CommandCall, CommandScripts},
     outbox::OutboxScripts,
+    rewrap::RewrapScripts,
     script::Constants,
 };
 use crate::{
@@ -161,6 +162,7 @@ pub struct Store {
     keyring: std::sync::Arc<Keyring>,
     commands: std::sync::Arc<CommandScripts>,
     outbox: std::sync::Arc<OutboxScripts>,
+    rewrap: std::sync::Arc<RewrapScripts>,
 }
 
 impl Store {
@@ -175,6 +177,7 @@ impl Store {
             keyring: std::sync::Arc::new(keyring),
             commands: std::sync::Arc::new(CommandScripts::new(&constants)),
             outbox: std::sync::Arc::new(OutboxScripts::new(&constants)),
+            rewrap: std::sync::Arc::new(RewrapScripts::new(&constants)),
         }
     }
 

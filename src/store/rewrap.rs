@@ -107,10 +107,20 @@ enum Verdict {
     Unknown(String),
 }
 
-/// The rewrap scripts, assembled once per run.
-struct Scripts {
+/// The scripts that write re-sealed values back.
+#[derive(Debug)]
+pub(super) struct RewrapScripts {
     hash: LuaScript,
     record: LuaScript,
+}
+
+impl RewrapScripts {
+    pub fn new(constants: &Constants) -> Self {
+        Self {
+            hash: LuaScript::assemble(&REWRAP_HASH, constants),
+            record: LuaScript::assemble(&REWRAP_RECORD, constants),
+        }
+    }
 }
 
 impl Store {
@@ -120,11 +130,7 @@ impl Store {
         &self,
         mut progress: impl FnMut(&RewrapReport),
     ) -> Result<RewrapReport, StoreError> {
-        let constants = Constants::new(&self.policy);
-        let scripts = Scripts {
-            hash: LuaScript::assemble(&REWRAP_HASH, &constants),
-            record: LuaScript::assemble(&REWRAP_RECORD, &constants),
-        };
+        let scripts = &*self.rewrap;
         let pattern = self.keys.pattern();
         let mut report = RewrapReport::default();
         for node in self.connection.scan_nodes().await? {
@@ -136,7 +142,7 @@ impl Store {
                     .await?;
                 report.keys_scanned += keys.len() as u64;
                 let done: Vec<RewrapReport> = stream::iter(keys)
-                    .map(|key| self.rewrap_key(&scripts, key))
+                    .map(|key| self.rewrap_key(scripts, key))
                     .buffer_unordered(IN_FLIGHT)
                     .try_collect()
                     .await?;
@@ -153,7 +159,11 @@ impl Store {
         Ok(report)
     }
 
-    async fn rewrap_key(&self, scripts: &Scripts, key: String) -> Result<RewrapReport, StoreError> {
+    async fn rewrap_key(
+        &self,
+        scripts: &RewrapScripts,
+        key: String,
+    ) -> Result<RewrapReport, StoreError> {
         match self.keys.kind_of(&key) {
             KeyKind::Session(id) => self.rewrap_session(scripts, &key, &id).await,
             KeyKind::Record {
@@ -191,9 +201,42 @@ impl Store {
         }
     }
 
+    /// Seals, right after a write to session `id` that answered its hash's `pairs`, the secret
+    /// values the hash still holds in plain text or under an older key (written before the
+    /// ring changed), so that a session is sealed whole at its next write. A value changed in
+    /// between is left as the other writer made it.
+    pub(super) async fn reseal_stale_fields(
+        &self,
+        id: &SessionId,
+        pairs: &[String],
+    ) -> Result<(), StoreError> {
+        if self.keyring.is_empty() {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        for pair in pairs.chunks_exact(2) {
+            let Some(field) = of_code(&HashField::TABLE, &pair[0]).filter(|f| f.is_sealed()) else {
+                continue;
+            };
+            if let Verdict::Reseal(new) = self.verdict(id, field, &pair[1])? {
+                changes.push((field.code(), &pair[1], new));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.rewrap.hash.call();
+        call.key("session_key", self.keys.session(id));
+        for (code, old, new) in &changes {
+            call.rest(*code).rest(*old).rest(new);
+        }
+        call.invoke::<usize>(&self.connection).await?;
+        Ok(())
+    }
+
     async fn rewrap_session(
         &self,
-        scripts: &Scripts,
+        scripts: &RewrapScripts,
         key: &str,
         id: &SessionId,
     ) -> Result<RewrapReport, StoreError> {
@@ -243,7 +286,7 @@ impl Store {
 
     async fn rewrap_record(
         &self,
-        scripts: &Scripts,
+        scripts: &RewrapScripts,
         key: &str,
         id: &SessionId,
     ) -> Result<RewrapReport, StoreError> {

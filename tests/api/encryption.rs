@@ -571,3 +571,26 @@ async fn the_rewrap_command_reports_its_counts_per_key_id() {
         "{stderr}"
     );
 }
+
+/// A session written before a key was set is sealed whole at its next write, not only in the
+/// fields that write changes.
+#[tokio::test]
+async fn a_plain_session_is_sealed_whole_at_its_next_write() {
+    let base = isolated_settings();
+    let marker = format!("MARKER{}", uuid::Uuid::new_v4().simple());
+    let plain = spawn_app_with(base.clone()).await;
+    let id = plain
+        .create_session(merged(
+            json!({"user_id": "alice", "device_id": "d"}),
+            &secrets(&marker),
+        ))
+        .await;
+    plain.stop_keeping_state().await;
+    let app = spawn_app_with(with_ring(&base, &ring_entry("k1"))).await;
+    let (status, _) = app.patch(&id, &json!({"access_token": "fresh"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(assert_nothing_plain(&app, &marker).await, 4);
+    let read = app.session(&id).await;
+    assert_eq!(read["auth_code"], format!("code-{marker}"));
+    assert_eq!(read["access_token"], "fresh");
+}

@@ -1,5 +1,7 @@
 //! UpdateSession: sets and clears the client's fields of a live session, checks the user and
-//! device ids the client asserts, moves the idle deadline, and answers the whole session.
+//! device ids the client asserts, moves the idle deadline, and answers the whole session. With a
+//! key set, the secret fields it did not change are sealed too if they were still plain or under
+//! an older key (a second call, needed only for sessions written before the ring changed).
 
 use super::{run, strings, CommandCall};
 use crate::{
@@ -51,5 +53,6 @@ pub(in crate::store) async fn apply(
         call.rest(code);
     }
     let pairs = strings(run(&call, store).await?)?;
+    store.reseal_stale_fields(id, &pairs).await?;
     Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?))
 }
