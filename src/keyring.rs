@@ -14,7 +14,9 @@
 //! the format, the key id, the session id and the field name, so that a sealed value copied to
 //! another session or field, or relabelled with another key id, does not open. A stored value
 //! without the `$sm1$` prefix is plain text, written before a key was set: it is read as it is,
-//! and sealed at its next write or by `session-manager rewrap`.
+//! and sealed at its next write or by `session-manager rewrap`. So that a client cannot plant a
+//! value that later reads as sealed, a value stored plain (no key set) that starts with `$` is
+//! stored with one more `$` in front, which reading takes off.
 
 use std::fmt;
 
@@ -27,6 +29,7 @@ use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
 };
 use rand::RngCore;
+use zeroize::Zeroizing;
 
 /// The prefix of every value sealed in format 1.
 const PREFIX: &str = "$sm1$";
@@ -133,9 +136,11 @@ impl Keyring {
                     id: id.to_owned(),
                 });
             }
-            let bytes = STANDARD
-                .decode(encoded.trim())
-                .map_err(|_| KeyringError::BadBase64(number))?;
+            let bytes = Zeroizing::new(
+                STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| KeyringError::BadBase64(number))?,
+            );
             if bytes.len() != KEY_BYTES {
                 return Err(KeyringError::BadLength {
                     entry: number,
@@ -156,6 +161,11 @@ impl Keyring {
         self.keys.is_empty()
     }
 
+    /// The header that every value sealed now starts with (`$sm1$<key id>$`), if a key is set.
+    pub fn sealed_prefix(&self) -> Option<String> {
+        self.sealing_id().map(|id| format!("{PREFIX}{id}$"))
+    }
+
     /// The id of the key that seals, if any.
     pub fn sealing_id(&self) -> Option<&str> {
         self.keys.first().map(|key| key.id.as_str())
@@ -165,7 +175,10 @@ impl Keyring {
     /// the first key, or as it is when the ring is empty.
     pub fn seal(&self, session_id: &str, field: &str, plain: &str) -> String {
         let Some(key) = self.keys.first() else {
-            return plain.to_owned();
+            return match plain.starts_with('$') {
+                true => format!("${plain}"),
+                false => plain.to_owned(),
+            };
         };
         let mut nonce = [0u8; NONCE_BYTES];
         // ThreadRng is a CSPRNG (ChaCha12) seeded from the OS.
@@ -196,7 +209,15 @@ impl Keyring {
     /// The plain text of `stored`, the stored value of `field` of session `session_id`.
     pub fn open(&self, session_id: &str, field: &str, stored: String) -> Result<String, OpenError> {
         let Some((id, encoded)) = split(&stored) else {
-            return Ok(stored);
+            return Ok(
+                match stored
+                    .strip_prefix('$')
+                    .filter(|rest| rest.starts_with('$'))
+                {
+                    Some(escaped) => escaped.to_owned(),
+                    None => stored,
+                },
+            );
         };
         let key = self
             .keys
@@ -313,6 +334,22 @@ mod tests {
         // Relabelling a value with another id of the ring does not open it.
         let relabelled = by_old.replacen("$old$", "$new$", 1);
         assert_eq!(rotated.open("s", "f", relabelled), Err(OpenError::Forged));
+    }
+
+    #[test]
+    fn a_plain_value_that_looks_sealed_is_escaped_and_reads_back() {
+        let none = Keyring::default();
+        let planted = "$sm1$0$AAAA";
+        let stored = none.seal("s", "f", planted);
+        assert_eq!(stored, "$$sm1$0$AAAA");
+        assert_eq!(Keyring::sealing(&stored), Sealing::Plain);
+        assert_eq!(none.open("s", "f", stored.clone()).unwrap(), planted);
+        // A key set later reads it as the plain value it is, and seals it.
+        let ring = ring(&key(1));
+        assert_eq!(ring.open("s", "f", stored).unwrap(), planted);
+        let sealed = ring.seal("s", "f", planted);
+        assert_eq!(ring.open("s", "f", sealed).unwrap(), planted);
+        assert_eq!(none.open("s", "f", "$plain".into()).unwrap(), "$plain");
     }
 
     #[test]

@@ -106,7 +106,7 @@ async fn rewrap(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("rewrap stopped; run it again to finish")?;
     print_report(&report);
-    if !report.unknown_keys.is_empty() || report.keys_skipped > 0 {
+    if !report.unknown_keys.is_empty() || report.keys_skipped > 0 || report.broken > 0 {
         anyhow::bail!("rewrap left values as they were (see above); run it again once resolved");
     }
     Ok(())
@@ -122,6 +122,18 @@ fn print_report(report: &RewrapReport) {
     }
     for (key_id, count) in &report.unknown_keys {
         eprintln!("rewrap: values under key id {key_id:?}, which the ring does not hold: {count}");
+    }
+    if report.broken > 0 {
+        eprintln!(
+            "rewrap: values in the sealed form that do not open (damaged, or moved): {}",
+            report.broken
+        );
+    }
+    if report.read_records_deleted > 0 {
+        eprintln!(
+            "rewrap: records of reads deleted (written before reads went unrecorded): {}",
+            report.read_records_deleted
+        );
     }
     if report.keys_skipped > 0 {
         eprintln!(

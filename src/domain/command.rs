@@ -55,7 +55,8 @@ impl Command {
             "DeleteSession" => Ok(Self::DeleteSession(only_session_id(fields)?)),
             "DeleteUserSessions" => Ok(Self::DeleteUserSessions(only_user_id(fields)?)),
             other => Err(Error::InvalidArgument(format!(
-                "type: unknown command {other:?}"
+                "type: unknown command {}",
+                super::shown_name(other)
             ))),
         }
     }

@@ -182,11 +182,7 @@ fn open(
                 session_id: id.as_str().to_owned(),
                 key_id,
             },
-            OpenError::Forged => StoreError::Corrupt(format!(
-                "the {} of session {} does not open: damaged, or moved from elsewhere",
-                field.name(),
-                id.as_str()
-            )),
+            OpenError::Forged => super::rewrap::broken(id, field),
         })
 }
 

@@ -124,17 +124,25 @@ pub enum KeyKind {
     Record {
         /// The session of a recorded UpdateSession.
         update_of: Option<SessionId>,
+        /// Whether it records a read (`GetSession`, `ListSessions`), which only versions
+        /// before reads went unrecorded wrote.
+        read: bool,
     },
     /// Anything else: an index, a schedule, an outbox, a progress list. None holds a secret.
     Other,
 }
 
 impl Keys {
-    /// `SCAN`'s pattern of every key under the prefix.
+    /// `SCAN`'s pattern of every key under the prefix, the prefix's glob characters escaped.
     pub(super) fn pattern(&self) -> String {
-        // Only `*` is special in the prefix: `{`, `}` are refused by the settings, and the
-        // other glob characters would at worst match more keys, which `kind_of` sorts out.
-        format!("{}:*", self.prefix)
+        let mut pattern = String::with_capacity(self.prefix.len() + 2);
+        for c in self.prefix.chars() {
+            if matches!(c, '\\' | '*' | '?' | '[' | ']') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern + ":*"
     }
 
     /// What the key named `key` holds.
@@ -153,6 +161,11 @@ impl Keys {
         let Some(record) = rest.strip_prefix(kind::RECORD) else {
             return KeyKind::Other;
         };
+        let read = READS.iter().any(|name| {
+            record
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(':'))
+        });
         // `r:UpdateSession:<n>:<session id>:<message id>`, as `of_command` writes it.
         let update_of = record
             .strip_prefix(UPDATE_SESSION)
@@ -160,12 +173,14 @@ impl Keys {
             .and_then(|rest| rest.split_once(':'))
             .and_then(|(length, rest)| rest.get(..length.parse::<usize>().ok()?))
             .and_then(SessionId::parse);
-        KeyKind::Record { update_of }
+        KeyKind::Record { update_of, read }
     }
 }
 
 /// The type of UpdateSession commands, in their record keys.
 const UPDATE_SESSION: &str = "UpdateSession";
+/// The types of the reads, in the record keys that versions before 7.4 wrote.
+const READS: [&str; 2] = ["GetSession", "ListSessions"];
 
 #[cfg(test)]
 mod tests {
@@ -209,13 +224,26 @@ mod tests {
         assert_eq!(
             keys.kind_of(&keys.record(&update, Some(&message_id))),
             KeyKind::Record {
-                update_of: Some(session.clone())
+                update_of: Some(session.clone()),
+                read: false
+            }
+        );
+        let get = Command::GetSession(session.clone());
+        assert_eq!(get.name(), READS[0]);
+        assert_eq!(
+            keys.kind_of(&keys.record(&get, Some(&message_id))),
+            KeyKind::Record {
+                update_of: None,
+                read: true
             }
         );
         let delete = Command::DeleteSession(session.clone());
         assert_eq!(
             keys.kind_of(&keys.record(&delete, Some(&message_id))),
-            KeyKind::Record { update_of: None }
+            KeyKind::Record {
+                update_of: None,
+                read: false
+            }
         );
         for other in [
             keys.schedule(Bucket::of_session(&session)),

@@ -7,7 +7,9 @@
 //! small atomic call per key, so that Redis is never blocked for long, and a value that an
 //! instance wrote in between (already sealed under its first key) is left as it is and read
 //! again. Stopping it at any point leaves every value readable; running it again finishes the
-//! work. Values under a key id the ring does not hold are counted and left alone.
+//! work. Values under a key id the ring does not hold, and values in the sealed form that do
+//! not open, are counted and left alone. Records of reads, which versions before reads went
+//! unrecorded (contract §7.4) wrote with a copy of the session, are deleted: nothing reads them.
 
 use std::collections::BTreeMap;
 
@@ -71,6 +73,11 @@ pub struct RewrapReport {
     pub unknown_keys: BTreeMap<String, u64>,
     /// Keys that instances kept changing through every attempt (run again).
     pub keys_skipped: u64,
+    /// Values in the sealed form that do not open (damaged, or moved), left as they are.
+    pub broken: u64,
+    /// Records of reads (`GetSession`, `ListSessions`) deleted: versions before reads went
+    /// unrecorded kept a copy of the session in them, and nothing reads them any more.
+    pub read_records_deleted: u64,
 }
 
 impl RewrapReport {
@@ -78,6 +85,8 @@ impl RewrapReport {
         self.keys_scanned += other.keys_scanned;
         self.values_resealed += other.values_resealed;
         self.keys_skipped += other.keys_skipped;
+        self.broken += other.broken;
+        self.read_records_deleted += other.read_records_deleted;
         for (into, from) in [
             (&mut self.by_key, other.by_key),
             (&mut self.unknown_keys, other.unknown_keys),
@@ -105,6 +114,16 @@ enum Verdict {
     Reseal(String),
     /// It is sealed under this key id, which the ring does not hold.
     Unknown(String),
+    /// It has the sealed form but does not open.
+    Broken,
+}
+
+/// The error of a sealed value of `field` of session `id` that does not open.
+pub(super) fn broken(id: &SessionId, field: HashField) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the {} of session {id:?} does not open: damaged, or moved from elsewhere",
+        field.name()
+    ))
 }
 
 /// The scripts that write re-sealed values back.
@@ -168,70 +187,64 @@ impl Store {
             KeyKind::Session(id) => self.rewrap_session(scripts, &key, &id).await,
             KeyKind::Record {
                 update_of: Some(id),
+                ..
             } => self.rewrap_record(scripts, &key, &id).await,
-            KeyKind::Record { update_of: None } | KeyKind::Other => Ok(RewrapReport::default()),
+            KeyKind::Record { read: true, .. } => {
+                let deleted: u64 = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut self.connection.clone())
+                    .await?;
+                Ok(RewrapReport {
+                    read_records_deleted: deleted,
+                    ..RewrapReport::default()
+                })
+            }
+            KeyKind::Record { .. } | KeyKind::Other => Ok(RewrapReport::default()),
         }
     }
 
     /// The verdict on `stored`, the value of `field` of session `id`.
-    fn verdict(
-        &self,
-        id: &SessionId,
-        field: HashField,
-        stored: &str,
-    ) -> Result<Verdict, StoreError> {
+    fn verdict(&self, id: &SessionId, field: HashField, stored: &str) -> Verdict {
         if self.keyring.is_current(stored) {
-            return Ok(Verdict::Current);
+            return Verdict::Current;
         }
         match self
             .keyring
             .open(id.as_str(), field.name(), stored.to_owned())
         {
-            Ok(plain) => Ok(Verdict::Reseal(self.keyring.seal(
-                id.as_str(),
-                field.name(),
-                &plain,
-            ))),
-            Err(OpenError::UnknownKey(key_id)) => Ok(Verdict::Unknown(key_id)),
-            Err(OpenError::Forged) => Err(StoreError::Corrupt(format!(
-                "the {} of session {} does not open: damaged, or moved from elsewhere",
-                field.name(),
-                id.as_str()
-            ))),
+            Ok(plain) => Verdict::Reseal(self.keyring.seal(id.as_str(), field.name(), &plain)),
+            Err(OpenError::UnknownKey(key_id)) => Verdict::Unknown(key_id),
+            Err(OpenError::Forged) => Verdict::Broken,
         }
     }
 
-    /// Seals, right after a write to session `id` that answered its hash's `pairs`, the secret
-    /// values the hash still holds in plain text or under an older key (written before the
-    /// ring changed), so that a session is sealed whole at its next write. A value changed in
-    /// between is left as the other writer made it.
-    pub(super) async fn reseal_stale_fields(
+    /// The re-sealed form of the `stale` field/value pairs of session `id` that an update
+    /// answered: field code, old value, new value. A value under a key the ring lacks, or one
+    /// that does not open, fails the update before it writes anything.
+    pub(super) fn reseal(
         &self,
         id: &SessionId,
-        pairs: &[String],
-    ) -> Result<(), StoreError> {
-        if self.keyring.is_empty() {
-            return Ok(());
-        }
-        let mut changes = Vec::new();
-        for pair in pairs.chunks_exact(2) {
-            let Some(field) = of_code(&HashField::TABLE, &pair[0]).filter(|f| f.is_sealed()) else {
-                continue;
-            };
-            if let Verdict::Reseal(new) = self.verdict(id, field, &pair[1])? {
-                changes.push((field.code(), &pair[1], new));
+        stale: Vec<String>,
+    ) -> Result<Vec<(&'static str, String, String)>, StoreError> {
+        let mut resealed = Vec::new();
+        let mut stale = stale.into_iter();
+        while let (Some(code), Some(old)) = (stale.next(), stale.next()) {
+            let field = of_code(&HashField::TABLE, &code)
+                .filter(|field| field.is_sealed())
+                .ok_or_else(|| StoreError::Corrupt(format!("stale field {code:?}")))?;
+            match self.verdict(id, field, &old) {
+                Verdict::Current => {}
+                Verdict::Reseal(new) => resealed.push((field.code(), old, new)),
+                Verdict::Unknown(key_id) => {
+                    return Err(StoreError::UnknownKey {
+                        session_id: id.as_str().to_owned(),
+                        key_id,
+                    })
+                }
+                Verdict::Broken => return Err(broken(id, field)),
             }
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let mut call = self.rewrap.hash.call();
-        call.key("session_key", self.keys.session(id));
-        for (code, old, new) in &changes {
-            call.rest(*code).rest(*old).rest(new);
-        }
-        call.invoke::<usize>(&self.connection).await?;
-        Ok(())
+        Ok(resealed)
     }
 
     async fn rewrap_session(
@@ -252,8 +265,9 @@ impl Store {
             let mut changes = Vec::new();
             for (field, stored) in HashField::SEALED.into_iter().zip(values) {
                 let Some(stored) = stored else { continue };
-                match self.verdict(id, field, &stored)? {
+                match self.verdict(id, field, &stored) {
                     Verdict::Current => report.count(&stored),
+                    Verdict::Broken => report.broken += 1,
                     Verdict::Unknown(key_id) => {
                         *report.unknown_keys.entry(key_id).or_default() += 1
                     }
@@ -314,8 +328,9 @@ impl Store {
                 let Some(field) = of_code(&HashField::TABLE, code).filter(|f| f.is_sealed()) else {
                     continue;
                 };
-                match self.verdict(id, field, stored)? {
+                match self.verdict(id, field, stored) {
                     Verdict::Current => report.count(stored),
+                    Verdict::Broken => report.broken += 1,
                     Verdict::Unknown(key_id) => {
                         *report.unknown_keys.entry(key_id).or_default() += 1
                     }

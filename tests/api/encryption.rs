@@ -585,12 +585,106 @@ async fn a_plain_session_is_sealed_whole_at_its_next_write() {
             &secrets(&marker),
         ))
         .await;
+    let other = plain
+        .create_session(merged(
+            json!({"user_id": "bob", "device_id": "d"}),
+            &secrets(&marker),
+        ))
+        .await;
     plain.stop_keeping_state().await;
     let app = spawn_app_with(with_ring(&base, &ring_entry("k1"))).await;
     let (status, _) = app.patch(&id, &json!({"access_token": "fresh"})).await;
     assert_eq!(status, 200);
-    assert_eq!(assert_nothing_plain(&app, &marker).await, 4);
+    // Over AMQP with a message_id: the record of the update holds the session sealed too.
+    let update = json!({"type": "UpdateSession", "session_id": other, "refresh_token": "new"});
+    let first = app.amqp.call_with_id(&update, "partial-1").await;
+    assert_eq!(first.body["result"]["auth_code"], format!("code-{marker}"));
+    assert_eq!(
+        app.amqp.call_with_id(&update, "partial-1").await.body,
+        first.body
+    );
+    // Two sessions of four sealed values each, and the record's copy of the second.
+    assert_eq!(assert_nothing_plain(&app, &marker).await, 12);
     let read = app.session(&id).await;
     assert_eq!(read["auth_code"], format!("code-{marker}"));
     assert_eq!(read["access_token"], "fresh");
+}
+
+/// Rewrap deletes the records of reads that versions before 7.4 wrote (a copy of the session,
+/// in plain text), and goes on past a value in the sealed form that does not open, counting it
+/// and exiting non-zero.
+#[tokio::test]
+async fn rewrap_deletes_old_read_records_and_goes_on_past_a_broken_value() {
+    let ring = format!("{},{}", ring_entry("k2"), ring_entry("k1"));
+    let settings = with_ring(&isolated_settings(), &ring);
+    let app = spawn_app_with(settings.clone()).await;
+    let marker = format!("MARKER{}", uuid::Uuid::new_v4().simple());
+    let id = app
+        .create_session(json!({"user_id": "alice", "device_id": "d", "auth_code": "c"}))
+        .await;
+    let broken = app
+        .create_session(json!({"user_id": "bob", "device_id": "d", "access_token": "t"}))
+        .await;
+    let keys = app.keys();
+    let mut redis = app.redis.clone();
+    // A record of a GetSession as the old versions wrote it.
+    let get = session_manager::domain::Command::parse(
+        json!({"type": "GetSession", "session_id": id})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let old_record = keys.record(
+        &get,
+        session_manager::domain::MessageId::parse("m").as_ref(),
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&old_record)
+        .arg(json!({"s": "ok", "v": ["at", format!("token-{marker}")]}).to_string())
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // A sealed value of bob's replaced by one under the older key that does not open.
+    let bobs = keys.session(&session_manager::domain::SessionId::parse(&broken).unwrap());
+    let pairs: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&bobs)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (code, _) = pairs.iter().find(|(_, v)| v.starts_with("$sm1$")).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&bobs)
+        .arg(code)
+        .arg("$sm1$k1$AAAA")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let report = open_store(&settings)
+        .await
+        .unwrap()
+        .rewrap(|_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.read_records_deleted, report.broken), (1, 1));
+    assert_eq!(report.by_key, BTreeMap::from([("k2".to_owned(), 1)]));
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&old_record)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!exists, "the read's record is gone");
+    assert_nothing_plain(&app, &marker).await;
+    // The command exits non-zero, naming what it left.
+    let output = service_with_settings(&app.settings)
+        .env("REDIS_URL", REDIS_URL)
+        .env("SESSION_ENCRYPTION_KEY", &ring)
+        .arg("rewrap")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("do not open"), "{stderr}");
 }

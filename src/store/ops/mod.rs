@@ -58,8 +58,11 @@ pub(super) mod status {
     pub const CONFLICT: &str = "conflict";
     /// A step of a DeleteUserSessions that leaves sessions to end: call again.
     pub const MORE: &str = "more";
+    /// An update found secret fields not sealed under the current key (`v`: their codes and
+    /// values) and wrote nothing: re-seal them and call again.
+    pub const STALE: &str = "stale";
     /// Every status.
-    pub const ALL: [&str; 4] = [OK, NOT_FOUND, CONFLICT, MORE];
+    pub const ALL: [&str; 5] = [OK, NOT_FOUND, CONFLICT, MORE, STALE];
 }
 
 /// A command on its way to its script: the command and its `message_id`, which name its

@@ -1,9 +1,10 @@
 //! UpdateSession: sets and clears the client's fields of a live session, checks the user and
 //! device ids the client asserts, moves the idle deadline, and answers the whole session. With a
-//! key set, the secret fields it did not change are sealed too if they were still plain or under
-//! an older key (a second call, needed only for sessions written before the ring changed).
+//! key set, a secret field the update leaves that is still plain or under an older key (written
+//! before the ring changed) is re-sealed in the same atomic step: the script answers `stale`
+//! with those values, and the update is called again with them re-sealed.
 
-use super::{run, strings, CommandCall};
+use super::{answer, status, strings, CommandCall};
 use crate::{
     domain::{DeviceId, Outcome, SessionId, SessionPatch, UserId},
     store::{
@@ -24,6 +25,7 @@ pub(in crate::store) static SCRIPT: Source = Source {
             Arg::Text("session_id"),
             Arg::Text("asserted_user_id"),
             Arg::Text("asserted_device_id"),
+            Arg::Text("sealed_prefix"),
         ],
         rest: Some("set_at"),
     },
@@ -36,23 +38,60 @@ pub(in crate::store) async fn apply(
     patch: &SessionPatch,
 ) -> Result<Outcome, StoreError> {
     let (set, cleared) = hash::patch(patch, id, &store.keyring);
-    let mut call = record.call_on_session(store, &store.commands.update, id);
-    call.arg(
-        "asserted_user_id",
-        patch.user_id.as_ref().map_or("", UserId::as_str),
-    )
-    .arg(
-        "asserted_device_id",
-        patch.device_id.as_ref().map_or("", DeviceId::as_str),
-    )
-    .rest(set.len());
-    for (code, value) in set {
-        call.rest(code).rest(value);
+    let sealed_prefix = store.keyring.sealed_prefix().unwrap_or_default();
+    let mut resealed: Vec<(&str, String, String)> = Vec::new();
+    // Instances may re-write a stale field in between: each round re-seals what is stale now.
+    for _ in 0..STALE_ROUNDS {
+        let mut call = record.call_on_session(store, &store.commands.update, id);
+        call.arg(
+            "asserted_user_id",
+            patch.user_id.as_ref().map_or("", UserId::as_str),
+        )
+        .arg(
+            "asserted_device_id",
+            patch.device_id.as_ref().map_or("", DeviceId::as_str),
+        )
+        .arg("sealed_prefix", &sealed_prefix)
+        .rest(set.len());
+        for (code, value) in &set {
+            call.rest(*code).rest(value);
+        }
+        call.rest(resealed.len());
+        for (code, old, new) in &resealed {
+            call.rest(*code).rest(old).rest(new);
+        }
+        for code in &cleared {
+            call.rest(*code);
+        }
+        let document: String = call.invoke(&store.connection).await?;
+        match stale(&document)? {
+            None => {
+                let pairs = strings(answer(&document)?)?;
+                return Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?));
+            }
+            Some(stale) => resealed = store.reseal(id, stale)?,
+        }
     }
-    for code in cleared {
-        call.rest(code);
+    Err(StoreError::Corrupt(format!(
+        "the secret fields of session {id:?} kept changing while an update re-sealed them"
+    )))
+}
+
+/// How often an update re-seals stale fields before it gives up.
+const STALE_ROUNDS: usize = 5;
+
+/// The field/value pairs of a `stale` answer, or `None` for any other answer.
+fn stale(document: &str) -> Result<Option<Vec<String>>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Stale {
+        s: String,
+        #[serde(default)]
+        v: serde_json::Value,
     }
-    let pairs = strings(run(&call, store).await?)?;
-    store.reseal_stale_fields(id, &pairs).await?;
-    Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?))
+    let parsed: Stale = serde_json::from_str(document)
+        .map_err(|e| StoreError::Corrupt(format!("script answer: {e}")))?;
+    if parsed.s != status::STALE {
+        return Ok(None);
+    }
+    strings(parsed.v).map(Some)
 }
