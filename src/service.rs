@@ -55,7 +55,7 @@ impl SessionService {
         // Deletes and evictions wrote events: have them published now rather than at the next
         // tick (sessions found past their end are left to the tick).
         let wrote_events = match command {
-            Command::DeleteSession(_) | Command::DeleteUserSessions(_) => true,
+            Command::DeleteSession(_) | Command::DeleteUserSessions(..) => true,
             Command::CreateSession(_) => self.store.evicts(),
             _ => false,
         };

@@ -118,20 +118,40 @@ impl Request for GetSession {
     type Output = Session;
 }
 
-/// `ListSessions`: a user's sessions, oldest first; answered with [`SessionList`].
+/// `ListSessions`: a page of a user's sessions, oldest first; answered with [`SessionList`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type")]
 pub struct ListSessions {
     /// The user whose sessions to list.
     pub user_id: String,
+    /// At most this many (1–1000; the service's default is 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` cursor of the page before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 impl ListSessions {
-    /// Lists the sessions of `user_id`.
+    /// Lists the (first page of the) sessions of `user_id`.
     pub fn new(user_id: impl Into<String>) -> Self {
         Self {
             user_id: user_id.into(),
+            limit: None,
+            after: None,
         }
+    }
+
+    /// At most `limit` sessions.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The page after the one whose `next` was `cursor`.
+    pub fn after(mut self, cursor: impl Into<String>) -> Self {
+        self.after = Some(cursor.into());
+        self
     }
 }
 
@@ -289,12 +309,17 @@ impl Request for DeleteSession {
     type Output = SessionDeleted;
 }
 
-/// `DeleteUserSessions`: ends all of a user's sessions; answered with [`UserSessionsDeleted`].
+/// `DeleteUserSessions`: ends all of a user's sessions, or all but one; answered with
+/// [`UserSessionsDeleted`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type")]
 pub struct DeleteUserSessions {
     /// The user whose sessions to end.
     pub user_id: String,
+    /// A live session of the user to keep ("sign out everywhere else"); if it is not one, the
+    /// answer is `not_found` and nothing is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub except: Option<String>,
 }
 
 impl DeleteUserSessions {
@@ -302,7 +327,14 @@ impl DeleteUserSessions {
     pub fn new(user_id: impl Into<String>) -> Self {
         Self {
             user_id: user_id.into(),
+            except: None,
         }
+    }
+
+    /// Keeps the session `session_id`.
+    pub fn except(mut self, session_id: impl Into<String>) -> Self {
+        self.except = Some(session_id.into());
+        self
     }
 }
 
@@ -352,6 +384,9 @@ pub struct SessionList {
     pub user_id: String,
     /// Oldest first; empty when the user has none.
     pub sessions: Vec<SessionSummary>,
+    /// The cursor of the next page ([`ListSessions::after`]), when more sessions follow.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// One entry of a [`SessionList`].
@@ -492,10 +527,16 @@ mod tests {
         assert_eq!(read.expiration_time, Some(3600));
         assert_eq!(serde_json::to_value(&read).unwrap(), session);
 
-        let list = json!({"user_id": "alice", "sessions": [{"session_id": ID, "device_id": "d"}]});
+        let list = json!({"user_id": "alice", "sessions": [{"session_id": ID, "device_id": "d"}],
+            "next": "AQ"});
         assert_valid("result.SessionList.json", &list);
         let read: SessionList = serde_json::from_value(list).unwrap();
         assert_eq!(read.sessions[0].device_id, "d");
+        assert_eq!(read.next.as_deref(), Some("AQ"));
+        // A service from before pages had no `next`.
+        let older = json!({"user_id": "alice", "sessions": []});
+        let read: SessionList = serde_json::from_value(older).unwrap();
+        assert_eq!(read.next, None);
 
         let deleted = json!({"user_id": "alice", "session_ids": [ID]});
         assert_valid("result.UserSessionsDeleted.json", &deleted);

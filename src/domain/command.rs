@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::{
-    fields::Fields, DeviceId, Error, NewSession, Session, SessionId, SessionPatch, UserId,
+    fields::Fields, DeviceId, Error, ListPage, NewSession, Session, SessionId, SessionPatch, UserId,
 };
 
 /// One operation on the sessions.
@@ -20,14 +20,14 @@ pub enum Command {
     CreateSession(NewSession),
     /// Read one session.
     GetSession(SessionId),
-    /// List a user's live sessions.
-    ListSessions(UserId),
+    /// List a page of a user's live sessions.
+    ListSessions(UserId, ListPage),
     /// Change a session's client fields.
     UpdateSession(SessionId, SessionPatch),
     /// End one session.
     DeleteSession(SessionId),
-    /// End every session of a user.
-    DeleteUserSessions(UserId),
+    /// End every session of a user, but the one given ("sign out everywhere else").
+    DeleteUserSessions(UserId, Option<SessionId>),
 }
 
 impl Command {
@@ -45,7 +45,14 @@ impl Command {
                 Ok(Self::CreateSession(new))
             }
             "GetSession" => Ok(Self::GetSession(only_session_id(fields)?)),
-            "ListSessions" => Ok(Self::ListSessions(only_user_id(fields)?)),
+            "ListSessions" => {
+                let user_id = UserId::parse(fields.required_string("user_id")?)?;
+                let limit = fields.unsigned("limit")?.into_option();
+                let after = fields.string("after")?.into_option();
+                fields.finish()?;
+                let page = ListPage::parse(&user_id, limit, after.as_deref())?;
+                Ok(Self::ListSessions(user_id, page))
+            }
             "UpdateSession" => {
                 let id = fields.required_string("session_id")?;
                 let patch = SessionPatch::take_from(&mut fields)?;
@@ -53,7 +60,16 @@ impl Command {
                 Ok(Self::UpdateSession(SessionId::parse_existing(&id)?, patch))
             }
             "DeleteSession" => Ok(Self::DeleteSession(only_session_id(fields)?)),
-            "DeleteUserSessions" => Ok(Self::DeleteUserSessions(only_user_id(fields)?)),
+            "DeleteUserSessions" => {
+                let user_id = UserId::parse(fields.required_string("user_id")?)?;
+                let except = fields.string("except")?.into_option();
+                fields.finish()?;
+                let except = except
+                    .as_deref()
+                    .map(SessionId::parse_existing)
+                    .transpose()?;
+                Ok(Self::DeleteUserSessions(user_id, except))
+            }
             other => Err(Error::InvalidArgument(format!(
                 "type: unknown command {}",
                 super::shown_name(other)
@@ -68,14 +84,16 @@ impl Command {
             Self::GetSession(id) | Self::UpdateSession(id, _) | Self::DeleteSession(id) => {
                 id.as_str()
             }
-            Self::ListSessions(user_id) | Self::DeleteUserSessions(user_id) => user_id.as_str(),
+            Self::ListSessions(user_id, _) | Self::DeleteUserSessions(user_id, _) => {
+                user_id.as_str()
+            }
         }
     }
 
     /// Whether the command can change the sessions. Only those are recorded under their
     /// `message_id` (contract §7.4): a read repeated is answered from the current state.
     pub fn changes(&self) -> bool {
-        !matches!(self, Self::GetSession(_) | Self::ListSessions(_))
+        !matches!(self, Self::GetSession(_) | Self::ListSessions(..))
     }
 
     /// The command's `type`, also used as a metrics label.
@@ -83,10 +101,10 @@ impl Command {
         match self {
             Self::CreateSession(_) => "CreateSession",
             Self::GetSession(_) => "GetSession",
-            Self::ListSessions(_) => "ListSessions",
+            Self::ListSessions(..) => "ListSessions",
             Self::UpdateSession(..) => "UpdateSession",
             Self::DeleteSession(_) => "DeleteSession",
-            Self::DeleteUserSessions(_) => "DeleteUserSessions",
+            Self::DeleteUserSessions(..) => "DeleteUserSessions",
         }
     }
 }
@@ -96,13 +114,6 @@ fn only_session_id(mut fields: Fields) -> Result<SessionId, Error> {
     let id = fields.required_string("session_id")?;
     fields.finish()?;
     SessionId::parse_existing(&id)
-}
-
-/// The fields of a command that names one user and nothing else.
-fn only_user_id(mut fields: Fields) -> Result<UserId, Error> {
-    let user_id = UserId::parse(fields.required_string("user_id")?)?;
-    fields.finish()?;
-    Ok(user_id)
 }
 
 /// One entry of a session list.
@@ -125,12 +136,14 @@ pub enum Outcome {
     },
     /// The whole session, after a read or an update.
     Session(Session),
-    /// A user's live sessions, oldest first.
+    /// A page of a user's live sessions, oldest first.
     SessionList {
         /// The user.
         user_id: UserId,
         /// Id and device of each session.
         sessions: Vec<SessionSummary>,
+        /// The cursor of the next page when more sessions follow, else `null`.
+        next: Option<String>,
     },
     /// A session was ended.
     SessionDeleted {

@@ -6,6 +6,7 @@ mod command;
 mod error;
 mod event;
 mod fields;
+mod page;
 #[cfg(test)]
 mod properties;
 mod session;
@@ -14,6 +15,7 @@ pub use command::{Command, MessageId, Outcome, SessionSummary};
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
 pub use fields::{shown_name, Field, Fields};
+pub use page::{cursor, ListPage, Position, MAX_LIMIT};
 pub use session::{
     DeviceId, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch, Timestamp,
     UserEmail, UserId,

@@ -39,7 +39,7 @@ impl Bucket {
             Command::GetSession(id)
             | Command::UpdateSession(id, _)
             | Command::DeleteSession(id) => Self::of_session(id),
-            Command::ListSessions(user_id) | Command::DeleteUserSessions(user_id) => {
+            Command::ListSessions(user_id, _) | Command::DeleteUserSessions(user_id, _) => {
                 Self::of_user(user_id)
             }
         }

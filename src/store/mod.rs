@@ -209,11 +209,13 @@ impl Store {
         match command {
             Command::CreateSession(new) => ops::create::apply(self, record, new).await,
             Command::GetSession(id) => ops::get::apply(self, record, id).await,
-            Command::ListSessions(user_id) => ops::list::apply(self, record, user_id).await,
+            Command::ListSessions(user_id, page) => {
+                ops::list::apply(self, record, user_id, page).await
+            }
             Command::UpdateSession(id, patch) => ops::update::apply(self, record, id, patch).await,
             Command::DeleteSession(id) => ops::delete::apply(self, record, id).await,
-            Command::DeleteUserSessions(user_id) => {
-                ops::delete_user::apply(self, record, user_id).await
+            Command::DeleteUserSessions(user_id, except) => {
+                ops::delete_user::apply(self, record, user_id, except.as_ref()).await
             }
         }
     }

@@ -171,7 +171,7 @@ async fn create_session_replies_with_the_id_of_the_session_rest_then_reads() {
     assert_eq!(session["user_email"], "creator@example.com");
     assert_eq!(
         app.list("amqp-creator").await,
-        json!({"user_id": "amqp-creator", "sessions": [{"session_id": id, "device_id": "phone 1"}]})
+        json!({"user_id": "amqp-creator", "sessions": [{"session_id": id, "device_id": "phone 1"}], "next": null})
     );
 }
 
@@ -230,7 +230,7 @@ async fn list_sessions_result_equals_the_rest_body() {
             {"session_id": created[0], "device_id": "d1"},
             {"session_id": created[1], "device_id": "d2"},
             {"session_id": created[2], "device_id": "d2"},
-        ]})
+        ], "next": null})
     );
 
     // No sessions is an empty list, not an error.
@@ -238,7 +238,10 @@ async fn list_sessions_result_equals_the_rest_body() {
         .call(&app, &json!({"type": "ListSessions", "user_id": "nobody"}))
         .await;
     let result = ok_result(&body, "result.SessionList.json");
-    assert_eq!(result, json!({"user_id": "nobody", "sessions": []}));
+    assert_eq!(
+        result,
+        json!({"user_id": "nobody", "sessions": [], "next": null})
+    );
     assert_eq!(result, app.list("nobody").await);
 }
 
@@ -356,7 +359,7 @@ async fn delete_user_sessions_replies_with_the_closed_ids_and_the_user_has_none_
 
     assert_eq!(
         app.list("purged").await,
-        json!({"user_id": "purged", "sessions": []})
+        json!({"user_id": "purged", "sessions": [], "next": null})
     );
     for id in &created {
         let (status, _) = app
@@ -590,7 +593,7 @@ async fn messages_that_cannot_be_understood_get_invalid_argument_and_are_dead_le
     assert_eq!(app.session(&existing).await, before);
     assert_eq!(
         app.list("new-user").await,
-        json!({"user_id": "new-user", "sessions": []})
+        json!({"user_id": "new-user", "sessions": [], "next": null})
     );
     assert_eq!(session_ids(&app.list("victim").await), vec![existing]);
 }
@@ -617,7 +620,7 @@ async fn an_invalid_message_without_reply_to_is_dead_lettered_without_a_reply() 
     assert_eq!(app.amqp.dead_letter_count().await, 0);
     assert_eq!(
         app.list("quiet").await,
-        json!({"user_id": "quiet", "sessions": []})
+        json!({"user_id": "quiet", "sessions": [], "next": null})
     );
 }
 

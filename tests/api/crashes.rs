@@ -9,7 +9,9 @@ use std::{
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
-use crate::helpers::{clean_up, isolated_settings, service_with_settings, AmqpClient, Reply};
+use crate::helpers::{
+    clean_up, every_session_id, isolated_settings, service_with_settings, AmqpClient, Reply,
+};
 use session_manager_testkit::{free_port, Service};
 
 /// Every reply, by correlation id; a command answered twice must repeat its first outcome.
@@ -91,18 +93,8 @@ async fn interrupt_thousands_of_creates(stop: impl FnOnce(Service)) {
     }
     eprintln!("stopped after {answered_before} of {COMMANDS} answers; all answered after restart");
 
-    let list: Value = reqwest::get(second.url("/a01/session?user_id=crash"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let listed: HashSet<&str> = list["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["session_id"].as_str().unwrap())
-        .collect();
+    let every = every_session_id(&second.url(""), "crash").await;
+    let listed: HashSet<&str> = every.iter().map(String::as_str).collect();
     let answered: HashSet<&str> = answers
         .0
         .values()

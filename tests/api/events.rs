@@ -277,7 +277,7 @@ async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
     // The first step took the cutoff when `later` did not exist yet, ended one session, and
     // its instance stopped.
     let ended_before = Bucket::of_user(&user).new_session_id();
-    let command = Command::DeleteUserSessions(user.clone());
+    let command = Command::DeleteUserSessions(user.clone(), None);
     let message_id = MessageId::parse("delete-u").unwrap();
     let progress = keys.progress(&command, Some(&message_id));
     let _: () = redis::cmd("RPUSH")

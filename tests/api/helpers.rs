@@ -569,7 +569,10 @@ impl StoreAlone {
     /// The ids user `u`'s list shows.
     pub async fn listed(&self) -> Vec<SessionId> {
         let user = UserId::parse("u".into()).unwrap();
-        match self.apply(Command::ListSessions(user)).await {
+        match self
+            .apply(Command::ListSessions(user, Default::default()))
+            .await
+        {
             Outcome::SessionList { sessions, .. } => {
                 sessions.into_iter().map(|s| s.session_id).collect()
             }
@@ -600,6 +603,32 @@ impl StoreAlone {
 }
 
 /// The session ids of a list (a `SessionList` result).
+/// Every session id of `user_id` at the service at `base` (e.g. `http://127.0.0.1:8090`),
+/// following the list's pages.
+pub async fn every_session_id(base: &str, user_id: &str) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let (mut ids, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let mut query = vec![("user_id", user_id.to_owned())];
+        query.extend(after.take().map(|cursor| ("after", cursor)));
+        let page: Value = http
+            .get(format!("{base}/a01/session"))
+            .query(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_valid("result.SessionList.json", &page);
+        ids.extend(session_ids(&page));
+        match page["next"].as_str() {
+            Some(cursor) => after = Some(cursor.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
 pub fn session_ids(list: &Value) -> Vec<String> {
     list["sessions"]
         .as_array()

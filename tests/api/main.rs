@@ -11,6 +11,7 @@ mod fuzz;
 mod growth;
 mod helpers;
 mod outages;
+mod pages;
 mod process;
 mod rest;
 mod scripts;

@@ -139,20 +139,30 @@ async fn list(app: &TestApp, user_id: &str) -> Response {
 }
 
 /// The `(session_id, device_id)` pairs of a user's list, checked against the schema.
+/// Every session of the user, page after page (a page holds at most 1000).
 async fn listed(app: &TestApp, user_id: &str) -> Vec<(String, String)> {
-    let body = expect_ok(list(app, user_id).await, 200, "result.SessionList.json").await;
-    assert_eq!(body["user_id"], user_id);
-    body["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
+    let mut body = expect_ok(list(app, user_id).await, 200, "result.SessionList.json").await;
+    let mut sessions = Vec::new();
+    loop {
+        assert_eq!(body["user_id"], user_id);
+        sessions.extend(body["sessions"].as_array().unwrap().iter().map(|s| {
             (
                 s["session_id"].as_str().unwrap().to_owned(),
                 s["device_id"].as_str().unwrap().to_owned(),
             )
-        })
-        .collect()
+        }));
+        let Some(next) = body["next"].as_str() else {
+            return sessions;
+        };
+        let response = app
+            .http
+            .get(app.url("/a01/session"))
+            .query(&[("user_id", user_id), ("after", next)])
+            .send()
+            .await
+            .unwrap();
+        body = expect_ok(response, 200, "result.SessionList.json").await;
+    }
 }
 
 async fn delete_user(app: &TestApp, user_id: &str) -> Response {
@@ -489,7 +499,8 @@ async fn a_repeated_member_name_is_invalid_and_named() {
 }
 
 /// A query parameter the route does not know, or one given twice, is refused naming it
-/// (contract §7.7), and nothing happens: `except` is not silently ignored by a delete of all.
+/// (contract §7.7), and nothing happens: a parameter a route does not know (`keep`, or `except`
+/// on a list) is not silently ignored.
 #[tokio::test]
 async fn unknown_or_repeated_query_parameters_are_invalid_and_change_nothing() {
     let app = spawn_app().await;
@@ -499,8 +510,8 @@ async fn unknown_or_repeated_query_parameters_are_invalid_and_change_nothing() {
     let cases = [
         (
             reqwest::Method::DELETE,
-            format!("/a01/session?user_id=alice&except={kept}"),
-            "except",
+            format!("/a01/session?user_id=alice&keep={kept}"),
+            "keep",
         ),
         (
             reqwest::Method::DELETE,
@@ -508,8 +519,18 @@ async fn unknown_or_repeated_query_parameters_are_invalid_and_change_nothing() {
             "user_id",
         ),
         (
-            reqwest::Method::GET,
+            reqwest::Method::DELETE,
             "/a01/session?user_id=alice&limit=1".to_owned(),
+            "limit",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/a01/session?user_id=alice&except={kept}"),
+            "except",
+        ),
+        (
+            reqwest::Method::GET,
+            "/a01/session?user_id=alice&limit=1&limit=2".to_owned(),
             "limit",
         ),
         (
@@ -579,7 +600,10 @@ async fn several_sessions_on_one_device_are_all_listed() {
 async fn list_of_a_user_without_sessions_is_empty_not_an_error() {
     let app = spawn_app().await;
     let body = expect_ok(list(&app, "nobody").await, 200, "result.SessionList.json").await;
-    assert_eq!(body, json!({"user_id": "nobody", "sessions": []}));
+    assert_eq!(
+        body,
+        json!({"user_id": "nobody", "sessions": [], "next": null})
+    );
     assert!(app.stored_keys().await.is_empty(), "listing wrote keys");
 }
 

@@ -1,15 +1,17 @@
-//! DeleteUserSessions: ends every session the user had when the command began, in atomic steps
-//! of at most [`DELETE_STEP`] sessions, each step one script call; the progress between steps is
-//! kept beside the record, so that a redelivered command resumes and still answers every id.
+//! DeleteUserSessions: ends every session the user had when the command began but the kept one
+//! (`except`), in atomic steps of at most [`DELETE_STEP`] sessions, each step one script call;
+//! the progress between steps is kept beside the record, so that a redelivered command resumes
+//! and still answers every id. A kept session that is not a live session of the user closes
+//! nothing and answers `not_found`.
 
 use std::time::Duration;
 
 use super::{answer, session_id, strings, CommandCall};
 use crate::{
-    domain::{Outcome, UserId},
+    domain::{Outcome, SessionId, UserId},
     store::{
         script::{Arg, Layout, Source, COMMAND_PIECES},
-        Store, StoreError, DELETE_STEP,
+        Bucket, Store, StoreError, DELETE_STEP,
     },
 };
 
@@ -23,9 +25,10 @@ pub(in crate::store) static SCRIPT: Source = Source {
     pieces: COMMAND_PIECES,
     layout: Layout {
         command_script: true,
-        keys: &["index_key", "progress_key"],
+        keys: &["index_key", "progress_key", "kept_key"],
         args: &[
             Arg::Text("user_id"),
+            Arg::Text("kept_id"),
             Arg::Number("step"),
             Arg::Number("progress_ttl"),
         ],
@@ -37,7 +40,12 @@ pub(in crate::store) async fn apply(
     store: &Store,
     record: CommandCall<'_>,
     user_id: &UserId,
+    except: Option<&SessionId>,
 ) -> Result<Outcome, StoreError> {
+    // A session of another bucket cannot be this user's.
+    if except.is_some_and(|kept| Bucket::of_session(kept) != Bucket::of_user(user_id)) {
+        return Err(StoreError::NotFound);
+    }
     let progress_ttl = match record.message_id {
         Some(_) => store.policy.record_retention.max(PROGRESS_RETENTION),
         None => PROGRESS_RETENTION,
@@ -48,7 +56,16 @@ pub(in crate::store) async fn apply(
             "progress_key",
             store.keys.progress(record.command, record.message_id),
         )
+        // Without a kept session, a key of the same slot stands in (the script reads none).
+        .key(
+            "kept_key",
+            except.map_or_else(
+                || store.keys.index(user_id),
+                |kept| store.keys.session(kept),
+            ),
+        )
         .arg("user_id", user_id.as_str())
+        .arg("kept_id", except.map_or("", SessionId::as_str))
         .arg("step", DELETE_STEP)
         .arg("progress_ttl", progress_ttl.as_secs());
     loop {

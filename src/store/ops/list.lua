@@ -1,12 +1,39 @@
--- list.lua: ListSessions. Returns session id/device id pairs of the user's live sessions, oldest
--- first; entries of ended sessions are removed on the way.
--- needs: index_key, user_id, STATUS, live_device, finish
-local listed = {}
-for _, session_id in ipairs(redis.call('ZRANGE', index_key, 0, -1)) do
-  local device_id = live_device(session_id, user_id)
-  if device_id then
-    listed[#listed + 1] = session_id
-    listed[#listed + 1] = device_id
+-- list.lua: ListSessions, one page. Returns the score of the last session answered when more
+-- entries follow ('' when none), then session id/device id pairs of at most `limit` live sessions
+-- after score `after` ('' for the oldest), oldest first; entries of ended sessions are removed on
+-- the way. It reads the index `limit` + 1 entries at a time, so its work grows with `limit`, not
+-- with the user's session count (an entry left behind by a session that ended costs one more).
+-- needs: index_key, user_id, limit, after, STATUS, live_device, finish
+local listed, count, last = {''}, 0, nil
+local from = '-inf'
+if after ~= '' then
+  from = '(' .. after
+end
+local more = false
+while true do
+  local wanted = limit - count + 1
+  local batch = redis.call('ZRANGE', index_key, from, '+inf', 'BYSCORE', 'LIMIT', 0, wanted,
+    'WITHSCORES')
+  for i = 1, #batch, 2 do
+    if count == limit then
+      more = true
+      break
+    end
+    local device_id = live_device(batch[i], user_id)
+    if device_id then
+      listed[#listed + 1] = batch[i]
+      listed[#listed + 1] = device_id
+      count = count + 1
+      last = batch[i + 1]
+    end
+    from = '(' .. batch[i + 1]
   end
+  -- Done when the page is full, or the index had fewer entries than asked for.
+  if more or count == limit or #batch < 2 * wanted then
+    break
+  end
+end
+if more and last then
+  listed[1] = last
 end
 return finish({s = STATUS.ok, v = listed})

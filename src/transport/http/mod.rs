@@ -11,7 +11,7 @@ mod server;
 pub use error::HttpError;
 pub use server::serve;
 
-use query::{Query, USER_ONLY};
+use query::Query;
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -206,10 +206,12 @@ impl HttpState {
                 Command::CreateSession(NewSession::from_fields(fields)?)
             }
             (Route::Sessions, &Method::GET) => {
-                Command::ListSessions(Query::parse(&request.query, USER_ONLY)?.user_id()?)
+                let (user_id, page) = Query::list(&request.query)?;
+                Command::ListSessions(user_id, page)
             }
             (Route::Sessions, &Method::DELETE) => {
-                Command::DeleteUserSessions(Query::parse(&request.query, USER_ONLY)?.user_id()?)
+                let (user_id, except) = Query::delete_all(&request.query)?;
+                Command::DeleteUserSessions(user_id, except)
             }
             (Route::Session, &Method::GET) => {
                 Query::parse(&request.query, &[])?;

@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{shown_name, Error, UserId};
+use crate::domain::{shown_name, Error, ListPage, SessionId, UserId, MAX_LIMIT};
 
-/// The parameters of the routes that name a user.
-pub const USER_ONLY: &[&str] = &["user_id"];
+/// The parameters of `GET /a01/session`.
+const LIST: &[&str] = &["user_id", "limit", "after"];
+/// The parameters of `DELETE /a01/session`.
+const DELETE_ALL: &[&str] = &["user_id", "except"];
 
 /// The decoded parameters of one query string.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -41,8 +43,37 @@ impl Query {
         Ok(Self(params))
     }
 
+    /// The query of `GET /a01/session`: the user and the page.
+    pub fn list(query: &str) -> Result<(UserId, ListPage), Error> {
+        let mut query = Self::parse(query, LIST)?;
+        let user_id = query.user_id()?;
+        let limit = query
+            .0
+            .remove("limit")
+            .map(|limit| {
+                limit.parse::<u64>().map_err(|_| {
+                    Error::InvalidArgument(format!("limit: must be from 1 to {MAX_LIMIT}"))
+                })
+            })
+            .transpose()?;
+        let page = ListPage::parse(&user_id, limit, query.0.get("after").map(String::as_str))?;
+        Ok((user_id, page))
+    }
+
+    /// The query of `DELETE /a01/session`: the user and the session to keep, if any.
+    pub fn delete_all(query: &str) -> Result<(UserId, Option<SessionId>), Error> {
+        let mut query = Self::parse(query, DELETE_ALL)?;
+        let user_id = query.user_id()?;
+        let except = query
+            .0
+            .remove("except")
+            .map(|id| SessionId::parse_existing(&id))
+            .transpose()?;
+        Ok((user_id, except))
+    }
+
     /// The `user_id` parameter, which must be given.
-    pub fn user_id(mut self) -> Result<UserId, Error> {
+    fn user_id(&mut self) -> Result<UserId, Error> {
         let user_id = self
             .0
             .remove("user_id")
@@ -96,7 +127,7 @@ mod tests {
     }
 
     fn invalid(query: &str) -> String {
-        match Query::parse(query, USER_ONLY).and_then(Query::user_id) {
+        match Query::list(query) {
             Err(Error::InvalidArgument(message)) => message,
             other => panic!("{query}: {other:?}"),
         }
@@ -105,6 +136,13 @@ mod tests {
     #[test]
     fn unknown_repeated_and_missing_parameters_are_named() {
         assert!(invalid("user_id=u&except=s").starts_with("except: unknown query parameter"));
+        assert!(invalid("user_id=u&limit=0").starts_with("limit: "));
+        assert!(invalid("user_id=u&limit=ten").starts_with("limit: "));
+        assert!(invalid("user_id=u&after=zz").starts_with("after: "));
+        assert!(matches!(
+            Query::delete_all("user_id=u&limit=1"),
+            Err(Error::InvalidArgument(message)) if message.starts_with("limit: unknown")
+        ));
         assert!(invalid("user_id=a&user_id=b").starts_with("user_id: query parameter given more"));
         assert!(invalid("").starts_with("user_id: query parameter is required"));
         assert!(invalid("user_id=%FF").starts_with("user_id: must be percent-encoded"));
@@ -134,7 +172,7 @@ mod tests {
         /// Any query string: no panic, and an error names a parameter (or the query).
         #[test]
         fn any_query_is_answered_with_a_user_or_a_named_error(query in ".{0,200}") {
-            match Query::parse(&query, USER_ONLY).and_then(Query::user_id) {
+            match Query::list(&query) {
                 Ok(_) => {}
                 Err(Error::InvalidArgument(message)) => prop_assert!(
                     message.contains(": "),
@@ -147,10 +185,9 @@ mod tests {
         /// A valid user id, encoded, reads back as itself.
         #[test]
         fn a_valid_user_id_round_trips(user_id in "[^\\p{Cc}]{1,64}") {
-            let parsed = Query::parse(&format!("user_id={}", encode(&user_id)), USER_ONLY)
-                .and_then(Query::user_id)
-                .unwrap();
+            let (parsed, page) = Query::list(&format!("user_id={}&limit=7", encode(&user_id))).unwrap();
             prop_assert_eq!(parsed.as_str(), user_id.as_str());
+            prop_assert_eq!(page.limit, 7);
         }
     }
 }

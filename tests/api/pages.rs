@@ -1,0 +1,254 @@
+//! Lists in pages and "sign out everywhere else" (contract §7.5), over REST and AMQP: pages
+//! follow each other without gap or repeat in creation order, a cursor is bound to its user,
+//! `limit` is 1–1000; `except` keeps one live session of the user (no event for it), refuses a
+//! session that is not one (`not_found`, nothing closed), and works across the steps of a large
+//! deletion.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use session_manager::store::DELETE_STEP;
+
+use crate::helpers::{assert_valid, session_ids, spawn_app, TestApp};
+
+/// A page over REST: the status and the body.
+async fn page(app: &TestApp, query: &str) -> (u16, Value) {
+    app.rest(reqwest::Method::GET, &format!("/a01/session?{query}"))
+        .await
+}
+
+/// Every session of `user_id`, page by page of `limit`; the number of pages.
+async fn all_pages(app: &TestApp, user_id: &str, limit: u32) -> (Vec<String>, usize) {
+    let (mut ids, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+    loop {
+        let query = match &after {
+            Some(cursor) => format!("user_id={user_id}&limit={limit}&after={cursor}"),
+            None => format!("user_id={user_id}&limit={limit}"),
+        };
+        let (status, body) = page(app, &query).await;
+        assert_eq!(status, 200, "{body}");
+        assert_valid("result.SessionList.json", &body);
+        let listed = session_ids(&body);
+        assert!(listed.len() <= limit as usize);
+        ids.extend(listed);
+        pages += 1;
+        match &body["next"] {
+            Value::String(cursor) => after = Some(cursor.clone()),
+            Value::Null => return (ids, pages),
+            other => panic!("next: {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_follow_each_other_in_creation_order() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for n in 0..25 {
+        created.push(
+            app.create_session(json!({"user_id": "alice", "device_id": format!("d{n}")}))
+                .await,
+        );
+    }
+    let (ids, pages) = all_pages(&app, "alice", 10).await;
+    assert_eq!((ids.clone(), pages), (created.clone(), 3));
+    // A limit that divides the count: the last full page says no more follow.
+    let (ids, pages) = all_pages(&app, "alice", 25).await;
+    assert_eq!((ids, pages), (created.clone(), 1));
+    let (ids, _) = all_pages(&app, "alice", 1).await;
+    assert_eq!(ids, created);
+    // Without limit: everything, and no next.
+    let whole = app.list("alice").await;
+    assert_eq!(
+        (session_ids(&whole), whole["next"].clone()),
+        (created.clone(), Value::Null)
+    );
+
+    // A session that ends between two pages is not listed; none is repeated or skipped.
+    let (_, first) = page(&app, "user_id=alice&limit=10").await;
+    let cursor = first["next"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("/a01/session/{}", created[12]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, second) = page(&app, &format!("user_id=alice&limit=10&after={cursor}")).await;
+    let mut expected: Vec<String> = created[10..21].to_vec();
+    expected.remove(2);
+    assert_eq!(session_ids(&second), expected);
+}
+
+#[tokio::test]
+async fn a_cursor_is_bound_to_its_user_and_limits_are_checked() {
+    let app = spawn_app().await;
+    for user in ["alice", "alice", "bob"] {
+        app.create_session(json!({"user_id": user, "device_id": "d"}))
+            .await;
+    }
+    let (_, first) = page(&app, "user_id=alice&limit=1").await;
+    let cursor = first["next"].as_str().unwrap().to_owned();
+    for query in [
+        format!("user_id=bob&after={cursor}"),
+        "user_id=alice&after=not-a-cursor".to_owned(),
+        format!("user_id=alice&after={cursor}x"),
+    ] {
+        let (status, body) = page(&app, &query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("after: "));
+    }
+    for limit in ["0", "1001", "-1", "ten", ""] {
+        let (status, body) = page(&app, &format!("user_id=alice&limit={limit}")).await;
+        assert_eq!(status, 400, "limit={limit}: {body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("limit: "));
+    }
+    let (status, body) = page(&app, "user_id=alice&limit=1000").await;
+    assert_eq!((status, session_ids(&body).len()), (200, 2));
+}
+
+#[tokio::test]
+async fn list_sessions_pages_over_amqp() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(
+            app.create_session(json!({"user_id": "carol", "device_id": format!("d{n}")}))
+                .await,
+        );
+    }
+    let first = app
+        .amqp
+        .call(&json!({"type": "ListSessions", "user_id": "carol", "limit": 3}))
+        .await;
+    let result = &first.body["result"];
+    assert_eq!(session_ids(result), created[..3]);
+    let second = app
+        .amqp
+        .call(&json!({"type": "ListSessions", "user_id": "carol", "limit": 3, "after": result["next"]}))
+        .await;
+    assert_eq!(session_ids(&second.body["result"]), created[3..]);
+    assert_eq!(second.body["result"]["next"], Value::Null);
+    let refused = app
+        .amqp
+        .call(&json!({"type": "ListSessions", "user_id": "dave", "after": result["next"]}))
+        .await;
+    assert_eq!(refused.body["error"]["code"], "invalid_argument");
+}
+
+/// "Sign out everywhere else": every session but the kept one ends, each with its event, none
+/// for the kept one.
+#[tokio::test]
+async fn except_keeps_one_session_and_closes_the_others_with_their_events() {
+    let app = spawn_app().await;
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    let mut created = Vec::new();
+    for n in 0..4 {
+        created.push(
+            app.create_session(json!({"user_id": "erin", "device_id": format!("d{n}")}))
+                .await,
+        );
+    }
+    let kept = created[1].clone();
+    let (status, body) = app
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("/a01/session?user_id=erin&except={kept}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_valid("result.UserSessionsDeleted.json", &body);
+    let closed: Vec<String> = created.iter().filter(|id| **id != kept).cloned().collect();
+    assert_eq!(body["session_ids"], json!(closed));
+    assert_eq!(app.listed_ids("erin").await, vec![kept.clone()]);
+    let mut announced: Vec<String> = events
+        .take(3)
+        .await
+        .into_iter()
+        .map(|event| {
+            assert_eq!(event.body["data"]["reason"], "user_sessions_deleted");
+            event.body["data"]["session_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    announced.sort();
+    let mut expected = closed.clone();
+    expected.sort();
+    assert_eq!(announced, expected);
+    events.assert_quiet(Duration::from_millis(500)).await;
+}
+
+/// A kept session that is not a live session of the user (another user's, one that ended, one
+/// that never was): `not_found`, and nothing is closed.
+#[tokio::test]
+async fn except_of_a_session_that_is_not_the_users_closes_nothing() {
+    let app = spawn_app().await;
+    let mine = app
+        .create_session(json!({"user_id": "frank", "device_id": "d"}))
+        .await;
+    let theirs = app
+        .create_session(json!({"user_id": "grace", "device_id": "d"}))
+        .await;
+    let ended = app
+        .create_session(json!({"user_id": "frank", "device_id": "e"}))
+        .await;
+    app.rest(reqwest::Method::DELETE, &format!("/a01/session/{ended}"))
+        .await;
+    for except in [
+        theirs.clone(),
+        ended,
+        format!("0a{}", "Q".repeat(43)),
+        "nope".into(),
+    ] {
+        let (status, body) = app
+            .rest(
+                reqwest::Method::DELETE,
+                &format!("/a01/session?user_id=frank&except={except}"),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (404, json!("not_found"))
+        );
+        let reply = app
+            .amqp
+            .call(&json!({"type": "DeleteUserSessions", "user_id": "frank", "except": except}))
+            .await;
+        assert_eq!(reply.body["error"]["code"], "not_found");
+    }
+    assert_eq!(app.listed_ids("frank").await, vec![mine]);
+    assert_eq!(app.listed_ids("grace").await, vec![theirs]);
+}
+
+/// With more sessions than one step of a deletion, the kept one survives every step.
+#[tokio::test]
+async fn except_holds_across_the_steps_of_a_large_deletion() {
+    let app = spawn_app().await;
+    let count = 2 * DELETE_STEP + 1;
+    let created: Vec<String> = app
+        .create_sessions("heidi", count)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let kept = created[DELETE_STEP].clone();
+    let reply = app
+        .amqp
+        .call_with_id(
+            &json!({"type": "DeleteUserSessions", "user_id": "heidi", "except": kept}),
+            "keep-one",
+        )
+        .await;
+    let closed = reply.body["result"]["session_ids"].as_array().unwrap();
+    assert_eq!(closed.len(), count - 1);
+    assert!(!closed.contains(&json!(kept)));
+    assert_eq!(app.listed_ids("heidi").await, vec![kept]);
+}
