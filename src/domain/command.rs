@@ -10,7 +10,8 @@
 use serde::Serialize;
 
 use super::{
-    fields::Fields, DeviceId, Error, ListPage, NewSession, Session, SessionId, SessionPatch, UserId,
+    fields::Fields, DeviceId, Error, IpAddress, ListPage, NewSession, Session, SessionId,
+    SessionPatch, Timestamp, UserAgent, UserId,
 };
 
 /// One operation on the sessions.
@@ -116,13 +117,21 @@ fn only_session_id(mut fields: Fields) -> Result<SessionId, Error> {
     SessionId::parse_existing(&id)
 }
 
-/// One entry of a session list.
+/// One entry of a session list: what a "your devices" page shows (contract §7.6).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
     /// The session.
     pub session_id: SessionId,
     /// Its device.
     pub device_id: DeviceId,
+    /// The address it was created from, or `null`.
+    pub ip_address: Option<IpAddress>,
+    /// The user agent it was created from, or `null`.
+    pub user_agent: Option<UserAgent>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was last used, or `null` for a session from before the service kept it.
+    pub last_seen_at: Option<Timestamp>,
 }
 
 /// The result of a successful command: the same JSON as the REST success body.

@@ -17,6 +17,6 @@ pub use event::{CloseReason, SessionClosed};
 pub use fields::{shown_name, Field, Fields};
 pub use page::{cursor, ListPage, Position, MAX_LIMIT};
 pub use session::{
-    DeviceId, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch, Timestamp,
-    UserEmail, UserId,
+    DeviceId, IpAddress, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch,
+    Timestamp, UserAgent, UserEmail, UserId,
 };

@@ -193,6 +193,61 @@ impl UserEmail {
     }
 }
 
+/// The IP address a session was created from (contract §7.6), normalised: an IPv4-mapped IPv6
+/// address (`::ffff:1.2.3.4`) is the IPv4 address, and IPv6 is written in its short form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct IpAddress(String);
+
+impl IpAddress {
+    /// Parses an IPv4 or IPv6 address in text form; the error names the field.
+    pub fn parse(value: String) -> Result<Self, Error> {
+        let address: std::net::IpAddr = value.trim().parse().map_err(|_| {
+            Error::InvalidArgument("ip_address: must be an IPv4 or IPv6 address".into())
+        })?;
+        Ok(Self(address.to_canonical().to_string()))
+    }
+
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A value read back from the store, where only checked values are written.
+    pub(crate) fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+}
+
+const MAX_USER_AGENT_BYTES: usize = 512;
+
+/// The user agent a session was created from: at most 512 bytes, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserAgent(String);
+
+impl UserAgent {
+    /// Checks the rules; the error names the field.
+    pub fn parse(value: String) -> Result<Self, Error> {
+        if value.len() > MAX_USER_AGENT_BYTES || value.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "user_agent: must be at most {MAX_USER_AGENT_BYTES} bytes without control characters"
+            )));
+        }
+        Ok(Self(value))
+    }
+
+    /// The user agent as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A value read back from the store, where only checked values are written.
+    pub(crate) fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+}
+
 /// A moment, kept as milliseconds since the Unix epoch (by the store's clock), shown as RFC 3339
 /// UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -267,12 +322,19 @@ pub struct Session {
     pub expiration_time: Option<u64>,
     /// The user's e-mail address.
     pub user_email: Option<UserEmail>,
+    /// The address it was created from, if given.
+    pub ip_address: Option<IpAddress>,
+    /// The user agent it was created from, if given.
+    pub user_agent: Option<UserAgent>,
     /// When it was created, by the store's clock.
     pub created_at: Timestamp,
     /// When it was last updated.
     pub updated_at: Timestamp,
     /// When it ends at the latest.
     pub expires_at: Timestamp,
+    /// When it was last used: created, updated, or read (reads count at most once a minute).
+    /// `None` for sessions written before the service kept it.
+    pub last_seen_at: Option<Timestamp>,
 }
 
 /// The input of a create: who, on which device, and the optional fields.
@@ -282,6 +344,10 @@ pub struct NewSession {
     pub user_id: UserId,
     /// On which device.
     pub device_id: DeviceId,
+    /// From which address, if given.
+    pub ip_address: Option<IpAddress>,
+    /// With which user agent, if given.
+    pub user_agent: Option<UserAgent>,
     /// The optional client fields.
     pub fields: MutableFields,
 }
@@ -341,6 +407,14 @@ impl NewSession {
     pub fn take_from(fields: &mut Fields) -> Result<Self, Error> {
         let user_id = UserId::parse(fields.required_string("user_id")?)?;
         let device_id = DeviceId::parse(fields.required_string("device_id")?)?;
+        let ip_address = fields
+            .string("ip_address")?
+            .try_map(IpAddress::parse)?
+            .into_option();
+        let user_agent = fields
+            .string("user_agent")?
+            .try_map(UserAgent::parse)?
+            .into_option();
         let mutable = MutableFields {
             auth_code: secret(fields, "auth_code")?.into_option(),
             access_token: secret(fields, "access_token")?.into_option(),
@@ -354,6 +428,8 @@ impl NewSession {
         Ok(Self {
             user_id,
             device_id,
+            ip_address,
+            user_agent,
             fields: mutable,
         })
     }
@@ -373,6 +449,13 @@ impl SessionPatch {
             return Err(Error::InvalidArgument(
                 "body: give at least one field to change".into(),
             ));
+        }
+        for fixed in ["ip_address", "user_agent"] {
+            if !fields.string(fixed)?.is_absent() {
+                return Err(Error::InvalidArgument(format!(
+                    "{fixed}: is set at create and cannot be changed"
+                )));
+            }
         }
         Ok(Self {
             user_id: optional_identifier(fields, "user_id", UserId::parse)?,

@@ -7,8 +7,8 @@
 use super::StoreError;
 use crate::{
     domain::{
-        DeviceId, Field, MutableFields, Secret, Session, SessionId, SessionPatch, Timestamp,
-        UserEmail, UserId,
+        DeviceId, Field, IpAddress, MutableFields, Secret, Session, SessionId, SessionPatch,
+        Timestamp, UserAgent, UserEmail, UserId,
     },
     keyring::{Keyring, OpenError},
 };
@@ -26,11 +26,14 @@ pub(super) enum HashField {
     CreatedAt,
     UpdatedAt,
     ExpiresAt,
+    IpAddress,
+    UserAgent,
+    LastSeenAt,
 }
 
 impl HashField {
     /// Every field, with its shared name and its stored code.
-    pub const TABLE: [(Self, &'static str, &'static str); 10] = [
+    pub const TABLE: [(Self, &'static str, &'static str); 13] = [
         (Self::UserId, "user_id", "u"),
         (Self::DeviceId, "device_id", "d"),
         (Self::AuthCode, "auth_code", "ac"),
@@ -41,6 +44,9 @@ impl HashField {
         (Self::CreatedAt, "created_at", "c"),
         (Self::UpdatedAt, "updated_at", "m"),
         (Self::ExpiresAt, "expires_at", "x"),
+        (Self::IpAddress, "ip_address", "ip"),
+        (Self::UserAgent, "user_agent", "ua"),
+        (Self::LastSeenAt, "last_seen_at", "ls"),
     ];
 
     /// The code the field is stored under.
@@ -65,6 +71,15 @@ impl HashField {
     pub fn is_sealed(self) -> bool {
         Self::SEALED.contains(&self)
     }
+}
+
+/// The code under which the session hash stores the field of shared name `name` (e.g.
+/// `"last_seen_at"`), for tools and tests that read the hash itself.
+pub fn field_code(name: &str) -> Option<&'static str> {
+    HashField::TABLE
+        .iter()
+        .find(|(_, shared, _)| *shared == name)
+        .map(|(_, _, code)| *code)
 }
 
 /// The field of `table` (a table of fields, their shared names and stored codes) stored as
@@ -195,6 +210,7 @@ pub(super) fn session(
 ) -> Result<Session, StoreError> {
     let (mut user_id, mut device_id) = (None, None);
     let (mut created_at, mut updated_at, mut expires_at) = (None, None, None);
+    let (mut ip_address, mut user_agent, mut last_seen_at) = (None, None, None);
     let mut fields = MutableFields::default();
     let mut pairs = pairs.into_iter();
     while let (Some(code), Some(value)) = (pairs.next(), pairs.next()) {
@@ -222,6 +238,9 @@ pub(super) fn session(
             HashField::CreatedAt => created_at = Some(timestamp(&value)?),
             HashField::UpdatedAt => updated_at = Some(timestamp(&value)?),
             HashField::ExpiresAt => expires_at = Some(timestamp(&value)?),
+            HashField::IpAddress => ip_address = Some(IpAddress::from_stored(value)),
+            HashField::UserAgent => user_agent = Some(UserAgent::from_stored(value)),
+            HashField::LastSeenAt => last_seen_at = Some(timestamp(&value)?),
         }
     }
     let missing = || StoreError::Corrupt("session hash lacks a required field".into());
@@ -234,9 +253,12 @@ pub(super) fn session(
         refresh_token: fields.refresh_token,
         expiration_time: fields.expiration_time,
         user_email: fields.user_email,
+        ip_address,
+        user_agent,
         created_at: created_at.ok_or_else(missing)?,
         updated_at: updated_at.ok_or_else(missing)?,
         expires_at: expires_at.ok_or_else(missing)?,
+        last_seen_at,
     })
 }
 

@@ -43,6 +43,7 @@ use redis::RedisError;
 
 pub use bucket::{Bucket, BUCKETS};
 pub use connection::{RedisConnection, RedisMode};
+pub use hash::field_code;
 pub use keys::{KeyKind, Keys};
 pub use outbox::{OutboxEntry, GROUP};
 pub use rewrap::{RewrapReport, PLAIN};
@@ -148,6 +149,10 @@ pub const TTL_MARGIN: Duration = Duration::from_secs(24 * 60 * 60);
 /// `session-bench` saw another client wait at most 6–9 ms during a deletion of 10,000 sessions
 /// (all of it 80–180 ms). A user with no more sessions is deleted in one step.
 pub const DELETE_STEP: usize = 500;
+
+/// A read counts as use of its session (`last_seen_at`) at most this often, so that reads stay
+/// reads: one write a minute per session at the most (contract §7.6).
+pub const SEEN_EVERY: Duration = Duration::from_secs(60);
 
 /// How far this host's clock may be from Redis's for a read to skip the script: a session
 /// ending sooner than this is read by the script, which judges by Redis's clock.

@@ -8,7 +8,8 @@
 //! field codes and consumer group (`EVENT.<name>`, `GROUP`, from `outbox.rs`), the key kinds a
 //! script derives keys with (`KIND.<name>`, from `keys.rs`), the reasons a session ends
 //! (`REASON.<name>`, from the domain), the statuses a command script answers (`STATUS.<name>`,
-//! from `ops`) and the instance's policy (`LIFETIME`, `IDLE`, `MAX_PER_USER`, `TTL_MARGIN`).
+//! from `ops`) and the instance's policy (`LIFETIME`, `IDLE`, `MAX_PER_USER`, `TTL_MARGIN`,
+//! `SEEN_EVERY`).
 //! The header binds the script's `KEYS` and `ARGV` to the names of its [`Layout`], which the
 //! Rust side calls it with ([`Call`] checks the names in debug builds).
 //!
@@ -25,7 +26,7 @@ use super::{
     keys::kind,
     ops::status,
     outbox::{EventField, GROUP},
-    Policy, RedisConnection, StoreError, TTL_MARGIN,
+    Policy, RedisConnection, StoreError, SEEN_EVERY, TTL_MARGIN,
 };
 use crate::domain::CloseReason;
 
@@ -125,7 +126,14 @@ impl Layout {
 /// The tables of named constants: a piece writes `FIELD.user_id`.
 const TABLES: [&str; 5] = ["FIELD", "EVENT", "KIND", "REASON", "STATUS"];
 /// The single constants: a piece writes `GROUP`.
-const SCALARS: [&str; 5] = ["GROUP", "LIFETIME", "IDLE", "MAX_PER_USER", "TTL_MARGIN"];
+const SCALARS: [&str; 6] = [
+    "GROUP",
+    "LIFETIME",
+    "IDLE",
+    "MAX_PER_USER",
+    "TTL_MARGIN",
+    "SEEN_EVERY",
+];
 
 /// The constants of one store's scripts, by the name the pieces write, as Lua literals.
 #[derive(Debug, Clone)]
@@ -167,6 +175,7 @@ impl Constants {
             policy.max_per_user.unwrap_or(0).to_string(),
         );
         values.insert("TTL_MARGIN".into(), millis(TTL_MARGIN));
+        values.insert("SEEN_EVERY".into(), millis(SEEN_EVERY));
         Self { values }
     }
 

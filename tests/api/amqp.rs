@@ -169,10 +169,9 @@ async fn create_session_replies_with_the_id_of_the_session_rest_then_reads() {
     assert_eq!(session["refresh_token"], "refresh-1");
     assert_eq!(session["expiration_time"], 3600);
     assert_eq!(session["user_email"], "creator@example.com");
-    assert_eq!(
-        app.list("amqp-creator").await,
-        json!({"user_id": "amqp-creator", "sessions": [{"session_id": id, "device_id": "phone 1"}], "next": null})
-    );
+    let list = app.list("amqp-creator").await;
+    assert_eq!(session_ids(&list), [id]);
+    assert_eq!(list["sessions"][0]["device_id"], "phone 1");
 }
 
 #[tokio::test]
@@ -224,13 +223,28 @@ async fn list_sessions_result_equals_the_rest_body() {
     let result = ok_result(&body, "result.SessionList.json");
 
     assert_eq!(result, app.list("lister ü").await);
+    let entries: Vec<(&str, &str)> = result["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["session_id"].as_str().unwrap(),
+                entry["device_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
-        result,
-        json!({"user_id": "lister ü", "sessions": [
-            {"session_id": created[0], "device_id": "d1"},
-            {"session_id": created[1], "device_id": "d2"},
-            {"session_id": created[2], "device_id": "d2"},
-        ], "next": null})
+        entries,
+        [
+            (created[0].as_str(), "d1"),
+            (created[1].as_str(), "d2"),
+            (created[2].as_str(), "d2")
+        ]
+    );
+    assert_eq!(
+        (&result["user_id"], &result["next"]),
+        (&json!("lister ü"), &Value::Null)
     );
 
     // No sessions is an empty list, not an error.

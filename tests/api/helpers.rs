@@ -649,7 +649,7 @@ pub fn moment(value: &Value) -> OffsetDateTime {
     moment
 }
 
-async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+pub async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())

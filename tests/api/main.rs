@@ -4,6 +4,7 @@
 mod amqp;
 mod cluster;
 mod crashes;
+mod devices;
 mod encryption;
 mod events;
 mod expiry;

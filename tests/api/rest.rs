@@ -669,9 +669,12 @@ async fn get_returns_every_field_with_absent_ones_as_null() {
             "device_id",
             "expiration_time",
             "expires_at",
+            "ip_address",
+            "last_seen_at",
             "refresh_token",
             "session_id",
             "updated_at",
+            "user_agent",
             "user_email",
             "user_id",
         ]
@@ -682,6 +685,8 @@ async fn get_returns_every_field_with_absent_ones_as_null() {
         "refresh_token",
         "expiration_time",
         "user_email",
+        "ip_address",
+        "user_agent",
     ] {
         assert_eq!(stored[field], Value::Null, "{field} of {stored}");
     }

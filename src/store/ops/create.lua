@@ -10,7 +10,8 @@ if IDLE > 0 then
 end
 
 redis.call('HSET', session_key, FIELD.created_at, now, FIELD.updated_at, now,
-  FIELD.expires_at, expires, FIELD.user_id, user_id, unpack(ARGV, fields_at))
+  FIELD.last_seen_at, now, FIELD.expires_at, expires, FIELD.user_id, user_id,
+  unpack(ARGV, fields_at))
 -- The schedule ends the session (with its event); the TTLs are only a safety net behind it.
 redis.call('ZADD', schedule_key, ends, session_id)
 redis.call('PEXPIRE', session_key, LIFETIME + TTL_MARGIN)

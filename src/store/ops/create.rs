@@ -36,6 +36,12 @@ pub(in crate::store) async fn apply(
         .arg("user_id", new.user_id.as_str())
         .rest(HashField::DeviceId.code())
         .rest(new.device_id.as_str());
+    if let Some(ip) = &new.ip_address {
+        call.rest(HashField::IpAddress.code()).rest(ip.as_str());
+    }
+    if let Some(agent) = &new.user_agent {
+        call.rest(HashField::UserAgent.code()).rest(agent.as_str());
+    }
     for (code, value) in hash::pairs(&new.fields, &id, &store.keyring) {
         call.rest(code).rest(value);
     }

@@ -1,9 +1,10 @@
 -- list.lua: ListSessions, one page. Returns the score of the last session answered when more
--- entries follow ('' when none), then session id/device id pairs of at most `limit` live sessions
--- after score `after` ('' for the oldest), oldest first; entries of ended sessions are removed on
+-- entries follow ('' when none), then for each of at most `limit` live sessions after score
+-- `after` ('' for the oldest), oldest first: its id, device_id, ip_address, user_agent,
+-- created_at and last_seen_at ('' for an absent one); entries of ended sessions are removed on
 -- the way. It reads the index `limit` + 1 entries at a time, so its work grows with `limit`, not
 -- with the user's session count (an entry left behind by a session that ended costs one more).
--- needs: index_key, user_id, limit, after, STATUS, live_device, finish
+-- needs: index_key, user_id, limit, after, FIELD, STATUS, live_fields, finish
 local listed, count, last = {''}, 0, nil
 local from = '-inf'
 if after ~= '' then
@@ -19,10 +20,14 @@ while true do
       more = true
       break
     end
-    local device_id = live_device(batch[i], user_id)
-    if device_id then
+    local stored = live_fields(batch[i], user_id,
+      {FIELD.ip_address, FIELD.user_agent, FIELD.created_at, FIELD.last_seen_at})
+    if stored then
       listed[#listed + 1] = batch[i]
-      listed[#listed + 1] = device_id
+      listed[#listed + 1] = stored[1]
+      for at = 3, 6 do
+        listed[#listed + 1] = stored[at] or ''
+      end
       count = count + 1
       last = batch[i + 1]
     end

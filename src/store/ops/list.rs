@@ -1,10 +1,14 @@
-//! ListSessions: a page of the user's live sessions, oldest first, with their device ids and
-//! the cursor of the next page; index entries of sessions that ended are dropped on the way.
+//! ListSessions: a page of the user's live sessions, oldest first, with what a device list
+//! shows of each (device, address, user agent, creation, last use) and the cursor of the next
+//! page; index entries of sessions that ended are dropped on the way.
 
 use super::{run, session_id, strings, CommandCall};
 use crate::{
-    domain::{cursor, DeviceId, ListPage, Outcome, Position, SessionSummary, UserId},
+    domain::{
+        cursor, DeviceId, IpAddress, ListPage, Outcome, Position, SessionSummary, UserAgent, UserId,
+    },
     store::{
+        hash,
         script::{Arg, Layout, Source, COMMAND_PIECES},
         Store, StoreError,
     },
@@ -53,10 +57,24 @@ pub(in crate::store) async fn apply(
         }
     };
     let mut sessions = Vec::new();
-    while let (Some(id), Some(device_id)) = (pairs.next(), pairs.next()) {
+    let present = |value: String| Some(value).filter(|value| !value.is_empty());
+    while let (Some(id), Some(device_id), Some(ip), Some(agent), Some(created), Some(seen)) = (
+        pairs.next(),
+        pairs.next(),
+        pairs.next(),
+        pairs.next(),
+        pairs.next(),
+        pairs.next(),
+    ) {
         sessions.push(SessionSummary {
             session_id: session_id(&id)?,
             device_id: DeviceId::from_stored(device_id),
+            ip_address: present(ip).map(IpAddress::from_stored),
+            user_agent: present(agent).map(UserAgent::from_stored),
+            created_at: hash::timestamp(&created)?,
+            last_seen_at: present(seen)
+                .map(|seen| hash::timestamp(&seen))
+                .transpose()?,
         });
     }
     Ok(Outcome::SessionList {

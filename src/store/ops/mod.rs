@@ -32,6 +32,8 @@ pub(super) struct CommandScripts {
     pub update: LuaScript,
     pub delete: LuaScript,
     pub delete_user: LuaScript,
+    /// Not a command: marks a read session as seen.
+    pub seen: LuaScript,
 }
 
 impl CommandScripts {
@@ -44,6 +46,7 @@ impl CommandScripts {
             update: assemble(&update::SCRIPT),
             delete: assemble(&delete::SCRIPT),
             delete_user: assemble(&delete_user::SCRIPT),
+            seen: assemble(&get::SEEN),
         }
     }
 }
@@ -190,6 +193,7 @@ mod tests {
             &update::SCRIPT,
             &delete::SCRIPT,
             &delete_user::SCRIPT,
+            &get::SEEN,
         ] {
             check_pieces(source);
             // Panics at a constant that the Rust side does not define.

@@ -60,7 +60,7 @@ for i = reseal_first, reseal_last, 3 do
   changes[#changes + 1] = ARGV[i]
   changes[#changes + 1] = ARGV[i + 2]
 end
-redis.call('HSET', session_key, FIELD.updated_at, now, unpack(changes))
+redis.call('HSET', session_key, FIELD.updated_at, now, FIELD.last_seen_at, now, unpack(changes))
 for i = reseal_last + 1, #ARGV do
   redis.call('HDEL', session_key, ARGV[i])
 end
