@@ -13,3 +13,4 @@ mod outages;
 mod process;
 mod rest;
 mod scripts;
+mod tls;
