@@ -58,6 +58,20 @@ struct ClientIdentity {
     key: Vec<u8>,
 }
 
+impl ClientIdentity {
+    /// The chain and the key as rustls takes them (`read` checked that they parse).
+    fn parsed(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), rustls::Error> {
+        let unreadable = |what: &str| rustls::Error::General(format!("unreadable client {what}"));
+        let chain = CertificateDer::pem_slice_iter(&self.certificates)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unreadable("certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|_| unreadable("key"))?;
+        Ok((chain, key))
+    }
+}
+
 /// The TLS material of one connection. The default verifies against the system's roots and
 /// shows no client certificate. Its `Debug` shows what is set, not what the files hold.
 #[derive(Clone, Default)]
@@ -69,15 +83,13 @@ pub struct TlsSettings {
 
 impl fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let roots = if self.ca.is_some() {
+            "CA file"
+        } else {
+            "system"
+        };
         f.debug_struct("TlsSettings")
-            .field(
-                "roots",
-                &if self.ca.is_some() {
-                    "CA file"
-                } else {
-                    "system"
-                },
-            )
+            .field("roots", &roots)
             .field("client_certificate", &self.client.is_some())
             .finish()
     }
@@ -85,59 +97,43 @@ impl fmt::Debug for TlsSettings {
 
 impl TlsSettings {
     /// Reads and checks the CA file and the client certificate and key files: each must be
-    /// readable PEM holding what its name says, and the key must match the certificate.
+    /// readable PEM holding what its name says, and the key must belong to the certificate.
     pub fn read(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<Self, TlsFileError> {
-        let ca = ca
-            .map(|path| {
-                let pem = read_file(TlsFile::Ca, path)?;
-                let certificates = certificates(TlsFile::Ca, path, &pem)?;
-                let mut roots = RootCertStore::empty();
-                for certificate in certificates {
-                    roots.add(certificate).map_err(|_| {
-                        problem(
-                            TlsFile::Ca,
-                            format!("{} holds a certificate that cannot be a CA", path.display()),
-                        )
-                    })?;
+        let ca = ca.map(read_ca).transpose()?;
+        let identity = client
+            .map(|(certificate, key)| {
+                let certificates = read_file(TlsFile::ClientCertificate, certificate)?;
+                self::certificates(TlsFile::ClientCertificate, certificate, &certificates)?;
+                let key_pem = read_file(TlsFile::ClientKey, key)?;
+                if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+                    let message = format!(
+                        "{} holds no PEM private key (PKCS #8, PKCS #1 or SEC1)",
+                        key.display()
+                    );
+                    return Err(problem(TlsFile::ClientKey, message));
                 }
-                Ok(pem)
+                Ok(ClientIdentity {
+                    certificates,
+                    key: key_pem,
+                })
             })
             .transpose()?;
-        let client = client
-            .map(|(certificate_path, key_path)| {
-                let certificates = read_file(TlsFile::ClientCertificate, certificate_path)?;
-                let chain = self::certificates(
-                    TlsFile::ClientCertificate,
-                    certificate_path,
-                    &certificates,
-                )?;
-                let key = read_file(TlsFile::ClientKey, key_path)?;
-                let private_key = private_key(&key).ok_or_else(|| {
-                    problem(
-                        TlsFile::ClientKey,
-                        format!(
-                            "{} holds no PEM private key (PKCS #8, PKCS #1 or SEC1)",
-                            key_path.display()
-                        ),
-                    )
-                })?;
-                // rustls checks that the key is usable and belongs to the certificate.
-                config_builder(RootCertStore::empty())
-                    .and_then(|builder| builder.with_client_auth_cert(chain, private_key))
-                    .map_err(|error| {
-                        problem(
-                            TlsFile::ClientKey,
-                            format!(
-                                "{} cannot be used with the certificate of {}: {error}",
-                                key_path.display(),
-                                certificate_path.display()
-                            ),
-                        )
-                    })?;
-                Ok(ClientIdentity { certificates, key })
-            })
-            .transpose()?;
-        Ok(Self { ca, client })
+        let settings = Self {
+            ca,
+            client: identity,
+        };
+        if let Some((certificate, key)) = client {
+            // rustls checks that the key is usable and belongs to the certificate.
+            settings.config(RootCertStore::empty()).map_err(|error| {
+                let message = format!(
+                    "{} cannot be used with the certificate of {}: {error}",
+                    key.display(),
+                    certificate.display()
+                );
+                problem(TlsFile::ClientKey, message)
+            })?;
+        }
+        Ok(settings)
     }
 
     /// Whether nothing is set: the system's roots, no client certificate.
@@ -163,9 +159,8 @@ impl TlsSettings {
         let mut roots = RootCertStore::empty();
         match &self.ca {
             Some(pem) => {
-                roots.add_parsable_certificates(
-                    CertificateDer::pem_slice_iter(pem).filter_map(Result::ok),
-                );
+                let certificates = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok);
+                roots.add_parsable_certificates(certificates);
             }
             None => {
                 let system = rustls_native_certs::load_native_certs();
@@ -175,40 +170,44 @@ impl TlsSettings {
                 }
             }
         }
-        let builder = config_builder(roots)?;
+        self.config(roots)
+    }
+
+    fn config(&self, roots: RootCertStore) -> Result<ClientConfig, rustls::Error> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
         match &self.client {
             None => Ok(builder.with_no_client_auth()),
             Some(client) => {
-                let chain = CertificateDer::pem_slice_iter(&client.certificates)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| rustls::Error::General("unreadable client certificate".into()))?;
-                let key = private_key(&client.key)
-                    .ok_or_else(|| rustls::Error::General("unreadable client key".into()))?;
+                let (chain, key) = client.parsed()?;
                 builder.with_client_auth_cert(chain, key)
             }
         }
     }
 }
 
-/// The crypto provider of every TLS connection: ring. It is also made the process's default,
-/// which redis-rs builds its configurations with.
+/// The crypto provider of every TLS connection: ring, made the process's default (redis-rs
+/// builds its configurations with the default), unless another was made the default before.
 pub fn provider() -> Arc<CryptoProvider> {
-    if let Some(provider) = CryptoProvider::get_default() {
-        return provider.clone();
-    }
-    // Another thread may install one meanwhile: whichever is installed is used.
+    // Fails only when a default is installed already: that one is used.
     let _ = rustls::crypto::ring::default_provider().install_default();
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
-fn config_builder(
-    roots: RootCertStore,
-) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, rustls::Error> {
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots))
+/// The CA file: readable PEM of at least one certificate, each usable as a trust anchor.
+fn read_ca(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    let pem = read_file(TlsFile::Ca, path)?;
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(TlsFile::Ca, path, &pem)? {
+        roots.add(certificate).map_err(|_| {
+            let message = format!("{} holds a certificate that cannot be a CA", path.display());
+            problem(TlsFile::Ca, message)
+        })?;
+    }
+    Ok(pem)
 }
 
 /// The file's bytes; an error names the file and why it cannot be read.
@@ -243,8 +242,4 @@ fn certificates(
         ));
     }
     Ok(certificates)
-}
-
-fn private_key(pem: &[u8]) -> Option<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_slice(pem).ok()
 }

@@ -63,11 +63,9 @@ impl RedisConnection {
     /// connection is lazy, so the service starts while Redis is down (or its certificate does
     /// not verify); a cluster connection needs its seed node now to learn the slots.
     pub async fn open(url: &str, tls: &TlsSettings, mode: RedisMode) -> RedisResult<Self> {
+        // redis-rs builds its TLS configurations with the process's default provider.
+        tls::provider();
         let certificates = certificates(tls);
-        if Self::transport(url) == Ok(Transport::Tls) {
-            // redis-rs builds its TLS configuration with the process's default provider.
-            tls::provider();
-        }
         let client = match &certificates {
             Some(certificates) => redis::Client::build_with_tls(url, certificates.clone())?,
             None => redis::Client::open(url)?,

@@ -58,6 +58,11 @@ impl RedisTls<'_> {
     }
 }
 
+/// The arguments of a server that listens on `port` without TLS.
+fn plain_args(port: u16) -> Vec<String> {
+    vec!["--port".into(), port.to_string()]
+}
+
 /// A `redis-server` of the test's own; never the shared one.
 pub struct PrivateRedis {
     /// Its port on 127.0.0.1.
@@ -73,7 +78,7 @@ impl PrivateRedis {
 
     /// Starts a server on `port` (e.g. again, after stopping one there).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
-        Self::spawn(port, &["--port".into(), port.to_string()], extra)
+        Self::spawn(port, &plain_args(port), extra)
     }
 
     /// Starts a server that speaks TLS only (`--port 0`), on a free port.
@@ -150,14 +155,16 @@ impl PrivateCluster {
                 continue;
             }
             let config = dir.join(format!("nodes-{port}.conf"));
-            let mut listen = match &tls {
-                None => vec!["--port".into(), port.to_string()],
-                Some(tls) => tls.server_args(port),
+            let listen = match &tls {
+                None => plain_args(port),
+                Some(tls) => {
+                    let mut args = tls.server_args(port);
+                    args.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from),
+                    );
+                    args
+                }
             };
-            if tls.is_some() {
-                listen
-                    .extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
-            }
             let extra = [
                 "--cluster-enabled",
                 "yes",
