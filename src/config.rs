@@ -2,13 +2,14 @@
 //! flag, and validated once at start. A bad value is a [`ConfigError`] naming the variable.
 //! Secrets (passwords in URLs, the API token) never appear in `Debug` output.
 
-use std::{fmt, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
 use crate::{
     keyring::Keyring,
     store::{RedisConnection, RedisMode},
+    tls::{TlsFile, TlsSettings, Transport},
     transport::amqp::AmqpLink,
 };
 
@@ -37,6 +38,17 @@ pub struct Cli {
     /// `auto` (ask the server at start), `yes` (REDIS_URL is a cluster seed node) or `no`.
     #[arg(long, env = "REDIS_CLUSTER", default_value = "auto")]
     pub redis_cluster: String,
+    /// PEM file of the CA certificates that a rediss:// server's certificate is verified
+    /// against, instead of the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) shown to a rediss:// server; with
+    /// REDIS_CLIENT_KEY_FILE.
+    #[arg(long, env = "REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM file of the private key of REDIS_CLIENT_CERT_FILE.
+    #[arg(long, env = "REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
     /// RabbitMQ URL.
     #[arg(
         long,
@@ -46,6 +58,17 @@ pub struct Cli {
         hide_default_value = true
     )]
     pub amqp_url: String,
+    /// PEM file of the CA certificates that an amqps:// server's certificate is verified
+    /// against, instead of the system's roots.
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) shown to an amqps:// server; with
+    /// AMQP_CLIENT_KEY_FILE.
+    #[arg(long, env = "AMQP_CLIENT_CERT_FILE")]
+    pub amqp_client_cert_file: Option<PathBuf>,
+    /// PEM file of the private key of AMQP_CLIENT_CERT_FILE.
+    #[arg(long, env = "AMQP_CLIENT_KEY_FILE")]
+    pub amqp_client_key_file: Option<PathBuf>,
     /// Absolute lifetime of a session from its creation, in seconds.
     #[arg(long, env = "SESSION_EXP_SEC", default_value_t = 2_592_000)]
     pub session_exp_sec: u64,
@@ -152,8 +175,12 @@ pub struct Settings {
     pub redis_url: SecretString,
     /// Standalone, cluster, or ask the server.
     pub redis_mode: RedisMode,
+    /// The CA and client certificates of a `rediss://` connection.
+    pub redis_tls: TlsSettings,
     /// May carry a password, hence secret.
     pub amqp_url: SecretString,
+    /// The CA and client certificates of an `amqps://` connection.
+    pub amqp_tls: TlsSettings,
     /// Absolute lifetime of a session from its creation.
     pub session_lifetime: Duration,
     /// Idle timeout; `None` when off.
@@ -183,7 +210,9 @@ impl Settings {
             port: 8090,
             redis_url: SecretString::new("redis://127.0.0.1:6379/"),
             redis_mode: RedisMode::Auto,
+            redis_tls: TlsSettings::default(),
             amqp_url: SecretString::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_tls: TlsSettings::default(),
             session_lifetime: Duration::from_secs(2_592_000),
             idle_timeout: None,
             max_per_user: None,
@@ -209,6 +238,63 @@ fn encode_userinfo(value: &str) -> String {
             _ => format!("%{byte:02X}"),
         })
         .collect()
+}
+
+/// The variables of one connection's TLS files.
+struct TlsVariables {
+    /// What an error says of a URL without TLS, e.g. "REDIS_URL is not a rediss:// URL".
+    no_tls: String,
+    ca: &'static str,
+    certificate: &'static str,
+    key: &'static str,
+}
+
+impl TlsVariables {
+    fn of(&self, file: TlsFile) -> &'static str {
+        match file {
+            TlsFile::Ca => self.ca,
+            TlsFile::ClientCertificate => self.certificate,
+            TlsFile::ClientKey => self.key,
+        }
+    }
+}
+
+/// Reads one connection's TLS files. A file for a URL without TLS, a certificate without its
+/// key (or the reverse), or a file that cannot be used is an error naming its variable.
+fn tls_settings(
+    variables: TlsVariables,
+    transport: Transport,
+    ca: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<TlsSettings, ConfigError> {
+    if transport == Transport::Plain {
+        let given = [
+            (ca.is_some(), variables.ca),
+            (certificate.is_some(), variables.certificate),
+            (key.is_some(), variables.key),
+        ];
+        if let Some((_, variable)) = given.into_iter().find(|(set, _)| *set) {
+            return Err(invalid(
+                variable,
+                format!("is set, but {}", variables.no_tls),
+            ));
+        }
+    }
+    let client = match (&certificate, &key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            let message = format!("must be set with {}", variables.certificate);
+            return Err(invalid(variables.key, message));
+        }
+        (None, Some(_)) => {
+            let message = format!("must be set with {}", variables.key);
+            return Err(invalid(variables.certificate, message));
+        }
+        (Some(certificate), Some(key)) => Some((certificate.as_path(), key.as_path())),
+    };
+    TlsSettings::read(ca.as_deref(), client)
+        .map_err(|error| invalid(variables.of(error.file), error.problem))
 }
 
 fn non_empty_name(variable: &'static str, value: String) -> Result<String, ConfigError> {
@@ -239,18 +325,44 @@ impl TryFrom<Cli> for Settings {
             }
         };
         // The parse error is not shown: it could quote the password.
-        if !RedisConnection::is_valid_url(&redis_url) {
-            return Err(invalid(redis_variable, "is not a valid Redis URL"));
-        }
+        let redis_transport =
+            RedisConnection::transport(&redis_url).map_err(|why| invalid(redis_variable, why))?;
+        let redis_tls = tls_settings(
+            TlsVariables {
+                no_tls: match redis_variable {
+                    "REDIS_URL" => "REDIS_URL is not a rediss:// URL".into(),
+                    _ => "REDIS_URL is unset, and the URL made of REDIS_HOSTNAME etc. is redis://"
+                        .into(),
+                },
+                ca: "REDIS_CA_FILE",
+                certificate: "REDIS_CLIENT_CERT_FILE",
+                key: "REDIS_CLIENT_KEY_FILE",
+            },
+            redis_transport,
+            cli.redis_ca_file,
+            cli.redis_client_cert_file,
+            cli.redis_client_key_file,
+        )?;
         let redis_mode = match cli.redis_cluster.to_ascii_lowercase().as_str() {
             "auto" => RedisMode::Auto,
             "yes" | "true" | "1" => RedisMode::Cluster,
             "no" | "false" | "0" => RedisMode::Standalone,
             _ => return Err(invalid("REDIS_CLUSTER", "must be auto, yes or no")),
         };
-        if !AmqpLink::is_valid_url(&cli.amqp_url) {
-            return Err(invalid("AMQP_URL", "is not a valid AMQP URL"));
-        }
+        let amqp_transport =
+            AmqpLink::transport(&cli.amqp_url).map_err(|why| invalid("AMQP_URL", why))?;
+        let amqp_tls = tls_settings(
+            TlsVariables {
+                no_tls: "AMQP_URL is not an amqps:// URL".into(),
+                ca: "AMQP_CA_FILE",
+                certificate: "AMQP_CLIENT_CERT_FILE",
+                key: "AMQP_CLIENT_KEY_FILE",
+            },
+            amqp_transport,
+            cli.amqp_ca_file,
+            cli.amqp_client_cert_file,
+            cli.amqp_client_key_file,
+        )?;
         if cli.session_exp_sec == 0 {
             return Err(invalid("SESSION_EXP_SEC", "must be at least 1"));
         }
@@ -303,7 +415,9 @@ impl TryFrom<Cli> for Settings {
             port: cli.service_port,
             redis_url: SecretString::new(redis_url),
             redis_mode,
+            redis_tls,
             amqp_url: SecretString::new(cli.amqp_url),
+            amqp_tls,
             session_lifetime: Duration::from_secs(cli.session_exp_sec),
             idle_timeout: (cli.session_idle_sec > 0)
                 .then(|| Duration::from_secs(cli.session_idle_sec)),

@@ -23,6 +23,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`startup`]: builds and runs one instance.
 //! - [`telemetry`]: logging setup.
+//! - [`tls`]: the CA and client certificates of `rediss://` and `amqps://` connections.
 
 #![warn(missing_docs)]
 
@@ -36,4 +37,5 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::{Backoff, LogThrottle},
     domain::{Command, SessionClosed},
     metrics::Metrics,
     store::{Bucket, OutboxEntry, Store},
@@ -50,6 +51,8 @@ pub const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(60 * 60);
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 /// At shutdown, how long the relay keeps publishing what is left.
 pub const FLUSH_FOR: Duration = Duration::from_secs(5);
+/// While every tick fails to reach Redis, the time between two log lines saying why.
+const REDIS_FAILURE_LINES: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Buckets whose outbox just received events; the relay visits them at once.
 #[derive(Default)]
@@ -85,6 +88,8 @@ pub struct Relay<S> {
     metrics: Arc<Metrics>,
     /// This instance's consumer name in the outbox consumer groups.
     consumer: String,
+    /// Spaces out the lines about ticks that fail.
+    failures: LogThrottle,
 }
 
 impl<S: EventSink> Relay<S> {
@@ -96,11 +101,12 @@ impl<S: EventSink> Relay<S> {
             wake,
             metrics,
             consumer: format!("relay-{}", uuid::Uuid::new_v4().simple()),
+            failures: LogThrottle::new(REDIS_FAILURE_LINES),
         }
     }
 
     /// Ticks until `shutdown`, then publishes what is left for at most [`FLUSH_FOR`].
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_forget = tokio::time::Instant::now();
@@ -125,21 +131,29 @@ impl<S: EventSink> Relay<S> {
     }
 
     /// Visits `buckets` (all when `None`); returns how many events it published.
-    async fn tick(&self, buckets: Option<&[Bucket]>, forget: Option<Duration>) -> usize {
+    async fn tick(&mut self, buckets: Option<&[Bucket]>, forget: Option<Duration>) -> usize {
         let batches = match self
             .store
             .tick(buckets, &self.consumer, BATCH, STALE_AFTER, forget)
             .await
         {
-            Ok(batches) => batches,
+            Ok(batches) => {
+                if self.failures.succeeded() {
+                    tracing::info!("outbox relay reaches Redis again");
+                }
+                batches
+            }
             Err(error) => {
-                tracing::warn!(error = %Chain(&error), "outbox relay cannot reach Redis");
+                if let Some(unlogged) = self.failures.failed() {
+                    tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis");
+                }
                 return 0;
             }
         };
+        let this = &*self;
         let published = batches.into_iter().map(|(bucket, entries)| async move {
             let count = entries.len();
-            if self.publish(bucket, entries).await {
+            if this.publish(bucket, entries).await {
                 count
             } else {
                 0

@@ -26,6 +26,9 @@ pub enum StartupError {
     /// The Redis URL or connection failed at start.
     #[error("cannot connect to Redis")]
     Redis(#[source] redis::RedisError),
+    /// The TLS configuration of the RabbitMQ connection could not be made.
+    #[error("cannot set up TLS for RabbitMQ")]
+    AmqpTls(#[source] rustls::Error),
     /// The REST port could not be bound.
     #[error("cannot bind the REST port")]
     Bind(#[source] std::io::Error),
@@ -41,9 +44,13 @@ pub enum StartupError {
 
 /// The store that `settings` describe (also used by `session-manager rewrap`).
 pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
-    let redis = RedisConnection::open(settings.redis_url.expose(), settings.redis_mode)
-        .await
-        .map_err(StartupError::Redis)?;
+    let redis = RedisConnection::open(
+        settings.redis_url.expose(),
+        &settings.redis_tls,
+        settings.redis_mode,
+    )
+    .await
+    .map_err(StartupError::Redis)?;
     Ok(Store::new(
         redis,
         Keys::new(&settings.key_prefix),
@@ -74,7 +81,8 @@ impl Application {
         let store = open_store(&settings).await?;
         let metrics = Arc::new(Metrics::new());
         // Connected by `run_until_stopped`, and again whenever the connection is lost.
-        let amqp = AmqpLink::new(settings.amqp_url.clone());
+        let amqp = AmqpLink::new(settings.amqp_url.clone(), &settings.amqp_tls)
+            .map_err(StartupError::AmqpTls)?;
         let wake = Arc::new(RelayWake::default());
         let events = AmqpEvents::new(amqp.clone(), settings.events_exchange.clone());
         let relay = Relay::new(store.clone(), events, wake.clone(), metrics.clone());

@@ -43,17 +43,65 @@ fn frames_capped() -> Targets {
         .with_target("amq_protocol", LevelFilter::DEBUG)
 }
 
-/// Displays an error followed by each of its sources: `outer: inner: innermost`.
+/// Displays an error followed by each of its sources: `outer: inner: innermost`. A source whose
+/// text the error before it already ends with is not repeated (redis-rs's errors print their I/O
+/// cause, which is also their source).
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            if !shown.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
             source = cause.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn chain(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("at least one layer")
+    }
+
+    #[test]
+    fn a_chain_shows_every_cause_once() {
+        let error = chain(&["Redis cannot be reached", "timed out", "os error 110"]);
+        assert_eq!(
+            Chain(&error).to_string(),
+            "Redis cannot be reached: timed out: os error 110"
+        );
+        // redis-rs prints its I/O cause and also gives it as source.
+        let error = chain(&["unavailable", "Io: bad certificate", "bad certificate"]);
+        assert_eq!(
+            Chain(&error).to_string(),
+            "unavailable: Io: bad certificate"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The connection to Redis: one multiplexed, reconnecting connection to a standalone server, or
 //! a cluster connection that routes each script call to the node owning its hash slot. Which
-//! one is decided at start (`REDIS_CLUSTER`, or by asking the server when it is `auto`).
+//! one is decided at start (`REDIS_CLUSTER`, or by asking the server when it is `auto`). Over
+//! `rediss://`, each is TLS, verified against the CA file or the system's roots, with the client
+//! certificate of the [`TlsSettings`] if any.
 
 use std::time::Duration;
 
@@ -9,7 +11,13 @@ use redis::{
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
     cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
-    Cmd, Pipeline, RedisFuture, RedisResult, Value,
+    ClientTlsConfig, Cmd, ConnectionAddr, Pipeline, RedisFuture, RedisResult, TlsCertificates,
+    Value,
+};
+
+use crate::{
+    telemetry::Chain,
+    tls::{self, TlsSettings, Transport},
 };
 
 /// Redis answers within this time or the request fails (redis-rs would default to 500 ms,
@@ -38,28 +46,44 @@ pub enum RedisConnection {
 }
 
 impl RedisConnection {
-    /// Whether `url` is a Redis URL this service can use.
-    pub fn is_valid_url(url: &str) -> bool {
-        redis::Client::open(url).is_ok()
+    /// Whether `url` is a Redis URL this service can use, and whether it asks for TLS; `Err`
+    /// says what is wrong with it, without quoting it (it may hold a password).
+    pub fn transport(url: &str) -> Result<Transport, &'static str> {
+        let client = redis::Client::open(url).map_err(|_| "is not a valid Redis URL")?;
+        match client.get_connection_info().addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => Err(
+                "asks for #insecure, which this service does not support: a rediss:// server's certificate is always verified",
+            ),
+            ConnectionAddr::TcpTls { .. } => Ok(Transport::Tls),
+            _ => Ok(Transport::Plain),
+        }
     }
 
-    /// Connects according to `mode`. A standalone connection is lazy, so the service starts
-    /// while Redis is down; a cluster connection needs its seed node now to learn the slots.
-    pub async fn open(url: &str, mode: RedisMode) -> RedisResult<Self> {
-        let client = redis::Client::open(url)?;
+    /// Connects according to `mode`, over TLS with `tls` for a `rediss://` URL. A standalone
+    /// connection is lazy, so the service starts while Redis is down (or its certificate does
+    /// not verify); a cluster connection needs its seed node now to learn the slots.
+    pub async fn open(url: &str, tls: &TlsSettings, mode: RedisMode) -> RedisResult<Self> {
+        // redis-rs builds its TLS configurations with the process's default provider.
+        tls::provider();
+        let certificates = certificates(tls);
+        let client = match &certificates {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates.clone())?,
+            None => redis::Client::open(url)?,
+        };
         let cluster = match mode {
             RedisMode::Standalone => false,
             RedisMode::Cluster => true,
             RedisMode::Auto => is_cluster(&client).await,
         };
         if cluster {
-            let connection = ClusterClientBuilder::new(vec![url])
+            let mut builder = ClusterClientBuilder::new(vec![url])
                 .response_timeout(RESPONSE_TIMEOUT)
                 .connection_timeout(CONNECT_TIMEOUT)
-                .retries(2)
-                .build()?
-                .get_async_connection()
-                .await?;
+                .retries(2);
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            let connection = builder.build()?.get_async_connection().await?;
             return Ok(Self::Cluster(connection));
         }
         // Few, short reconnect attempts per request, so that while Redis is down a request
@@ -152,6 +176,20 @@ impl RedisConnection {
     }
 }
 
+/// What redis-rs takes of `tls`; `None` when nothing is set (a `rediss://` URL then verifies
+/// against the system's roots).
+fn certificates(tls: &TlsSettings) -> Option<TlsCertificates> {
+    (!tls.is_empty()).then(|| TlsCertificates {
+        client_tls: tls.client_pem().map(|(certificates, key)| ClientTlsConfig {
+            client_cert: certificates.to_vec(),
+            client_key: key.to_vec(),
+        }),
+        root_cert: tls.ca_pem().map(<[u8]>::to_vec),
+    })
+}
+
+/// Asks the server whether it is a cluster node. One that cannot be asked (down, or its
+/// certificate does not verify) is taken for a standalone server, and the log says why.
 async fn is_cluster(client: &redis::Client) -> bool {
     let probe = async {
         let mut connection = client.get_multiplexed_async_connection().await?;
@@ -163,8 +201,14 @@ async fn is_cluster(client: &redis::Client) -> bool {
     };
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(cluster)) => cluster,
-        _ => {
-            tracing::warn!("Redis not reachable at start; assuming a standalone server");
+        Ok(Err(error)) => {
+            tracing::warn!(error = %Chain(&error), "Redis not reachable at start; assuming a standalone server");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                "Redis did not answer within 2 s at start; assuming a standalone server"
+            );
             false
         }
     }

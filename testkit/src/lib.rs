@@ -6,9 +6,11 @@
 //!
 //! - [`instance`]: one instance of the service in-process, on its own key prefix, queue,
 //!   exchange and port, cleaned up when dropped.
-//! - [`redis`]: a private `redis-server` and a private Redis Cluster, killed when dropped.
-//! - [`process`]: the service binary as a child process.
+//! - [`redis`]: a private `redis-server` and a private Redis Cluster, plain or TLS, killed when
+//!   dropped.
+//! - [`process`]: the service binary as a child process, or run to its exit.
 //! - [`proxy`]: a TCP proxy that holds, cuts and refuses connections.
+//! - [`tls`]: certificates made at test time, and a TLS-terminating proxy.
 //! - here: free ports, [`wait_for_port`] and [`eventually`], which polls until a probe answers.
 
 #![warn(missing_docs)]
@@ -17,13 +19,15 @@ pub mod instance;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 use std::{net::TcpListener, time::Duration};
 
 pub use instance::{isolated_settings, Instance};
 pub use process::Service;
 pub use proxy::TcpProxy;
-pub use redis::{PrivateCluster, PrivateRedis};
+pub use redis::{PrivateCluster, PrivateRedis, RedisTls};
+pub use tls::{Identity, TestCertificates, TlsProxy};
 
 /// The machine's shared Redis.
 pub const LOCAL_REDIS_URL: &str = "redis://127.0.0.1:6379/";

@@ -1,9 +1,11 @@
-//! A `session-manager` binary run as a child process, with its output captured, stopped by
-//! SIGTERM or SIGKILL, and killed if the test or the bench ends early.
+//! A `session-manager` binary run as a child process, with its output captured (and readable
+//! while it runs), stopped by SIGTERM or SIGKILL, and killed if the test or the bench ends early;
+//! or run to its exit.
 
 use std::{
-    io::Read,
-    process::{Command, Stdio},
+    io::{BufRead, BufReader, Read},
+    process::{Command, Output, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -11,16 +13,50 @@ use std::{
 pub struct Service {
     child: std::process::Child,
     port: u16,
-    /// Everything the process prints, drained by threads so that it never blocks on a full pipe.
-    output: Vec<std::thread::JoinHandle<String>>,
+    /// Everything the process printed so far, line by line, stdout and stderr as they come.
+    printed: Arc<Mutex<String>>,
+    /// The threads that drain its output, so that it never blocks on a full pipe.
+    output: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn drain(mut stream: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+fn drain(
+    stream: impl Read + Send + 'static,
+    printed: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stream.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        let mut stream = BufReader::new(stream);
+        let mut line = Vec::new();
+        while stream
+            .read_until(b'\n', &mut line)
+            .is_ok_and(|read| read > 0)
+        {
+            printed
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&line));
+            line.clear();
+        }
     })
+}
+
+/// Runs `command` to its exit, which must come `within`, and returns its status and output.
+pub fn run_to_exit(command: &mut Command, within: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the service did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Service {
@@ -32,13 +68,15 @@ impl Service {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let printed = Arc::new(Mutex::new(String::new()));
         let output = vec![
-            drain(child.stdout.take().unwrap()),
-            drain(child.stderr.take().unwrap()),
+            drain(child.stdout.take().unwrap(), printed.clone()),
+            drain(child.stderr.take().unwrap(), printed.clone()),
         ];
         let service = Self {
             child,
             port,
+            printed,
             output,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -67,6 +105,11 @@ impl Service {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// What the process has printed so far.
+    pub fn printed(&self) -> String {
+        self.printed.lock().unwrap().clone()
+    }
+
     /// Sends SIGTERM and returns the exit status and everything the process printed.
     pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
@@ -79,12 +122,10 @@ impl Service {
             assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let printed = self
-            .output
-            .drain(..)
-            .map(|reader| reader.join().unwrap())
-            .collect();
-        (status, printed)
+        for reader in self.output.drain(..) {
+            reader.join().unwrap();
+        }
+        (status, self.printed())
     }
 }
 

@@ -1,13 +1,67 @@
 //! Private Redis servers: one `redis-server` on a free port, or a Redis Cluster of three
-//! masters; each is killed when dropped. Never the machine's shared Redis.
+//! masters, either of them plain or speaking TLS only; each is killed when dropped. Never the
+//! machine's shared Redis.
 
 use std::{
     net::TcpListener,
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::free_port;
+use crate::{free_port, tls::Identity};
+
+/// How a `redis-server` speaks TLS: its certificate, the CA it verifies clients against, and
+/// whether a client must show a certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTls<'a> {
+    /// The server's certificate and key.
+    pub server: &'a Identity,
+    /// The CA that client certificates (and, in a cluster, the other nodes') must be signed by.
+    pub ca: &'a Path,
+    /// Whether a client must show a certificate (`--tls-auth-clients yes`).
+    pub auth_clients: bool,
+}
+
+impl RedisTls<'_> {
+    /// The server's arguments: TLS only, on `port`.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let path = |path: &Path| path.to_str().expect("a UTF-8 path").to_owned();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&self.server.certificate),
+            "--tls-key-file".into(),
+            path(&self.server.key),
+            "--tls-ca-cert-file".into(),
+            path(self.ca),
+            "--tls-auth-clients".into(),
+            if self.auth_clients { "yes" } else { "no" }.into(),
+        ]
+    }
+
+    /// `redis-cli`'s arguments to talk to such a server (with the server's own certificate as
+    /// client certificate).
+    fn cli_args(&self) -> Vec<&std::ffi::OsStr> {
+        vec![
+            "--tls".as_ref(),
+            "--cacert".as_ref(),
+            self.ca.as_os_str(),
+            "--cert".as_ref(),
+            self.server.certificate.as_os_str(),
+            "--key".as_ref(),
+            self.server.key.as_os_str(),
+        ]
+    }
+}
+
+/// The arguments of a server that listens on `port` without TLS.
+fn plain_args(port: u16) -> Vec<String> {
+    vec!["--port".into(), port.to_string()]
+}
 
 /// A `redis-server` of the test's own; never the shared one.
 pub struct PrivateRedis {
@@ -24,8 +78,30 @@ impl PrivateRedis {
 
     /// Starts a server on `port` (e.g. again, after stopping one there).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        Self::spawn(port, &plain_args(port), extra)
+    }
+
+    /// Starts a server that speaks TLS only (`--port 0`), on a free port.
+    pub fn start_tls(tls: RedisTls<'_>) -> Self {
+        Self::start_tls_on(free_port(), tls)
+    }
+
+    /// Starts a server that speaks TLS only on `port` (e.g. again, with another certificate).
+    pub fn start_tls_on(port: u16, tls: RedisTls<'_>) -> Self {
+        Self::spawn(port, &tls.server_args(port), &[])
+    }
+
+    /// Its URL over TLS, for a server started with [`PrivateRedis::start_tls`], by address.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs `redis-server` listening on `port` with `listen` (the arguments that open it), then
+    /// `extra`, and waits until it accepts connections.
+    fn spawn(port: u16, listen: &[String], extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(extra)
             .stdout(Stdio::null())
@@ -53,11 +129,22 @@ pub struct PrivateCluster {
     /// The three masters.
     pub nodes: Vec<PrivateRedis>,
     dir: std::path::PathBuf,
+    tls: bool,
 }
 
 impl PrivateCluster {
     /// Starts three nodes on free ports and joins them into a cluster (slots over all three).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// As [`PrivateCluster::start`], with every node speaking TLS only, to clients and to each
+    /// other (`--tls-cluster yes`, `--tls-replication yes`).
+    pub fn start_tls(tls: RedisTls<'_>) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<RedisTls<'_>>) -> Self {
         let dir = std::env::temp_dir().join(format!("cluster-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
@@ -68,36 +155,33 @@ impl PrivateCluster {
                 continue;
             }
             let config = dir.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                ])
-                .args(["--cluster-config-file", config.to_str().unwrap()])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
-            let node = PrivateRedis { port, child };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "cluster node did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            nodes.push(node);
+            let listen = match &tls {
+                None => plain_args(port),
+                Some(tls) => {
+                    let mut args = tls.server_args(port);
+                    args.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from),
+                    );
+                    args
+                }
+            };
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                config.to_str().unwrap(),
+                "--dir",
+                dir.to_str().unwrap(),
+            ];
+            nodes.push(PrivateRedis::spawn(port, &listen, &extra));
         }
+        let cli_tls = tls.as_ref().map(RedisTls::cli_args).unwrap_or_default();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port))
             .collect();
         let created = Command::new("redis-cli")
+            .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -110,6 +194,7 @@ impl PrivateCluster {
         for node in &nodes {
             loop {
                 let info = Command::new("redis-cli")
+                    .args(&cli_tls)
                     .args(["-p", &node.port.to_string(), "cluster", "info"])
                     .output()
                     .unwrap();
@@ -120,12 +205,18 @@ impl PrivateCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        Self { nodes, dir }
+        Self {
+            nodes,
+            dir,
+            tls: tls.is_some(),
+        }
     }
 
-    /// The URL of the first node, from which a client learns the others.
+    /// The URL of the first node, from which a client learns the others (`rediss://` for a
+    /// cluster that speaks TLS).
     pub fn seed_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.nodes[0].port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.nodes[0].port)
     }
 }
 

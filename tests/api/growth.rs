@@ -83,7 +83,7 @@ async fn consumers_of_gone_instances_are_forgotten() {
     app.stop_keeping_state().await;
 
     // Another instance's relay, forgetting consumers idle for more than 1 ms.
-    let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
+    let connection = RedisConnection::open(REDIS_URL, &Default::default(), RedisMode::Standalone)
         .await
         .unwrap();
     let store = Store::new(

@@ -525,9 +525,10 @@ impl StoreAlone {
         max_per_user: Option<u32>,
     ) -> Self {
         let settings = isolated_settings();
-        let connection = RedisConnection::open(REDIS_URL, RedisMode::Standalone)
-            .await
-            .unwrap();
+        let connection =
+            RedisConnection::open(REDIS_URL, &Default::default(), RedisMode::Standalone)
+                .await
+                .unwrap();
         let policy = Policy {
             lifetime,
             idle,

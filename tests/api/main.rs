@@ -16,3 +16,4 @@ mod pages;
 mod process;
 mod rest;
 mod scripts;
+mod tls;

@@ -2,8 +2,8 @@
 //! graceful shutdown on SIGTERM, and the `--healthcheck` flag used by Docker.
 
 use std::{
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
 
 use serde_json::json;
@@ -13,23 +13,9 @@ use crate::helpers::{
 };
 use session_manager_testkit::{free_port, PrivateRedis, Service};
 
-fn run_to_exit(command: &mut Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the service did not exit on bad configuration");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Runs the binary, which must exit on bad configuration within 10 s.
+pub fn run_to_exit(command: &mut Command) -> Output {
+    session_manager_testkit::process::run_to_exit(command, Duration::from_secs(10))
 }
 
 #[test]

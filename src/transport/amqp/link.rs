@@ -4,14 +4,27 @@
 //! the connection. lapin's own opt-in auto-recovery is not used: it gives up after its
 //! backoff's retries, and this loop, which never gives up, lets the worker re-run its whole
 //! setup (topology, QoS, consume) on every connection anyway.
+//!
+//! Over `amqps://` the link does the TLS handshake itself, with a rustls configuration made once
+//! from the [`TlsSettings`]: so the CA file replaces the system's roots (lapin's own TLS would
+//! add it to them), as it does for Redis. A handshake that fails is a failed attempt like any
+//! other: logged with its cause, retried with backoff.
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{
+    tcp::{AMQPUriTcpExt, RustlsConnector},
+    uri::{AMQPScheme, AMQPUri},
+    Connection, ConnectionProperties,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::Backoff, config::SecretString};
+use crate::{
+    backoff::Backoff,
+    config::SecretString,
+    tls::{TlsSettings, Transport},
+};
 
 /// Waits between connection attempts.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -19,24 +32,49 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a live connection is checked.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
+/// Where the link connects.
+enum Broker {
+    /// `amqp://`, or a URL that does not parse (connecting then fails, saying why).
+    Plain(SecretString),
+    /// `amqps://`: TLS with the link's own configuration.
+    Tls {
+        uri: AMQPUri,
+        connector: RustlsConnector,
+    },
+}
+
 /// The current connection, if any.
 pub struct AmqpLink {
-    url: SecretString,
+    broker: Broker,
     current: watch::Sender<Option<Arc<Connection>>>,
 }
 
 impl AmqpLink {
-    /// A link to `url`, not yet connected: [`AmqpLink::maintain`] connects it.
-    pub fn new(url: SecretString) -> Arc<Self> {
-        Arc::new(Self {
-            url,
+    /// A link to `url`, not yet connected: [`AmqpLink::maintain`] connects it. An `amqps://`
+    /// URL is verified against `tls` (its CA file, or the system's roots) and shows its client
+    /// certificate, if any; `Err` when that configuration cannot be made.
+    pub fn new(url: SecretString, tls: &TlsSettings) -> Result<Arc<Self>, rustls::Error> {
+        let broker = match url.expose().parse::<AMQPUri>() {
+            Ok(uri) if uri.scheme == AMQPScheme::AMQPS => Broker::Tls {
+                uri,
+                connector: RustlsConnector::from(tls.client_config()?),
+            },
+            _ => Broker::Plain(url),
+        };
+        Ok(Arc::new(Self {
+            broker,
             current: watch::Sender::new(None),
-        })
+        }))
     }
 
-    /// Whether `url` is an AMQP URL this service can use.
-    pub fn is_valid_url(url: &str) -> bool {
-        url.parse::<lapin::uri::AMQPUri>().is_ok()
+    /// Whether `url` is an AMQP URL this service can use, and whether it asks for TLS; `Err`
+    /// says what is wrong with it, without quoting it (it may hold a password).
+    pub fn transport(url: &str) -> Result<Transport, &'static str> {
+        match url.parse::<AMQPUri>() {
+            Ok(uri) if uri.scheme == AMQPScheme::AMQPS => Ok(Transport::Tls),
+            Ok(_) => Ok(Transport::Plain),
+            Err(_) => Err("is not a valid AMQP URL"),
+        }
     }
 
     /// Whether a connection is up now (for `/readyz`).
@@ -67,12 +105,7 @@ impl AmqpLink {
                 tracing::warn!("lost the connection to RabbitMQ; reconnecting");
                 self.current.send_replace(None);
             }
-            let properties =
-                ConnectionProperties::default().with_connection_name("session-manager".into());
-            let connect = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                Connection::connect(self.url.expose(), properties),
-            );
+            let connect = tokio::time::timeout(CONNECT_TIMEOUT, self.connect());
             let connected = tokio::select! {
                 connected = connect => connected,
                 () = shutdown.cancelled() => break,
@@ -95,6 +128,33 @@ impl AmqpLink {
             }
         }
         self.close().await;
+    }
+
+    /// One attempt to connect.
+    async fn connect(&self) -> lapin::Result<Connection> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("session-manager".into());
+        let (uri, connector) = match &self.broker {
+            Broker::Plain(url) => return Connection::connect(url.expose(), properties).await,
+            Broker::Tls { uri, connector } => (uri.clone(), connector.clone()),
+        };
+        // What lapin's own connect does, but for the handshake, which uses our configuration.
+        let handshake = async move |uri: AMQPUri, runtime| {
+            let host = uri.authority.host.clone();
+            let tcp = AMQPUri {
+                scheme: AMQPScheme::AMQP,
+                ..uri
+            };
+            let stream = tcp.connect_async(&runtime).await?;
+            Ok(stream.into_rustls(&connector, &host).await?)
+        };
+        Connection::connector(
+            uri,
+            lapin::runtime::default_runtime()?,
+            handshake,
+            properties,
+        )
+        .await
     }
 
     /// Waits for a live connection; `None` once `shutdown` is cancelled.
