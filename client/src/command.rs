@@ -48,6 +48,12 @@ pub struct CreateSession {
     /// At most 320 bytes, must contain `@`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_email: Option<String>,
+    /// The IPv4 or IPv6 address the session is created from (stored normalised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// The client's user agent, at most 512 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 impl CreateSession {
@@ -375,6 +381,15 @@ pub struct Session {
     pub updated_at: String,
     /// When it will expire (RFC 3339, UTC).
     pub expires_at: String,
+    /// The address it was created from, if given.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// The user agent it was created from, if given.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// When it was last used (RFC 3339, UTC); `None` from services before 7.6.
+    #[serde(default)]
+    pub last_seen_at: Option<String>,
 }
 
 /// Result of [`ListSessions`]: the user's live sessions, oldest first.
@@ -396,6 +411,18 @@ pub struct SessionSummary {
     pub session_id: String,
     /// Its device.
     pub device_id: String,
+    /// The address it was created from, if given.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// The user agent it was created from, if given.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// When it was created (RFC 3339, UTC); `None` from services before 7.6.
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When it was last used (RFC 3339, UTC), if known.
+    #[serde(default)]
+    pub last_seen_at: Option<String>,
 }
 
 /// Result of [`DeleteSession`].
@@ -518,17 +545,19 @@ mod tests {
             "auth_code": null, "access_token": "a", "refresh_token": null,
             "expiration_time": 3600, "user_email": null,
             "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:01.5Z",
-            "expires_at": "2025-01-31T00:00:00Z"});
+            "expires_at": "2025-01-31T00:00:00Z", "ip_address": "192.0.2.1", "user_agent": null,
+            "last_seen_at": "2025-01-01T00:00:01.5Z"});
         assert_valid("result.Session.json", &session);
         let mut newer = session.clone();
-        newer["last_seen_at"] = json!("2025-01-01T00:00:01Z");
+        newer["device_kind"] = json!("phone");
         let read: Session = serde_json::from_value(newer).unwrap();
         assert_eq!(read.access_token.as_deref(), Some("a"));
         assert_eq!(read.expiration_time, Some(3600));
         assert_eq!(serde_json::to_value(&read).unwrap(), session);
 
-        let list = json!({"user_id": "alice", "sessions": [{"session_id": ID, "device_id": "d"}],
-            "next": "AQ"});
+        let list = json!({"user_id": "alice", "sessions": [{"session_id": ID, "device_id": "d",
+            "ip_address": null, "user_agent": "ua", "created_at": "2025-01-01T00:00:00Z",
+            "last_seen_at": null}], "next": "AQ"});
         assert_valid("result.SessionList.json", &list);
         let read: SessionList = serde_json::from_value(list).unwrap();
         assert_eq!(read.sessions[0].device_id, "d");
