@@ -9,6 +9,7 @@ WORKDIR /app
 # and its test kit), so every member's manifest must be there, with stand-ins for the targets
 # cargo looks for; only the service is built.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 COPY bench/Cargo.toml bench/
 COPY client/Cargo.toml client/
 COPY testkit/Cargo.toml testkit/

@@ -25,8 +25,8 @@ use base64::{
     Engine,
 };
 use chacha20poly1305::{
-    aead::{Aead, KeyInit, Payload},
-    XChaCha20Poly1305, XNonce,
+    aead::{Aead, AeadInPlace, KeyInit, Payload},
+    Tag, XChaCha20Poly1305, XNonce,
 };
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -224,24 +224,27 @@ impl Keyring {
             .iter()
             .find(|key| key.id == id)
             .ok_or_else(|| OpenError::UnknownKey(id.to_owned()))?;
-        let bytes = URL_SAFE_NO_PAD
+        let mut bytes = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|_| OpenError::Forged)?;
         if bytes.len() < NONCE_BYTES + TAG_BYTES {
             return Err(OpenError::Forged);
         }
-        let (nonce, sealed) = bytes.split_at(NONCE_BYTES);
-        let plain = key
-            .cipher
-            .decrypt(
+        // Opened in place: nonce ‖ ciphertext ‖ tag becomes the plain text, one allocation.
+        let tag_at = bytes.len() - TAG_BYTES;
+        let (nonce, rest) = bytes.split_at_mut(NONCE_BYTES);
+        let (text, tag) = rest.split_at_mut(tag_at - NONCE_BYTES);
+        key.cipher
+            .decrypt_in_place_detached(
                 XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &associated_data(id, session_id, field),
-                },
+                &associated_data(id, session_id, field),
+                text,
+                Tag::from_slice(tag),
             )
             .map_err(|_| OpenError::Forged)?;
-        String::from_utf8(plain).map_err(|_| OpenError::Forged)
+        bytes.truncate(tag_at);
+        bytes.drain(..NONCE_BYTES);
+        String::from_utf8(bytes).map_err(|_| OpenError::Forged)
     }
 
     /// How `stored` is kept, read from its header alone.

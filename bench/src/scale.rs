@@ -140,7 +140,7 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
         rewrap.resealed as f64 / rewrap.took.as_secs_f64().max(1e-9),
         SLOWLOG_OVER_US,
         match rewrap.longest_call_us {
-            Some(us) => format!("{:.1} ms", us as f64 / 1000.0),
+            Some(us) => format!("{:.1} ms (`{}`…)", us as f64 / 1000.0, rewrap.longest_call),
             None => "none logged".to_owned(),
         },
         rewrap.longest_ping.as_secs_f64() * 1000.0,
@@ -157,6 +157,8 @@ struct Rewrap {
     took: Duration,
     /// The longest command Redis ran meanwhile, if any took over [`SLOWLOG_OVER_US`].
     longest_call_us: Option<u64>,
+    /// That command, its first words.
+    longest_call: String,
     longest_ping: Duration,
 }
 
@@ -208,21 +210,41 @@ async fn rewrap(plan: &Plan<'_>, store: &Store) -> anyhow::Result<Rewrap> {
         .arg(100_000)
         .query_async(&mut redis)
         .await?;
-    // Each entry: [id, timestamp, microseconds, arguments, …].
-    let longest_call_us = slow
+    // Each entry: [id, timestamp, microseconds, [command, arguments…], …].
+    let longest = slow
         .iter()
-        .filter_map(|entry| match entry {
-            redis::Value::Array(fields) => fields.get(2).and_then(|us| match us {
-                redis::Value::Int(us) => u64::try_from(*us).ok(),
-                _ => None,
-            }),
-            _ => None,
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let us = match fields.get(2)? {
+                redis::Value::Int(us) => u64::try_from(*us).ok()?,
+                _ => return None,
+            };
+            let command = match fields.get(3)? {
+                redis::Value::Array(args) => args
+                    .iter()
+                    .take(3)
+                    .filter_map(|arg| match arg {
+                        redis::Value::BulkString(bytes) => Some(
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(24)]).into_owned(),
+                        ),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            Some((us, command))
         })
         .max();
+    let longest_call_us = longest.as_ref().map(|(us, _)| *us);
+    let longest_call = longest.map(|(_, command)| command).unwrap_or_default();
     Ok(Rewrap {
         resealed,
         took,
         longest_call_us,
+        longest_call,
         longest_ping,
     })
 }
