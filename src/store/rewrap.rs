@@ -51,8 +51,9 @@ static REWRAP_RECORD: Source = Source {
     },
 };
 
-/// Keys asked of each `SCAN` step.
-const SCAN_COUNT: usize = 500;
+/// Keys asked of each `SCAN` step. `SCAN` itself is one of the longest commands of a rewrap: at
+/// 500 it took 8.3 ms on a million keys (docs/BENCHMARKS.md), so a step asks for fewer.
+const SCAN_COUNT: usize = 100;
 /// Keys re-sealed at once.
 const IN_FLIGHT: usize = 16;
 /// How often a key is read again when instances keep changing it meanwhile.
