@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     options::{
@@ -41,7 +41,7 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-use crate::command::{ErrorReply, Reply, Request};
+use crate::command::{ErrorReply, ListSessions, Reply, Request, SessionSummary};
 
 /// How long [`AmqpClient::call`] waits for a reply before it publishes the command again.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -403,6 +403,50 @@ impl AmqpClient {
     pub async fn call<R: Request>(&self, command: &R) -> Result<R::Output, CallError> {
         let message_id = uuid::Uuid::new_v4().to_string();
         self.call_with_message_id(command, &message_id).await
+    }
+
+    /// Every session of `user_id`, oldest first, as a stream that asks for the next page of
+    /// `page` sessions (1–1000) when it has handed out the last one, following the `next`
+    /// cursors; it ends after the last page, or at the first error.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let amqp_url = session_manager_testkit::LOCAL_AMQP_URL;
+    /// # use session_manager_testkit::{Instance, isolated_settings};
+    /// # let instance = Instance::start(isolated_settings()).await;
+    /// # let command_queue = instance.settings().command_queue.clone();
+    /// use futures_util::TryStreamExt;
+    /// use session_manager_client::{amqp::AmqpClient, command::*};
+    ///
+    /// let client = AmqpClient::connect(amqp_url, &command_queue).await?;
+    /// let mut created = Vec::new();
+    /// for device in ["phone", "laptop", "tablet", "watch", "tv"] {
+    ///     created.push(client.call(&CreateSession::new("alice", device)).await?.session_id);
+    /// }
+    /// // Three calls of two sessions each.
+    /// let all: Vec<SessionSummary> = client.sessions_of("alice", 2).try_collect().await?;
+    /// let ids: Vec<_> = all.into_iter().map(|s| s.session_id).collect();
+    /// assert_eq!(ids, created);
+    /// # Ok(()) }
+    /// ```
+    pub fn sessions_of<'a>(
+        &'a self,
+        user_id: &str,
+        page: u32,
+    ) -> impl Stream<Item = Result<SessionSummary, CallError>> + 'a {
+        let first = ListSessions::new(user_id).limit(page);
+        stream::try_unfold(Some(first), move |command| async move {
+            let Some(command) = command else {
+                return Ok::<_, CallError>(None);
+            };
+            let list = self.call(&command).await?;
+            let next = list.next.map(|cursor| command.clone().after(cursor));
+            Ok(Some((
+                stream::iter(list.sessions.into_iter().map(Ok)),
+                next,
+            )))
+        })
+        .try_flatten()
     }
 
     /// As [`AmqpClient::call`] with a `message_id` chosen by the caller: a repeat of the same

@@ -2,13 +2,14 @@
 //! and returns the same typed results as the AMQP commands. It owns URLs, the bearer token and
 //! the error body; the bodies themselves are the commands of [`crate::command`] without `type`.
 
+use futures_util::{Stream, TryStreamExt, stream};
 use reqwest::{Method, RequestBuilder};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::command::{
-    CreateSession, ErrorReply, Session, SessionCreated, SessionDeleted, SessionList, UpdateSession,
-    UserSessionsDeleted,
+    CreateSession, ErrorReply, Session, SessionCreated, SessionDeleted, SessionList,
+    SessionSummary, UpdateSession, UserSessionsDeleted,
 };
 
 /// Why a REST call got no result.
@@ -127,6 +128,66 @@ impl RestClient {
         self.send(self.user(Method::GET, user_id)).await
     }
 
+    /// `GET /a01/session?user_id=U&limit=N[&after=C]`: one page of the user's sessions; its
+    /// `next` is the `after` of the page that follows.
+    pub async fn list_page(
+        &self,
+        user_id: &str,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<SessionList, RestError> {
+        let mut request = self
+            .user(Method::GET, user_id)
+            .query(&[("limit", limit.to_string())]);
+        if let Some(cursor) = after {
+            request = request.query(&[("after", cursor)]);
+        }
+        self.send(request).await
+    }
+
+    /// Every session of `user_id`, oldest first, as a stream of pages of `page` sessions
+    /// fetched one after the other (see [`RestClient::list_page`]).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use session_manager_testkit::{Instance, isolated_settings};
+    /// # let instance = Instance::start(isolated_settings()).await;
+    /// # let base_url = instance.url("");
+    /// use futures_util::TryStreamExt;
+    /// use session_manager_client::{command::*, rest::RestClient};
+    ///
+    /// let rest = RestClient::new(&base_url);
+    /// let mut created = Vec::new();
+    /// for device in ["phone", "laptop", "tablet"] {
+    ///     created.push(rest.create(&CreateSession::new("bob", device)).await?.session_id);
+    /// }
+    /// let all: Vec<SessionSummary> = rest.sessions_of("bob", 2).try_collect().await?;
+    /// assert_eq!(all.iter().map(|s| &s.session_id).collect::<Vec<_>>(), created.iter().collect::<Vec<_>>());
+    ///
+    /// // Sign out everywhere else: every session of bob but the first.
+    /// let closed = rest.delete_user_except("bob", &created[0]).await?;
+    /// assert_eq!(closed.session_ids, created[1..]);
+    /// # Ok(()) }
+    /// ```
+    pub fn sessions_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        page: u32,
+    ) -> impl Stream<Item = Result<SessionSummary, RestError>> + 'a {
+        stream::try_unfold(Some(None::<String>), move |after| async move {
+            let Some(after) = after else {
+                return Ok::<_, RestError>(None);
+            };
+            let list = self.list_page(user_id, page, after.as_deref()).await?;
+            let next = list.next.map(Some);
+            Ok(Some((
+                stream::iter(list.sessions.into_iter().map(Ok)),
+                next,
+            )))
+        })
+        .try_flatten()
+    }
+
     /// `PATCH /a01/session/{id}`: changes the session; the whole session after the change.
     ///
     /// ```
@@ -160,6 +221,20 @@ impl RestClient {
     /// `DELETE /a01/session?user_id=U`: ends all of the user's sessions.
     pub async fn delete_user(&self, user_id: &str) -> Result<UserSessionsDeleted, RestError> {
         self.send(self.user(Method::DELETE, user_id)).await
+    }
+
+    /// `DELETE /a01/session?user_id=U&except=S`: ends every session of the user but `keep`,
+    /// which must be a live session of the user (else `not_found`, and nothing is closed).
+    pub async fn delete_user_except(
+        &self,
+        user_id: &str,
+        keep: &str,
+    ) -> Result<UserSessionsDeleted, RestError> {
+        self.send(
+            self.user(Method::DELETE, user_id)
+                .query(&[("except", keep)]),
+        )
+        .await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
