@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             10_000
         },
         probe_requests: if smoke { 200 } else { 2_000 },
+        many_sessions: if smoke { 2_000 } else { 100_000 },
     };
     let report = run(&plan).await?;
     println!("{report}");
@@ -375,7 +376,8 @@ struct Fixture {
     deletable: Mutex<Vec<String>>,
 }
 
-const BODY: &str = r#"{"user_id":"bench-user-0","device_id":"bench-device","access_token":"a-token-of-some-length-0123456789abcdef","refresh_token":"r-token-of-some-length-0123456789abcdef","expiration_time":3600,"user_email":"user@example.com"}"#;
+/// Every benchmark session carries the device fields of a "your devices" page (contract §7.6).
+const BODY: &str = r#"{"user_id":"bench-user-0","device_id":"bench-device","access_token":"a-token-of-some-length-0123456789abcdef","refresh_token":"r-token-of-some-length-0123456789abcdef","expiration_time":3600,"user_email":"user@example.com","ip_address":"192.0.2.10","user_agent":"Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"}"#;
 
 /// The body of the `n`th create: fixture sessions (`n` below [`FIXTURE_SESSIONS`]) belong to
 /// 1000 listed users, 10 each; later creates to other users, so that lists keep their size.
@@ -733,6 +735,8 @@ struct Plan<'a> {
     large: usize,
     big_user: usize,
     probe_requests: usize,
+    /// The sessions of the user whose list is paged at scale.
+    many_sessions: usize,
 }
 
 struct Row {

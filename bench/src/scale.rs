@@ -3,8 +3,9 @@
 //! sessions each); latencies of get, list and delete measured in blocks that alternate between
 //! them, so that drift of the machine cancels; Redis memory per session of the large one; and
 //! the deletion of all 10,000 sessions of one user in it, timed, with a second Redis client
-//! sending `PING` meanwhile to measure the longest time Redis could not answer; and a `rewrap`
-//! of the large store with a key, with `SLOWLOG` recording its longest command.
+//! sending `PING` meanwhile to measure the longest time Redis could not answer; pages of 100 of a
+//! user with 10 sessions and of one with 100,000; and a `rewrap` of the large store with a key,
+//! with `SLOWLOG` recording its longest command.
 
 use std::{
     fmt::Write as _,
@@ -112,6 +113,7 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     let [mut small_probe, mut large_probe] = probes;
     let share = memory_share(&large).await?;
     let big = delete_big_user(&large, plan.big_user).await?;
+    let listing = list_at_scale(&large, plan.many_sessions, plan.probe_requests).await?;
     let rewrap = rewrap(plan, &large).await?;
     let mut out = String::new();
     render(
@@ -131,6 +133,34 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         out,
+        "\nA page of at most {LIST_LIMIT} (`limit={LIST_LIMIT}`) of users with 10, {LIST_LIMIT} and {} \
+         sessions in the large store ({} requests each, in blocks alternating between them):\n\n\
+         | user's sessions | entries a page | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|",
+        plan.many_sessions,
+        plan.probe_requests / BLOCKS * BLOCKS,
+    );
+    let mut p50s = Vec::new();
+    for (sessions, mut sample) in listing.users {
+        let p50 = sample.percentile_ms(0.5);
+        p50s.push(p50);
+        let _ = writeln!(
+            out,
+            "| {sessions} | {} | {p50:.3} | {:.3} | {} |",
+            sessions.min(LIST_LIMIT as usize),
+            sample.percentile_ms(0.99),
+            sample.errors
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{}-session user / {LIST_LIMIT}-session user, p50: {:.2} (the same page size); / 10-session user: {:.2} \
+         (a tenth of the entries).",
+        plan.many_sessions,
+        p50s[2] / p50s[1].max(1e-9),
+        p50s[2] / p50s[0].max(1e-9),
+    );
+    let _ = writeln!(
+        out,
         "\n`session-manager rewrap` of the large store (its sessions written in plain text, while its \
          instance runs), with a key set: {} values re-sealed in {:.1} s ({:.0} values/s). Longest Redis \
          command meanwhile (`SLOWLOG`, which logs those over {} µs): {}. Longest `PING` round trip of \
@@ -146,6 +176,46 @@ pub async fn run(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
         rewrap.longest_ping.as_secs_f64() * 1000.0,
     );
     Ok(out)
+}
+
+/// The page size of the list-at-scale probe.
+const LIST_LIMIT: u32 = 100;
+
+/// List latencies of users with 10, [`LIST_LIMIT`] and many sessions, in that order.
+struct ListAtScale {
+    users: Vec<(usize, Sample)>,
+}
+
+/// Gives one user [`LIST_LIMIT`] sessions and another `many` in the store, then times pages of
+/// [`LIST_LIMIT`] of them and of a user with 10, in blocks alternating between the three.
+async fn list_at_scale(store: &Store, many: usize, requests: usize) -> anyhow::Result<ListAtScale> {
+    let hundred = "bench-hundred-user";
+    let lots = "bench-many-user";
+    create_sessions(store.port, LIST_LIMIT as usize, |_| {
+        crate::body_for(hundred)
+    })
+    .await?;
+    create_sessions(store.port, many, |_| crate::body_for(lots)).await?;
+    let mut users = vec![
+        (10, store.users[0].clone(), Sample::default()),
+        (LIST_LIMIT as usize, hundred.to_owned(), Sample::default()),
+        (many, lots.to_owned(), Sample::default()),
+    ];
+    let mut http = HttpConnection::open(store.port).await?;
+    for _ in 0..BLOCKS {
+        for (_, who, sample) in &mut users {
+            let path = format!("/a01/session?user_id={who}&limit={LIST_LIMIT}");
+            for _ in 0..requests / BLOCKS {
+                timed(sample, 200, http.send("GET", &path, "")).await?;
+            }
+        }
+    }
+    Ok(ListAtScale {
+        users: users
+            .into_iter()
+            .map(|(sessions, _, sample)| (sessions, sample))
+            .collect(),
+    })
 }
 
 /// Commands slower than this are logged by `SLOWLOG` during the rewrap.
