@@ -10,8 +10,9 @@
 use serde::Serialize;
 
 use super::{
-    fields::Fields, DeviceId, Error, IpAddress, ListPage, NewSession, Session, SessionId,
-    SessionPatch, Timestamp, UserAgent, UserId,
+    fields::{Field, Fields},
+    DeviceId, Error, IpAddress, ListPage, NewSession, Session, SessionId, SessionPatch, Timestamp,
+    UserAgent, UserId,
 };
 
 /// One operation on the sessions.
@@ -48,8 +49,8 @@ impl Command {
             "GetSession" => Ok(Self::GetSession(only_session_id(fields)?)),
             "ListSessions" => {
                 let user_id = UserId::parse(fields.required_string("user_id")?)?;
-                let limit = fields.unsigned("limit")?.into_option();
-                let after = fields.string("after")?.into_option();
+                let limit = not_null("limit", fields.unsigned("limit")?)?;
+                let after = not_null("after", fields.string("after")?)?;
                 fields.finish()?;
                 let page = ListPage::parse(&user_id, limit, after.as_deref())?;
                 Ok(Self::ListSessions(user_id, page))
@@ -63,7 +64,7 @@ impl Command {
             "DeleteSession" => Ok(Self::DeleteSession(only_session_id(fields)?)),
             "DeleteUserSessions" => {
                 let user_id = UserId::parse(fields.required_string("user_id")?)?;
-                let except = fields.string("except")?.into_option();
+                let except = not_null("except", fields.string("except")?)?;
                 fields.finish()?;
                 let except = except
                     .as_deref()
@@ -115,6 +116,17 @@ fn only_session_id(mut fields: Fields) -> Result<SessionId, Error> {
     let id = fields.required_string("session_id")?;
     fields.finish()?;
     SessionId::parse_existing(&id)
+}
+
+/// An optional field that may be left out but not given as `null`.
+fn not_null<T>(name: &str, field: Field<T>) -> Result<Option<T>, Error> {
+    match field {
+        Field::Absent => Ok(None),
+        Field::Null => Err(Error::InvalidArgument(format!(
+            "{name}: must not be null (leave it out instead)"
+        ))),
+        Field::Value(value) => Ok(Some(value)),
+    }
 }
 
 /// One entry of a session list: what a "your devices" page shows (contract §7.6).

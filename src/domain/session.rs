@@ -202,7 +202,7 @@ pub struct IpAddress(String);
 impl IpAddress {
     /// Parses an IPv4 or IPv6 address in text form; the error names the field.
     pub fn parse(value: String) -> Result<Self, Error> {
-        let address: std::net::IpAddr = value.trim().parse().map_err(|_| {
+        let address: std::net::IpAddr = value.parse().map_err(|_| {
             Error::InvalidArgument("ip_address: must be an IPv4 or IPv6 address".into())
         })?;
         Ok(Self(address.to_canonical().to_string()))
@@ -221,7 +221,7 @@ impl IpAddress {
 
 const MAX_USER_AGENT_BYTES: usize = 512;
 
-/// The user agent a session was created from: at most 512 bytes, no control characters.
+/// The user agent a session was created from: 1 to 512 bytes, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct UserAgent(String);
@@ -229,9 +229,12 @@ pub struct UserAgent(String);
 impl UserAgent {
     /// Checks the rules; the error names the field.
     pub fn parse(value: String) -> Result<Self, Error> {
-        if value.len() > MAX_USER_AGENT_BYTES || value.chars().any(char::is_control) {
+        if value.is_empty()
+            || value.len() > MAX_USER_AGENT_BYTES
+            || value.chars().any(char::is_control)
+        {
             return Err(Error::InvalidArgument(format!(
-                "user_agent: must be at most {MAX_USER_AGENT_BYTES} bytes without control characters"
+                "user_agent: must be 1 to {MAX_USER_AGENT_BYTES} bytes without control characters"
             )));
         }
         Ok(Self(value))

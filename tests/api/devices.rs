@@ -80,6 +80,9 @@ async fn device_fields_are_checked_normalised_and_listed() {
         (json!({"ip_address": 7}), "ip_address"),
         (json!({"user_agent": "a\u{7}b"}), "user_agent"),
         (json!({"user_agent": "x".repeat(513)}), "user_agent"),
+        (json!({"user_agent": "é".repeat(300)}), "user_agent"),
+        (json!({"user_agent": ""}), "user_agent"),
+        (json!({"ip_address": " 192.0.2.1"}), "ip_address"),
     ] {
         let mut create = json!({"user_id": "bob", "device_id": "d"});
         create
@@ -99,12 +102,16 @@ async fn device_fields_are_checked_normalised_and_listed() {
         );
     }
     // Set at create, never changed.
-    for body in [
-        json!({"ip_address": "192.0.2.8"}),
-        json!({"user_agent": "other"}),
+    for (body, field) in [
+        (json!({"ip_address": "192.0.2.8"}), "ip_address"),
+        (json!({"user_agent": "other"}), "user_agent"),
     ] {
         let (status, answer) = app.patch(&mapped, &body).await;
         assert_eq!(status, 400, "{answer}");
+        assert_eq!(
+            answer["error"]["message"],
+            format!("{field}: is set at create and cannot be changed")
+        );
     }
     assert_eq!(app.session(&mapped).await["ip_address"], "192.0.2.7");
     assert!(app.listed_ids("bob").await.is_empty());

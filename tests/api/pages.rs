@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use session_manager::store::DELETE_STEP;
+use session_manager::{
+    domain::{SessionId, UserId},
+    store::{Bucket, DELETE_STEP},
+};
 
 use crate::helpers::{assert_valid, session_ids, spawn_app, TestApp};
 
@@ -251,4 +254,97 @@ async fn except_holds_across_the_steps_of_a_large_deletion() {
     assert_eq!(closed.len(), count - 1);
     assert!(!closed.contains(&json!(kept)));
     assert_eq!(app.listed_ids("heidi").await, vec![kept]);
+}
+
+/// Removes the hash of session `id` behind the service's back, leaving its index entry, as
+/// Redis does when a session's TTL runs out while no instance runs.
+async fn drop_hash(app: &TestApp, id: &str) {
+    let key = app.keys().session(&SessionId::parse(id).unwrap());
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+}
+
+/// Index entries of sessions that are gone, in the middle of a page and after the last live
+/// session, neither cut a list short nor leave a cursor to an empty page.
+#[tokio::test]
+async fn entries_of_ended_sessions_neither_cut_a_list_short_nor_dangle() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for n in 0..6 {
+        created.push(
+            app.create_session(json!({"user_id": "ivan", "device_id": format!("d{n}")}))
+                .await,
+        );
+    }
+    // d1 gone in the first page, d5 gone after the last live one.
+    drop_hash(&app, &created[1]).await;
+    drop_hash(&app, &created[5]).await;
+    let (ids, pages) = all_pages(&app, "ivan", 2).await;
+    assert_eq!(
+        ids,
+        [
+            created[0].clone(),
+            created[2].clone(),
+            created[3].clone(),
+            created[4].clone()
+        ]
+    );
+    assert_eq!(
+        pages, 2,
+        "the second page, full, says no live session follows"
+    );
+    // And the same from a fresh index with a page size that ends on the gone entry.
+    let (ids, _) = all_pages(&app, "ivan", 1).await;
+    assert_eq!(
+        ids,
+        [
+            created[0].clone(),
+            created[2].clone(),
+            created[3].clone(),
+            created[4].clone()
+        ]
+    );
+}
+
+/// A live session of another user in the same bucket (so the check happens in the script, not
+/// by the id's bucket) is not "the user's": `not_found`, nothing closed.
+#[tokio::test]
+async fn except_of_another_users_session_in_the_same_bucket_closes_nothing() {
+    let app = spawn_app().await;
+    let frank = UserId::parse("frank".into()).unwrap();
+    let neighbour = (0..10_000)
+        .map(|n| format!("neighbour-{n}"))
+        .find(|name| {
+            Bucket::of_user(&UserId::parse(name.clone()).unwrap()) == Bucket::of_user(&frank)
+        })
+        .unwrap();
+    let mine = app
+        .create_session(json!({"user_id": "frank", "device_id": "d"}))
+        .await;
+    let theirs = app
+        .create_session(json!({"user_id": neighbour, "device_id": "d"}))
+        .await;
+    let (status, body) = app
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("/a01/session?user_id=frank&except={theirs}"),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let reply = app
+        .amqp
+        .call(&json!({"type": "DeleteUserSessions", "user_id": "frank", "except": null}))
+        .await;
+    assert_eq!(
+        reply.body["error"]["code"], "invalid_argument",
+        "a null except closes nothing"
+    );
+    assert_eq!(app.listed_ids("frank").await, vec![mine]);
+    assert_eq!(app.listed_ids(&neighbour).await, vec![theirs]);
 }
