@@ -211,24 +211,31 @@ async fn except_of_a_session_that_is_not_the_users_closes_nothing() {
         format!("0a{}", "Q".repeat(43)),
         "nope".into(),
     ] {
-        let (status, body) = app
-            .rest(
-                reqwest::Method::DELETE,
-                &format!("/a01/session?user_id=frank&except={except}"),
-            )
-            .await;
-        assert_eq!(
-            (status, body["error"]["code"].clone()),
-            (404, json!("not_found"))
-        );
-        let reply = app
-            .amqp
-            .call(&json!({"type": "DeleteUserSessions", "user_id": "frank", "except": except}))
-            .await;
-        assert_eq!(reply.body["error"]["code"], "not_found");
+        assert_except_not_found(&app, "frank", &except).await;
     }
     assert_eq!(app.listed_ids("frank").await, vec![mine]);
     assert_eq!(app.listed_ids("grace").await, vec![theirs]);
+}
+
+/// A delete of `user_id`'s sessions but `except`, which is not a live session of the user: over
+/// REST and AMQP, `not_found`.
+async fn assert_except_not_found(app: &TestApp, user_id: &str, except: &str) {
+    let (status, body) = app
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("/a01/session?user_id={user_id}&except={except}"),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found")),
+        "except={except}"
+    );
+    let reply = app
+        .amqp
+        .call(&json!({"type": "DeleteUserSessions", "user_id": user_id, "except": except}))
+        .await;
+    assert_eq!(reply.body["error"]["code"], "not_found", "except={except}");
 }
 
 /// With more sessions than one step of a deletion, the kept one survives every step.
@@ -327,16 +334,7 @@ async fn except_of_another_users_session_in_the_same_bucket_closes_nothing() {
     let theirs = app
         .create_session(json!({"user_id": neighbour, "device_id": "d"}))
         .await;
-    let (status, body) = app
-        .rest(
-            reqwest::Method::DELETE,
-            &format!("/a01/session?user_id=frank&except={theirs}"),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].clone()),
-        (404, json!("not_found"))
-    );
+    assert_except_not_found(&app, "frank", &theirs).await;
     let reply = app
         .amqp
         .call(&json!({"type": "DeleteUserSessions", "user_id": "frank", "except": null}))
