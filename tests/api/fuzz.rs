@@ -18,8 +18,8 @@ use tokio::{
 };
 
 use crate::helpers::{
-    assert_valid, eventually, isolated_settings, service_with_settings, AmqpClient, AMQP_URL,
-    REDIS_URL,
+    assert_valid, clean_up, eventually, isolated_settings, service_with_settings, AmqpClient,
+    AMQP_URL, REDIS_URL,
 };
 
 const REST_REQUESTS: usize = 3000;
@@ -493,4 +493,6 @@ async fn thousands_of_mutated_requests_and_messages_break_nothing() {
     let (status, log) = service.terminate();
     assert!(status.success(), "{log}");
     assert!(!log.contains(" ERROR "), "an error was logged: {log}");
+    // The binary is not an in-process instance, which would clean up when dropped.
+    clean_up(&settings).await;
 }
