@@ -134,20 +134,31 @@ async fn run(call: &Call<'_>, store: &Store) -> Result<Value, StoreError> {
 
 /// The `v` of a script's document, or the error it answered.
 fn answer(document: &str) -> Result<Value, StoreError> {
-    let document: Document = serde_json::from_str(document)
-        .map_err(|e| StoreError::Corrupt(format!("script answer: {e}")))?;
-    match document.s.as_str() {
-        status::OK => Ok(document.v),
-        status::NOT_FOUND => Err(StoreError::NotFound),
-        status::CONFLICT => {
-            let field = document
-                .f
-                .ok_or_else(|| StoreError::Corrupt("a conflict that names no field".into()))?;
-            Err(StoreError::Conflict(field))
+    Document::parse(document)?.into_value()
+}
+
+impl Document {
+    /// The document a script answered.
+    fn parse(document: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(document)
+            .map_err(|e| StoreError::Corrupt(format!("script answer: {e}")))
+    }
+
+    /// Its `v`, or the error it answered.
+    fn into_value(self) -> Result<Value, StoreError> {
+        match self.s.as_str() {
+            status::OK => Ok(self.v),
+            status::NOT_FOUND => Err(StoreError::NotFound),
+            status::CONFLICT => {
+                let field = self
+                    .f
+                    .ok_or_else(|| StoreError::Corrupt("a conflict that names no field".into()))?;
+                Err(StoreError::Conflict(field))
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "unknown script status {other:?}"
+            ))),
         }
-        other => Err(StoreError::Corrupt(format!(
-            "unknown script status {other:?}"
-        ))),
     }
 }
 

@@ -4,7 +4,7 @@
 //! before the ring changed) is re-sealed in the same atomic step: the script answers `stale`
 //! with those values, and the update is called again with them re-sealed.
 
-use super::{answer, status, strings, CommandCall};
+use super::{status, strings, CommandCall, Document};
 use crate::{
     domain::{DeviceId, Outcome, SessionId, SessionPatch, UserId},
     store::{
@@ -63,14 +63,12 @@ pub(in crate::store) async fn apply(
         for code in &cleared {
             call.rest(*code);
         }
-        let document: String = call.invoke(&store.connection).await?;
-        match stale(&document)? {
-            None => {
-                let pairs = strings(answer(&document)?)?;
-                return Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?));
-            }
-            Some(stale) => resealed = store.reseal(id, stale)?,
+        let document = Document::parse(&call.invoke::<String>(&store.connection).await?)?;
+        if document.s != status::STALE {
+            let pairs = strings(document.into_value()?)?;
+            return Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?));
         }
+        resealed = store.reseal(id, strings(document.v)?)?;
     }
     Err(StoreError::Corrupt(format!(
         "the secret fields of session {id:?} kept changing while an update re-sealed them"
@@ -79,19 +77,3 @@ pub(in crate::store) async fn apply(
 
 /// How often an update re-seals stale fields before it gives up.
 const STALE_ROUNDS: usize = 5;
-
-/// The field/value pairs of a `stale` answer, or `None` for any other answer.
-fn stale(document: &str) -> Result<Option<Vec<String>>, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct Stale {
-        s: String,
-        #[serde(default)]
-        v: serde_json::Value,
-    }
-    let parsed: Stale = serde_json::from_str(document)
-        .map_err(|e| StoreError::Corrupt(format!("script answer: {e}")))?;
-    if parsed.s != status::STALE {
-        return Ok(None);
-    }
-    strings(parsed.v).map(Some)
-}
