@@ -20,8 +20,10 @@ RUN mkdir -p src tests/api bench/src client/src testkit/src \
  && cargo build --release --locked --bin session-manager \
  && rm -rf src
 
-# Now the real sources. COPY keeps the files' modification times, which can be older than the
-# stand-ins' build, so touch the crate roots to make sure cargo rebuilds the crate itself.
+# Now the real sources (and the schemas, which GET /openapi.json serves from the binary). COPY
+# keeps the files' modification times, which can be older than the stand-ins' build, so touch the
+# crate roots to make sure cargo rebuilds the crate itself.
+COPY schemas ./schemas
 COPY src ./src
 RUN touch src/lib.rs src/main.rs \
  && cargo build --release --locked --bin session-manager

@@ -62,6 +62,7 @@ impl ReplyQueue {
         let correlation_id = format!("corr-{}", uuid::Uuid::new_v4());
         self.send(app, command, &correlation_id).await;
         let reply = self.next().await;
+        crate::api_docs::check_reply(command.to_string().as_bytes(), &reply.body);
         assert_eq!(
             reply
                 .properties

@@ -9,6 +9,7 @@ use std::{
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
+use crate::api_docs::Http;
 use crate::helpers::{
     clean_up, every_session_id, isolated_settings, service_with_settings, AmqpClient, Reply,
 };
@@ -116,7 +117,7 @@ async fn sigkill_right_after_a_mass_delete_loses_no_event() {
     let amqp = AmqpClient::connect(&settings).await;
     amqp.wait_for_consumer().await;
     let mut events = amqp.subscribe(&settings.events_exchange).await;
-    let http = reqwest::Client::new();
+    let http = Http::new();
     for n in 0..SESSIONS {
         let created = http
             .post(first.url("/a01/session"))

@@ -16,6 +16,7 @@ use session_manager::{
 };
 use session_manager_testkit::{free_port, Instance, Service};
 
+use crate::api_docs::Http;
 use crate::helpers::{
     isolated_settings, service_with_settings, spawn_app_with, TestApp, AMQP_URL, REDIS_URL, WAIT,
 };
@@ -332,7 +333,7 @@ async fn a_value_under_a_key_the_ring_lacks_fails_that_request_alone_named_in_th
             .env("SESSION_ENCRYPTION_KEY", &new),
         port,
     );
-    let http = reqwest::Client::new();
+    let http = Http::new();
     let get = async |id: &str| {
         let response = http
             .get(service.url(&format!("/a01/session/{id}")))
@@ -407,7 +408,7 @@ async fn instances_on_neighbouring_rings_of_a_rotation_read_each_others_sessions
     for pair in stages.windows(2) {
         let old = Instance::start(with_ring(&base, &pair[0])).await;
         let new = Instance::start(with_ring(&base, &pair[1])).await;
-        let http = reqwest::Client::new();
+        let http = Http::new();
         for (instance, token) in [(&old, "from-old"), (&new, "from-new")] {
             let token = format!("{token}-{}", written.len());
             let response = http
@@ -488,7 +489,7 @@ async fn rewrap_reseals_plain_and_old_key_values_even_when_interrupted() {
     plain.stop_keeping_state().await;
     // Sessions under k1.
     let old = Instance::start(with_ring(&base, &k1)).await;
-    let http = reqwest::Client::new();
+    let http = Http::new();
     for i in 0..300 {
         let token = format!("k1-{i}-{marker}");
         let response = http

@@ -17,6 +17,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::api_docs::{self, Http};
 use crate::helpers::{
     assert_valid, clean_up, eventually, isolated_settings, service_with_settings, AmqpClient,
     AMQP_URL, REDIS_URL,
@@ -212,13 +213,17 @@ fn target(rng: &mut StdRng, ids: &[String]) -> String {
 }
 
 /// One request on a kept-alive connection; the status and body. The connection must stay open.
-async fn exchange(connection: &mut BufReader<TcpStream>, request: &[u8]) -> (u16, Vec<u8>) {
+async fn exchange(
+    connection: &mut BufReader<TcpStream>,
+    request: &[u8],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     connection.get_mut().write_all(request).await.unwrap();
     let mut status_line = String::new();
     let read = connection.read_line(&mut status_line).await.unwrap();
     assert!(read > 0, "the server closed the connection");
     let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
     let mut length = 0;
+    let mut headers = reqwest::header::HeaderMap::new();
     loop {
         let mut line = String::new();
         connection.read_line(&mut line).await.unwrap();
@@ -227,6 +232,10 @@ async fn exchange(connection: &mut BufReader<TcpStream>, request: &[u8]) -> (u16
             break;
         }
         let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
         match name.to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().unwrap(),
             "connection" => assert!(
@@ -238,7 +247,7 @@ async fn exchange(connection: &mut BufReader<TcpStream>, request: &[u8]) -> (u16
     }
     let mut body = vec![0; length];
     connection.read_exact(&mut body).await.unwrap();
-    (status, body)
+    (status, headers, body)
 }
 
 #[tokio::test]
@@ -258,8 +267,8 @@ async fn thousands_of_mutated_requests_and_messages_break_nothing() {
         port,
     );
     wait_for_consumer(&settings.command_queue).await;
-    let http = reqwest::Client::new();
-    let json_of = async |request: reqwest::RequestBuilder| -> Value {
+    let http = Http::new();
+    let json_of = async |request: api_docs::Request| -> Value {
         request.send().await.unwrap().json().await.unwrap()
     };
     let create = async |body: Value| -> String {
@@ -322,7 +331,10 @@ async fn thousands_of_mutated_requests_and_messages_break_nothing() {
                     }
                     request.extend(format!("Content-Length: {}\r\n\r\n", body.len()).bytes());
                     request.extend(&body);
-                    let (status, answer) = exchange(&mut connection, &request).await;
+                    let (status, headers, answer) = exchange(&mut connection, &request).await;
+                    let path = target.split('?').next().unwrap();
+                    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                    api_docs::check_response(&method, path, status, &headers, &answer);
                     *statuses.entry(status).or_default() += 1;
                     assert!(
                         status < 500,

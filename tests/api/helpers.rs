@@ -4,11 +4,7 @@
 //! AMQP client (the client crate's, for commands with replies; event subscriptions; the
 //! dead-letter queue) and checks every message against `schemas/`.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::{
@@ -30,6 +26,8 @@ use session_manager_client::{
 };
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
+use crate::api_docs;
+pub use crate::api_docs::{Http, Request};
 pub use session_manager_testkit::{
     eventually, instance::clean_up, isolated_settings, Instance, LOCAL_AMQP_URL as AMQP_URL,
     LOCAL_REDIS_URL as REDIS_URL, WAIT,
@@ -39,7 +37,7 @@ pub use session_manager_testkit::{
 pub struct TestApp {
     pub address: String,
     pub settings: Settings,
-    pub http: reqwest::Client,
+    pub http: Http,
     pub redis: redis::aio::MultiplexedConnection,
     pub amqp: AmqpClient,
     instance: Instance,
@@ -68,7 +66,7 @@ impl TestApp {
             .expect("Redis is running on 127.0.0.1:6379");
         Self {
             address: instance.url(""),
-            http: reqwest::Client::new(),
+            http: Http::new(),
             redis,
             amqp: AmqpClient::connect(&settings).await,
             settings,
@@ -291,7 +289,7 @@ impl AmqpClient {
             .await
             .expect("a reply arrives in time");
         let reply = checked_reply(reply);
-        check_against_schemas(body, &reply.body);
+        api_docs::check_reply(body, &reply.body);
         reply
     }
 
@@ -374,32 +372,12 @@ impl AmqpClient {
     }
 }
 
-/// A command the service accepted must match its command schema, and its result the result
-/// schema of its type, so that schemas and code cannot drift apart.
-pub fn check_against_schemas(command: &[u8], reply: &Value) {
-    if reply["status"] != "ok" {
-        return;
-    }
-    let command: Value = serde_json::from_slice(command).expect("an accepted command is JSON");
-    let kind = command["type"]
-        .as_str()
-        .expect("an accepted command has a type");
-    assert_valid(&format!("command.{kind}.json"), &command);
-    let result = match kind {
-        "CreateSession" => "result.SessionCreated.json",
-        "GetSession" | "UpdateSession" => "result.Session.json",
-        "ListSessions" => "result.SessionList.json",
-        "DeleteSession" => "result.SessionDeleted.json",
-        "DeleteUserSessions" => "result.UserSessionsDeleted.json",
-        other => panic!("the service accepted an unknown command {other}"),
-    };
-    assert_valid(result, &reply["result"]);
-}
-
-/// A reply, checked against `schemas/reply.json` and for its content type.
+/// A reply, checked against `schemas/reply.json`, the replies of `schemas/asyncapi.json` and for
+/// its content type.
 pub fn checked_reply(reply: RawMessage) -> Reply {
     let body: Value = reply.json().expect("a reply is JSON");
     assert_valid("reply.json", &body);
+    api_docs::check_any_reply(&body);
     assert_eq!(
         reply.properties.content_type().as_ref().map(|t| t.as_str()),
         Some("application/json")
@@ -431,6 +409,7 @@ impl EventSubscription {
             .expect("the event consumer is open");
         let body: Value = event.json().expect("an event is JSON");
         assert_valid("event.SessionClosed.json", &body);
+        api_docs::check_event(&body);
         let properties = event.properties;
         assert_eq!(
             properties.content_type().as_ref().map(|t| t.as_str()),
@@ -478,32 +457,7 @@ impl EventSubscription {
 
 /// Asserts that `instance` is valid against `schemas/<schema>`.
 pub fn assert_valid(schema: &str, instance: &Value) {
-    static VALIDATORS: OnceLock<HashMap<String, Arc<jsonschema::Validator>>> = OnceLock::new();
-    let validators = VALIDATORS.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|entry| {
-                let path = entry.unwrap().path();
-                (path.extension()? == "json").then_some(path)
-            })
-            .map(|path| {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let schema: Value = serde_json::from_str(&text).unwrap();
-                let validator = jsonschema::validator_for(&schema)
-                    .unwrap_or_else(|e| panic!("{} is not a valid schema: {e}", path.display()));
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                (name, Arc::new(validator))
-            })
-            .collect()
-    });
-    let validator = validators
-        .get(schema)
-        .unwrap_or_else(|| panic!("no schema {schema}"));
-    let errors: Vec<String> = validator
-        .iter_errors(instance)
-        .map(|e| format!("{e} at {}", e.instance_path))
-        .collect();
+    let errors = api_docs::mismatches(schema, "", instance);
     assert!(
         errors.is_empty(),
         "{instance} does not match {schema}: {errors:?}"
@@ -607,7 +561,7 @@ impl StoreAlone {
 /// Every session id of `user_id` at the service at `base` (e.g. `http://127.0.0.1:8090`),
 /// following the list's pages.
 pub async fn every_session_id(base: &str, user_id: &str) -> Vec<String> {
-    let http = reqwest::Client::new();
+    let http = Http::new();
     let (mut ids, mut after) = (Vec::new(), None::<String>);
     loop {
         let mut query = vec![("user_id", user_id.to_owned())];
@@ -650,7 +604,7 @@ pub fn moment(value: &Value) -> OffsetDateTime {
     moment
 }
 
-pub async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+pub async fn status_and_json(request: Request) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())

@@ -2,6 +2,7 @@
 //! real Redis and RabbitMQ on this machine.
 
 mod amqp;
+mod api_docs;
 mod cluster;
 mod crashes;
 mod devices;

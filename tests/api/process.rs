@@ -8,6 +8,7 @@ use std::{
 
 use serde_json::json;
 
+use crate::api_docs::Http;
 use crate::helpers::{
     isolated_settings, service_binary, service_with_settings, AmqpClient, AMQP_URL,
 };
@@ -108,7 +109,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
             .env("SESSION_EVENTS_EXCHANGE", &settings.events_exchange),
         port,
     );
-    let http = reqwest::Client::new();
+    let http = Http::new();
     let bearer = format!("Bearer {API_TOKEN}");
     let created = http
         .post(service.url("/a01/session"))

@@ -23,6 +23,7 @@ use session_manager_testkit::{
 };
 
 use crate::{
+    api_docs::Http,
     helpers::{
         clean_up, isolated_settings, service_binary, service_with_settings, spawn_app_with,
         AMQP_URL, REDIS_URL,
@@ -160,7 +161,7 @@ async fn until_ready_is(service: &Service, expected: u16) -> Duration {
 /// Creates a session over REST: the status, the body, and how long the answer took.
 async fn create(service: &Service) -> (u16, serde_json::Value, Duration) {
     let started = Instant::now();
-    let response = reqwest::Client::new()
+    let response = Http::new()
         .post(service.url("/a01/session"))
         .json(&json!({"user_id": "u", "device_id": "d"}))
         .send()

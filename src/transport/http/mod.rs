@@ -5,6 +5,7 @@
 //! in [`HttpError`] and nowhere else.
 
 mod error;
+mod openapi;
 mod query;
 mod server;
 
@@ -99,6 +100,7 @@ enum Route {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     Sessions,
     Session,
     Unknown,
@@ -110,6 +112,7 @@ impl Route {
             "/healthz" => (Self::Health, None),
             "/readyz" => (Self::Ready, None),
             "/metrics" => (Self::Metrics, None),
+            "/openapi.json" => (Self::OpenApi, None),
             "/a01/session" => (Self::Sessions, None),
             _ => match path.strip_prefix("/a01/session/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => (Self::Session, Some(id)),
@@ -123,6 +126,7 @@ impl Route {
             Self::Health => "/healthz",
             Self::Ready => "/readyz",
             Self::Metrics => "/metrics",
+            Self::OpenApi => "/openapi.json",
             Self::Sessions => "/a01/session",
             Self::Session => "/a01/session/{id}",
             Self::Unknown => "unknown",
@@ -132,7 +136,7 @@ impl Route {
     /// The methods the route has: the `Allow` header of its 405 answers (RFC 9110 §15.5.6).
     fn allowed_methods(self) -> Option<&'static str> {
         match self {
-            Self::Health | Self::Ready | Self::Metrics => Some("GET"),
+            Self::Health | Self::Ready | Self::Metrics | Self::OpenApi => Some("GET"),
             Self::Sessions => Some("GET, POST, DELETE"),
             Self::Session => Some("GET, PATCH, DELETE"),
             Self::Unknown => None,
@@ -183,21 +187,32 @@ impl HttpState {
         }
         let command = match (route, method) {
             (Route::Health, &Method::GET) => {
-                return Ok(text_response(StatusCode::OK, "ok\n", PLAIN_TEXT))
+                Query::parse(&request.query, &[])?;
+                return Ok(bytes_response(StatusCode::OK, "ok\n", PLAIN_TEXT));
             }
             (Route::Ready, &Method::GET) => {
+                Query::parse(&request.query, &[])?;
                 return Ok(if (self.readiness)().await {
-                    text_response(StatusCode::OK, "ready\n", PLAIN_TEXT)
+                    bytes_response(StatusCode::OK, "ready\n", PLAIN_TEXT)
                 } else {
-                    text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", PLAIN_TEXT)
-                })
+                    bytes_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", PLAIN_TEXT)
+                });
             }
             (Route::Metrics, &Method::GET) => {
-                return Ok(text_response(
+                Query::parse(&request.query, &[])?;
+                return Ok(bytes_response(
                     StatusCode::OK,
                     self.metrics.render(),
                     "text/plain; version=0.0.4; charset=utf-8",
-                ))
+                ));
+            }
+            (Route::OpenApi, &Method::GET) => {
+                Query::parse(&request.query, &[])?;
+                return Ok(bytes_response(
+                    StatusCode::OK,
+                    openapi::document(),
+                    "application/json",
+                ));
             }
             (Route::Unknown, _) => return Err(Error::NotFound("no such route".into()).into()),
             (Route::Sessions, &Method::POST) => {
@@ -345,7 +360,7 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     response
 }
 
-fn text_response(
+fn bytes_response(
     status: StatusCode,
     text: impl Into<Bytes>,
     content_type: &'static str,
