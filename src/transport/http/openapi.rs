@@ -2,10 +2,12 @@
 //! that a client generator reading it from a URL needs no other file. The files are compiled
 //! into the binary; the bundle is built once, at the first request.
 //!
-//! Bundling moves every schema file the document reaches into `components.schemas` (under the
-//! component name that already stands for the whole file, else under the file's name without
-//! `.json`), drops their `$id` and `$schema`, and rewrites each `"$ref": "<file>#<pointer>"` to
-//! `"#/components/schemas/<name><pointer>"`.
+//! Bundling moves every schema file the document references as a whole into
+//! `components.schemas` (under the component name that already stands for the whole file, else
+//! under the file's name without `.json`), drops their `$id` and `$schema`, and rewrites each
+//! `"$ref": "<file>"` to `"#/components/schemas/<name>"`; a `"$ref": "<file>#<pointer>"` (a
+//! parameter's schema, say) is replaced by a copy of what it points to, which client generators
+//! read more readily than a pointer into a component.
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
@@ -114,7 +116,7 @@ fn bundle(mut files: BTreeMap<&str, Value>) -> Result<Value, String> {
         }
     }
     let mut pending = Vec::new();
-    rewrite(&mut document, &mut names, &mut pending);
+    rewrite(&mut document, &files, &mut names, &mut pending)?;
     let mut bundled = Map::new();
     while let Some(file) = pending.pop() {
         let name = names[&file].clone();
@@ -129,7 +131,7 @@ fn bundle(mut files: BTreeMap<&str, Value>) -> Result<Value, String> {
             members.remove("$id");
             members.remove("$schema");
         }
-        rewrite(&mut schema, &mut names, &mut pending);
+        rewrite(&mut schema, &files, &mut names, &mut pending)?;
         bundled.insert(name, schema);
     }
     let components = document["components"]["schemas"]
@@ -141,34 +143,52 @@ fn bundle(mut files: BTreeMap<&str, Value>) -> Result<Value, String> {
     Ok(document)
 }
 
-/// Rewrites every reference to a file in `value` to its component, naming new files and noting
-/// them in `pending`.
-fn rewrite(value: &mut Value, names: &mut BTreeMap<String, String>, pending: &mut Vec<String>) {
+/// Rewrites every reference to a whole file in `value` to its component, naming new files and
+/// noting them in `pending`; a reference to a part of a file is replaced by a copy of that part.
+fn rewrite(
+    value: &mut Value,
+    files: &BTreeMap<&str, Value>,
+    names: &mut BTreeMap<String, String>,
+    pending: &mut Vec<String>,
+) -> Result<(), String> {
     match value {
         Value::Object(members) => {
-            if let Some(Value::String(reference)) = members.get_mut("$ref") {
+            if let Some(Value::String(reference)) = members.get("$ref") {
+                if let Some((file, pointer)) = reference
+                    .split_once('#')
+                    .filter(|(file, pointer)| !file.is_empty() && !pointer.is_empty())
+                {
+                    let part = files
+                        .get(file)
+                        .and_then(|schema| schema.pointer(pointer))
+                        .ok_or_else(|| format!("{reference} resolves to nothing"))?;
+                    *value = part.clone();
+                    return rewrite(value, files, names, pending);
+                }
                 if !reference.starts_with('#') {
-                    let (file, pointer) = reference
-                        .split_once('#')
-                        .unwrap_or((reference.as_str(), ""));
-                    let file = file.to_owned();
+                    let file = reference.trim_end_matches('#').to_owned();
                     let name = names
                         .entry(file.clone())
-                        .or_insert_with(|| file.trim_end_matches(".json").to_owned())
-                        .clone();
-                    *reference = format!("#/components/schemas/{name}{pointer}");
+                        .or_insert_with(|| file.trim_end_matches(".json").to_owned());
+                    members.insert(
+                        "$ref".into(),
+                        Value::String(format!("#/components/schemas/{name}")),
+                    );
                     pending.push(file);
                 }
             }
-            members
-                .values_mut()
-                .for_each(|member| rewrite(member, names, pending));
+            for member in members.values_mut() {
+                rewrite(member, files, names, pending)?;
+            }
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|item| rewrite(item, names, pending)),
+        Value::Array(items) => {
+            for item in items {
+                rewrite(item, files, names, pending)?;
+            }
+        }
         _ => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
