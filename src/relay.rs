@@ -130,39 +130,43 @@ impl<S: EventSink> Relay<S> {
         self.sink.close().await;
     }
 
-    /// Visits `buckets` (all when `None`); returns how many events it published.
+    /// Visits `buckets` (all when `None`), each on its own: a bucket whose Redis node cannot be
+    /// reached holds up no other. Returns how many events it published.
     async fn tick(&mut self, buckets: Option<&[Bucket]>, forget: Option<Duration>) -> usize {
-        let batches = match self
-            .store
-            .tick(buckets, &self.consumer, BATCH, STALE_AFTER, forget)
-            .await
-        {
-            Ok(batches) => {
+        let buckets: Vec<Bucket> = buckets.map_or_else(|| Bucket::all().collect(), <[_]>::to_vec);
+        let this = &*self;
+        let visits = buckets.into_iter().map(|bucket| async move {
+            let entries = this
+                .store
+                .tick(bucket, &this.consumer, BATCH, STALE_AFTER, forget)
+                .await
+                .map_err(|error| (bucket, error))?;
+            let count = entries.len();
+            let published = count > 0 && this.publish(bucket, entries).await;
+            Ok(if published { count } else { 0 })
+        });
+        let mut published = 0;
+        let mut failed = Vec::new();
+        for visit in futures_util::future::join_all(visits).await {
+            match visit {
+                Ok(count) => published += count,
+                Err(failure) => failed.push(failure),
+            }
+        }
+        match failed.first() {
+            None => {
                 if self.failures.succeeded() {
                     tracing::info!("outbox relay reaches Redis again");
                 }
-                batches
             }
-            Err(error) => {
+            Some((bucket, error)) => {
                 if let Some(unlogged) = self.failures.failed() {
-                    tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis");
+                    tracing::warn!(error = %Chain(error), failed_buckets = failed.len(), first_failed_bucket = %bucket,
+                        unlogged_failures = unlogged, "outbox relay cannot reach Redis for some buckets; the others go on");
                 }
-                return 0;
             }
-        };
-        let this = &*self;
-        let published = batches.into_iter().map(|(bucket, entries)| async move {
-            let count = entries.len();
-            if this.publish(bucket, entries).await {
-                count
-            } else {
-                0
-            }
-        });
-        futures_util::future::join_all(published)
-            .await
-            .into_iter()
-            .sum()
+        }
+        published
     }
 
     /// Publishes a bucket's entries and removes them; `false` when they could not be published.

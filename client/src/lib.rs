@@ -50,10 +50,11 @@ mod schemas {
 
     use serde_json::Value;
 
-    /// Asserts that `instance` is valid against `schemas/<schema>`.
+    /// Asserts that `instance` is valid against `schemas/<schema>` (whose `$ref`s reach the
+    /// other files by their `$id`s).
     pub fn assert_valid(schema: &str, instance: &Value) {
-        static VALIDATORS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
-        let validators = VALIDATORS.get_or_init(|| {
+        static FILES: OnceLock<HashMap<String, Value>> = OnceLock::new();
+        let files = FILES.get_or_init(|| {
             let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas");
             std::fs::read_dir(dir)
                 .unwrap()
@@ -63,11 +64,22 @@ mod schemas {
                     let text = std::fs::read_to_string(&path).unwrap();
                     let schema: Value = serde_json::from_str(&text).unwrap();
                     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                    (name, jsonschema::validator_for(&schema).unwrap())
+                    (name, schema)
                 })
                 .collect()
         });
-        let errors: Vec<String> = validators[schema]
+        let resources = files.iter().map(|(name, schema)| {
+            let uri = format!("https://session-manager.example/schemas/{name}");
+            (
+                uri,
+                jsonschema::Resource::from_contents(schema.clone()).unwrap(),
+            )
+        });
+        let validator = jsonschema::options()
+            .with_resources(resources)
+            .build(&files[schema])
+            .unwrap();
+        let errors: Vec<String> = validator
             .iter_errors(instance)
             .map(|e| format!("{e} at {}", e.instance_path))
             .collect();

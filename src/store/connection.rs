@@ -1,20 +1,26 @@
 //! The connection to Redis: one multiplexed, reconnecting connection to a standalone server, or
 //! a cluster connection that routes each script call to the node owning its hash slot. Which
-//! one is decided at start (`REDIS_CLUSTER`, or by asking the server when it is `auto`). Over
+//! one is set by `REDIS_CLUSTER`, or, when it is `auto`, by asking the server: at start, or, when
+//! Redis cannot be asked then, at the first request it answers. A standalone connection that
+//! Redis answers with `MOVED` (a cluster node) says so in the log and stays unready. Over
 //! `rediss://`, each is TLS, verified against the CA file or the system's roots, with the client
 //! certificate of the [`TlsSettings`] if any.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterClientBuilder,
-    cluster_async::ClusterConnection,
-    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
-    ClientTlsConfig, Cmd, ConnectionAddr, Pipeline, RedisFuture, RedisResult, TlsCertificates,
-    Value,
+    ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisFuture, RedisResult,
+    ServerErrorKind, TlsCertificates, Value,
 };
 
+use super::cluster::Cluster;
 use crate::{
     telemetry::Chain,
     tls::{self, TlsSettings, Transport},
@@ -24,6 +30,11 @@ use crate::{
 /// too short for a large DeleteUserSessions).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `REDIS_CLUSTER=auto` waits for the answer to `INFO cluster`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After Redis could not be asked whether it is a cluster, how long requests fail at once before
+/// one asks again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 /// How to talk to Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +43,7 @@ pub enum RedisMode {
     Standalone,
     /// A Redis Cluster (the URL names a seed node).
     Cluster,
-    /// Ask the server at start (`INFO cluster`); standalone when it cannot be reached then.
+    /// Ask the server (`INFO cluster`): at start, or at the first request it answers.
     Auto,
 }
 
@@ -40,9 +51,72 @@ pub enum RedisMode {
 #[derive(Clone)]
 pub enum RedisConnection {
     /// One server, reconnecting.
-    Standalone(ConnectionManager),
+    Standalone {
+        /// The connection.
+        connection: ConnectionManager,
+        /// Set once the server answered `MOVED`: it is a cluster node.
+        moved: Arc<AtomicBool>,
+    },
     /// A cluster, routing by hash slot.
-    Cluster(ClusterConnection),
+    Cluster(Arc<Cluster>),
+    /// `REDIS_CLUSTER=auto` while Redis has not been asked: decided at the first request that
+    /// it answers.
+    Undecided(Arc<Undecided>),
+}
+
+/// What deciding later needs.
+pub struct Undecided {
+    url: String,
+    certificates: Option<TlsCertificates>,
+    decided: tokio::sync::OnceCell<RedisConnection>,
+    /// When Redis last could not be asked, and why: requests meanwhile fail at once instead of
+    /// each asking again.
+    failed: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+}
+
+impl Undecided {
+    /// The connection, deciding its kind now if it is not decided yet.
+    async fn connection(&self) -> RedisResult<RedisConnection> {
+        let decided = self.decided.get_or_try_init(|| async {
+            if let Some((at, why)) = self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                if at.elapsed() < ASK_AGAIN_AFTER {
+                    return Err(
+                        std::io::Error::new(std::io::ErrorKind::NotConnected, why.clone()).into(),
+                    );
+                }
+            }
+            let decided = async {
+                let client = client(&self.url, &self.certificates)?;
+                let cluster = is_cluster(&client).await?;
+                tracing::info!(
+                    cluster,
+                    "Redis answers; connected to it as {}",
+                    kind(cluster)
+                );
+                connect(&self.url, client, self.certificates.clone(), cluster).await
+            };
+            let decided = decided.await;
+            if let Err(error) = &decided {
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((tokio::time::Instant::now(), Chain(error).to_string()));
+            }
+            decided
+        });
+        decided.await.cloned()
+    }
+}
+
+fn kind(cluster: bool) -> &'static str {
+    if cluster {
+        "a Redis Cluster"
+    } else {
+        "a standalone server"
+    }
 }
 
 impl RedisConnection {
@@ -61,43 +135,85 @@ impl RedisConnection {
 
     /// Connects according to `mode`, over TLS with `tls` for a `rediss://` URL. A standalone
     /// connection is lazy, so the service starts while Redis is down (or its certificate does
-    /// not verify); a cluster connection needs its seed node now to learn the slots.
+    /// not verify); a cluster connection needs its seed node now to learn the slots; `auto`
+    /// with a server that cannot be asked now decides at the first request it answers.
     pub async fn open(url: &str, tls: &TlsSettings, mode: RedisMode) -> RedisResult<Self> {
         // redis-rs builds its TLS configurations with the process's default provider.
         tls::provider();
         let certificates = certificates(tls);
-        let client = match &certificates {
-            Some(certificates) => redis::Client::build_with_tls(url, certificates.clone())?,
-            None => redis::Client::open(url)?,
-        };
+        let client = client(url, &certificates)?;
         let cluster = match mode {
             RedisMode::Standalone => false,
             RedisMode::Cluster => true,
-            RedisMode::Auto => is_cluster(&client).await,
+            RedisMode::Auto => match is_cluster(&client).await {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "Redis cannot be asked at start whether it is a cluster; deciding at the first request it answers");
+                    return Ok(Self::Undecided(Arc::new(Undecided {
+                        url: url.to_owned(),
+                        certificates,
+                        decided: tokio::sync::OnceCell::new(),
+                        failed: std::sync::Mutex::new(None),
+                    })));
+                }
+            },
         };
-        if cluster {
-            let mut builder = ClusterClientBuilder::new(vec![url])
-                .response_timeout(RESPONSE_TIMEOUT)
-                .connection_timeout(CONNECT_TIMEOUT)
-                .retries(2);
-            if let Some(certificates) = certificates {
-                builder = builder.certs(certificates);
-            }
-            let connection = builder.build()?.get_async_connection().await?;
-            return Ok(Self::Cluster(connection));
-        }
-        // Few, short reconnect attempts per request, so that while Redis is down a request
-        // fails as `unavailable` within seconds instead of waiting out a long backoff.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_millis(500));
-        Ok(Self::Standalone(ConnectionManager::new_lazy_with_config(
-            client, config,
-        )?))
+        connect(url, client, certificates, cluster).await
     }
+
+    /// This connection with its kind decided.
+    async fn decided(&self) -> RedisResult<Self> {
+        match self {
+            Self::Undecided(undecided) => undecided.connection().await,
+            decided => Ok(decided.clone()),
+        }
+    }
+
+    /// Whether a server talked to as a standalone one has answered `MOVED`, which makes it a
+    /// cluster node: the service is configured wrong (`REDIS_CLUSTER=no`) and cannot serve.
+    pub fn answered_moved(&self) -> bool {
+        match self {
+            Self::Standalone { moved, .. } => moved.load(Ordering::Relaxed),
+            Self::Undecided(undecided) => undecided
+                .decided
+                .get()
+                .is_some_and(RedisConnection::answered_moved),
+            Self::Cluster(_) => false,
+        }
+    }
+}
+
+/// A client for `url`, with `certificates` when there are any.
+fn client(url: &str, certificates: &Option<TlsCertificates>) -> RedisResult<redis::Client> {
+    match certificates {
+        Some(certificates) => redis::Client::build_with_tls(url, certificates.clone()),
+        None => redis::Client::open(url),
+    }
+}
+
+/// Connects to `url` as a cluster or as a standalone server.
+async fn connect(
+    url: &str,
+    client: redis::Client,
+    certificates: Option<TlsCertificates>,
+    cluster: bool,
+) -> RedisResult<RedisConnection> {
+    // Few, short reconnect attempts per request, so that while Redis (or a node of it) is down a
+    // request fails as `unavailable` within seconds instead of waiting out a long backoff.
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_millis(500));
+    if cluster {
+        let cluster = Cluster::connect(url, certificates, config).await?;
+        return Ok(RedisConnection::Cluster(cluster));
+    }
+    Ok(RedisConnection::Standalone {
+        connection: ConnectionManager::new_lazy_with_config(client, config)?,
+        moved: Arc::default(),
+    })
 }
 
 /// A server that `SCAN` walks: the standalone server, or one master of a cluster.
@@ -118,32 +234,14 @@ impl RedisConnection {
     /// The servers that together hold every key: the server, or each master of the cluster
     /// (from `CLUSTER SLOTS`).
     pub(super) async fn scan_nodes(&self) -> RedisResult<Vec<ScanNode>> {
-        let Self::Cluster(connection) = self else {
-            return Ok(vec![ScanNode::Standalone]);
-        };
-        let ranges: Vec<Value> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut connection.clone())
-            .await?;
-        let mut nodes = Vec::new();
-        // Each range: [first slot, last slot, [host, port, id, …] of its master, replicas…].
-        for range in ranges {
-            let Value::Array(parts) = range else { continue };
-            let Some(Value::Array(master)) = parts.get(2) else {
-                continue;
-            };
-            let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
-                continue;
-            };
-            let node = ScanNode::Master {
-                host: redis::from_redis_value_ref(host)?,
-                port: redis::from_redis_value_ref(port)?,
-            };
-            if !nodes.contains(&node) {
-                nodes.push(node);
-            }
-        }
-        Ok(nodes)
+        Ok(match self.decided().await? {
+            Self::Cluster(cluster) => cluster
+                .masters()
+                .into_iter()
+                .map(|(host, port)| ScanNode::Master { host, port })
+                .collect(),
+            _ => vec![ScanNode::Standalone],
+        })
     }
 
     /// One `SCAN` step on `node`: the next cursor (0 when the walk is done) and the keys of this
@@ -162,16 +260,12 @@ impl RedisConnection {
             .arg(pattern)
             .arg("COUNT")
             .arg(count);
-        match (self, node) {
-            (Self::Cluster(connection), ScanNode::Master { host, port }) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                let answer = connection.clone().route_command(command, routing).await?;
+        match (self.decided().await?, node) {
+            (Self::Cluster(cluster), ScanNode::Master { host, port }) => {
+                let answer = cluster.send_to(host, *port, &command).await?;
                 Ok(redis::from_redis_value(answer)?)
             }
-            (connection, _) => command.query_async(&mut connection.clone()).await,
+            (mut connection, _) => command.query_async(&mut connection).await,
         }
     }
 }
@@ -188,37 +282,58 @@ fn certificates(tls: &TlsSettings) -> Option<TlsCertificates> {
     })
 }
 
-/// Asks the server whether it is a cluster node. One that cannot be asked (down, or its
-/// certificate does not verify) is taken for a standalone server, and the log says why.
-async fn is_cluster(client: &redis::Client) -> bool {
+/// Asks the server whether it is a cluster node; `Err` when it cannot be asked now (down, or its
+/// certificate does not verify).
+async fn is_cluster(client: &redis::Client) -> RedisResult<bool> {
     let probe = async {
         let mut connection = client.get_multiplexed_async_connection().await?;
         let info: String = redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut connection)
             .await?;
-        Ok::<_, redis::RedisError>(info.contains("cluster_enabled:1"))
+        Ok(info.contains("cluster_enabled:1"))
     };
-    match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(cluster)) => cluster,
-        Ok(Err(error)) => {
-            tracing::warn!(error = %Chain(&error), "Redis not reachable at start; assuming a standalone server");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(
-                "Redis did not answer within 2 s at start; assuming a standalone server"
-            );
-            false
-        }
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "Redis did not answer INFO cluster within 2 s",
+            )
+            .into())
+        })
+}
+
+/// Notes a `MOVED` answer of a server talked to as a standalone one (an error, or a server
+/// error among the values of an answer), and says once in the log what it means.
+fn note_moved<'v>(
+    moved: &AtomicBool,
+    result: Result<impl IntoIterator<Item = &'v Value>, &redis::RedisError>,
+) {
+    let answered_moved = match result {
+        Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::Moved),
+        Ok(values) => values.into_iter().any(|value| {
+            matches!(value, Value::ServerError(error) if error.kind() == Some(ServerErrorKind::Moved))
+        }),
+    };
+    if answered_moved && !moved.swap(true, Ordering::Relaxed) {
+        tracing::error!("Redis answered MOVED: it is a Redis Cluster node, but REDIS_CLUSTER=no has the service talk to it as a standalone server; set REDIS_CLUSTER=yes (or auto) and restart. Not ready until then.");
     }
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Standalone(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Standalone { connection, moved } => Box::pin(async move {
+                let result = connection.req_packed_command(cmd).await;
+                note_moved(moved, result.as_ref().map(std::iter::once));
+                result
+            }),
+            Self::Cluster(cluster) => Box::pin(cluster.send(cmd)),
+            Self::Undecided(undecided) => Box::pin(async move {
+                let mut connection = undecided.connection().await?;
+                connection.req_packed_command(cmd).await
+            }),
         }
     }
 
@@ -229,15 +344,35 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Standalone(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Standalone { connection, moved } => Box::pin(async move {
+                let result = connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                note_moved(moved, result.as_ref());
+                result
+            }),
+            // The store sends no pipelines to a cluster.
+            Self::Cluster(_) => Box::pin(async {
+                Err((
+                    ErrorKind::Client,
+                    "pipelines are not sent to a Redis Cluster",
+                )
+                    .into())
+            }),
+            Self::Undecided(undecided) => Box::pin(async move {
+                let mut connection = undecided.connection().await?;
+                connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Standalone(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
+            Self::Standalone { connection, .. } => connection.get_db(),
+            Self::Cluster(_) => 0,
+            Self::Undecided(undecided) => undecided.decided.get().map_or(0, |c| c.get_db()),
         }
     }
 }

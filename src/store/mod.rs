@@ -29,6 +29,7 @@
 //! - the session hashes named by the bucket's schedule (the tick).
 
 mod bucket;
+mod cluster;
 mod connection;
 mod hash;
 mod keys;
@@ -74,6 +75,9 @@ pub enum StoreError {
     /// Redis refused a command.
     #[error("Redis answered with an error")]
     Redis(#[source] RedisError),
+    /// Redis answered `MOVED` to a standalone connection: it is a cluster node.
+    #[error("Redis is a cluster node, talked to as a standalone server (REDIS_CLUSTER=no)")]
+    ClusterNode,
     /// A script failed; the message names the piece and its line.
     #[error("a script failed: {0}")]
     Script(String),
@@ -105,6 +109,10 @@ impl From<RedisError> for StoreError {
                         | redis::ServerErrorKind::ClusterDown
                         | redis::ServerErrorKind::MasterDown
                         | redis::ServerErrorKind::ReadOnly
+                        // To a standalone connection: a cluster node, or one being resharded
+                        // (a cluster connection follows redirections itself).
+                        | redis::ServerErrorKind::Moved
+                        | redis::ServerErrorKind::Ask
                 )
             )
             // Out of memory, or busy with a long script: the same command may succeed later.
@@ -122,7 +130,9 @@ impl From<StoreError> for Error {
         match error {
             StoreError::NotFound => Error::session_not_found(),
             StoreError::Conflict(_) => Error::Conflict(error.to_string()),
-            StoreError::Unavailable(_) => Error::Unavailable(Box::new(error)),
+            StoreError::Unavailable(_) | StoreError::ClusterNode => {
+                Error::Unavailable(Box::new(error))
+            }
             other => Error::Internal(Box::new(other)),
         }
     }
@@ -193,6 +203,9 @@ impl Store {
 
     /// Answers whether Redis is reachable now.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.connection.answered_moved() {
+            return Err(StoreError::ClusterNode);
+        }
         let mut connection = self.connection.clone();
         redis::cmd("PING")
             .query_async::<()>(&mut connection)

@@ -90,54 +90,40 @@ pub struct OutboxEntry {
 }
 
 impl Store {
-    /// Runs the periodic work of every bucket (see `lua/tick.lua`): ends the sessions whose
-    /// moment has passed and takes up to `limit` outbox entries per bucket for `consumer`.
+    /// Runs the periodic work of one bucket (see `lua/tick.lua`): ends the sessions whose
+    /// moment has passed and takes up to `limit` outbox entries for `consumer`. Each bucket is
+    /// its own call, so that a bucket on a node that cannot be reached holds up no other.
     pub async fn tick(
         &self,
-        buckets: Option<&[Bucket]>,
+        bucket: Bucket,
         consumer: &str,
         limit: usize,
         stale_after: Duration,
         forget_idle_consumers: Option<Duration>,
-    ) -> Result<Vec<(Bucket, Vec<OutboxEntry>)>, StoreError> {
-        let buckets: Vec<Bucket> = match buckets {
-            Some(buckets) => buckets.to_vec(),
-            None => Bucket::all().collect(),
-        };
-        let calls = buckets.into_iter().map(|bucket| async move {
-            let entries: Vec<(String, Vec<String>)> = self
-                .outbox
-                .tick
-                .call()
-                .key("schedule_key", self.keys.schedule(bucket))
-                .key("outbox_key", self.keys.outbox(bucket))
-                .arg("base", self.keys.base(bucket))
-                .arg("consumer", consumer)
-                .arg("limit", limit)
-                .arg("stale_after", stale_after.as_millis() as u64)
-                .arg(
-                    "forget_after",
-                    forget_idle_consumers.map_or(0, |idle| idle.as_millis().max(1) as u64),
-                )
-                .invoke(&self.connection)
-                .await?;
-            let entries = entries
-                .into_iter()
-                .map(|(id, fields)| OutboxEntry {
-                    event: event(fields),
-                    id,
-                })
-                .collect::<Vec<_>>();
-            Ok::<_, StoreError>((bucket, entries))
-        });
-        let mut batches = Vec::new();
-        for result in futures_util::future::join_all(calls).await {
-            let (bucket, entries) = result?;
-            if !entries.is_empty() {
-                batches.push((bucket, entries));
-            }
-        }
-        Ok(batches)
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let entries: Vec<(String, Vec<String>)> = self
+            .outbox
+            .tick
+            .call()
+            .key("schedule_key", self.keys.schedule(bucket))
+            .key("outbox_key", self.keys.outbox(bucket))
+            .arg("base", self.keys.base(bucket))
+            .arg("consumer", consumer)
+            .arg("limit", limit)
+            .arg("stale_after", stale_after.as_millis() as u64)
+            .arg(
+                "forget_after",
+                forget_idle_consumers.map_or(0, |idle| idle.as_millis().max(1) as u64),
+            )
+            .invoke(&self.connection)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, fields)| OutboxEntry {
+                event: event(fields),
+                id,
+            })
+            .collect())
     }
 
     /// Removes published entries from a bucket's outbox.

@@ -101,7 +101,7 @@ async fn consumers_of_gone_instances_are_forgotten() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let taken = store
         .tick(
-            Some(&[bucket]),
+            bucket,
             "another-instance",
             10,
             Duration::from_secs(5),

@@ -93,6 +93,12 @@ impl TestApp {
         created["session_id"].as_str().unwrap().to_owned()
     }
 
+    /// The status of `/readyz`.
+    pub async fn readyz(&self) -> u16 {
+        let response = self.http.get(self.url("/readyz")).send().await.unwrap();
+        response.status().as_u16()
+    }
+
     /// A REST request without body: the status and the JSON body.
     pub async fn rest(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
         status_and_json(self.http.request(method, self.url(path))).await

@@ -11,20 +11,10 @@ use session_manager::config::{SecretString, Settings};
 use crate::helpers::{isolated_settings, spawn_app_with, TestApp, WAIT};
 use session_manager_testkit::{PrivateRedis, TcpProxy};
 
-async fn readyz(app: &TestApp) -> u16 {
-    app.http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// Polls /readyz until it answers `status`; returns how long that took.
 async fn until_ready_is(app: &TestApp, status: u16) -> Duration {
     let started = Instant::now();
-    while readyz(app).await != status {
+    while app.readyz().await != status {
         assert!(started.elapsed() < WAIT, "/readyz did not become {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -56,7 +46,7 @@ async fn the_service_survives_losing_rabbitmq() {
     let id = app
         .create_session(json!({"user_id": "u", "device_id": "d"}))
         .await;
-    assert_eq!(readyz(&app).await, 200);
+    assert_eq!(app.readyz().await, 200);
 
     proxy.cut(true);
     until_ready_is(&app, 503).await;
@@ -142,7 +132,7 @@ async fn an_incompatible_command_queue_makes_the_instance_unready() {
         .unwrap();
     let app = crate::helpers::spawn_app_not_waiting(settings).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(readyz(&app).await, 503);
+    assert_eq!(app.readyz().await, 503);
     app.create_session(json!({"user_id": "u", "device_id": "d"}))
         .await;
 }

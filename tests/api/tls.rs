@@ -489,13 +489,13 @@ async fn a_redis_cluster_over_tls() {
     assert!(printed.contains("UnknownIssuer"), "{printed}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 
-    // REDIS_CLUSTER=auto: the question at start fails, the log says why, and the instance runs
-    // as if standalone, unready while the certificate does not verify.
+    // REDIS_CLUSTER=auto: the question at start fails, the log says why, and the instance runs,
+    // asking again at requests, unready while the certificate does not verify.
     let auto = start(refused("auto"));
     Side::Redis.unready(&auto, "UnknownIssuer").await;
     let printed = auto.printed();
     let said = |line: &str| {
-        line.contains("assuming a standalone server") && line.contains("UnknownIssuer")
+        line.contains("deciding at the first request it answers") && line.contains("UnknownIssuer")
     };
     assert!(printed.lines().any(said), "{printed}");
     drop(auto);
