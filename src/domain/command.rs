@@ -249,18 +249,40 @@ mod tests {
     }
 }
 
-/// The idempotency key of an AMQP command (its `message_id` property): 1–255 bytes.
+/// The idempotency key of an AMQP command: its `message_id` property (1–255 bytes), or, for a
+/// command without one, a key of its delivery's own, under which the worker's retries of that
+/// delivery find what an earlier try may have done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageId(String);
+pub struct MessageId {
+    id: String,
+    of_delivery: bool,
+}
 
 impl MessageId {
     /// `None` for an empty id, which identifies nothing.
     pub fn parse(id: &str) -> Option<Self> {
-        (!id.is_empty() && id.len() <= 255).then(|| Self(id.to_owned()))
+        (!id.is_empty() && id.len() <= 255).then(|| Self {
+            id: id.to_owned(),
+            of_delivery: false,
+        })
     }
 
-    /// The id as given.
+    /// A fresh key for the retries of one delivery of a command without `message_id`.
+    pub fn of_delivery() -> Self {
+        Self {
+            id: format!("delivery-{}", uuid::Uuid::new_v4().simple()),
+            of_delivery: true,
+        }
+    }
+
+    /// Whether this is a delivery's own key rather than a client's `message_id`: its record is
+    /// kept only as long as the delivery's retries need it.
+    pub fn is_of_delivery(&self) -> bool {
+        self.of_delivery
+    }
+
+    /// The id.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 }

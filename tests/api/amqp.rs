@@ -1051,3 +1051,42 @@ async fn a_message_id_reused_for_another_session_is_another_command() {
         .await;
     assert_eq!(gone.body["error"]["code"], "not_found");
 }
+
+/// A try whose answer comes back too late (held in the proxy past the response timeout) may well
+/// have been applied: the worker's retry of that delivery answers what it did instead of applying
+/// it again, also for a command without `message_id`.
+#[tokio::test]
+async fn a_retry_after_a_lost_answer_does_not_apply_the_command_again() {
+    let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let settings = Settings {
+        redis_url: SecretString::new(format!("redis://127.0.0.1:{}/", proxy.port)),
+        ..isolated_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let user = format!("retried-{}", uuid::Uuid::new_v4().simple());
+    proxy.hold_answers(true);
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let properties = BasicProperties::default()
+        .with_reply_to(app.amqp.reply_queue().into())
+        .with_correlation_id(correlation_id.as_str().into());
+    let command = json!({"type": "CreateSession", "user_id": user, "device_id": "d"});
+    app.amqp
+        .publish(command.to_string().as_bytes(), properties)
+        .await;
+    eventually(async || match proxy.count_sent(user.as_bytes()) {
+        0 => Err("the create has not reached Redis".to_owned()),
+        _ => Ok(()),
+    })
+    .await;
+    // Past the response timeout (3 s): the try counts as failed and is retried, held as well.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        proxy.count_sent(user.as_bytes()) >= 2,
+        "the worker retried the create"
+    );
+    proxy.hold_answers(false);
+    let reply = app.amqp.reply_for(&correlation_id).await;
+    assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+    let created = reply.body["result"]["session_id"].as_str().unwrap();
+    assert_eq!(app.listed_ids(&user).await, vec![created.to_owned()]);
+}

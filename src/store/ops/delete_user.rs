@@ -47,7 +47,7 @@ pub(in crate::store) async fn apply(
         return Err(StoreError::NotFound);
     }
     let progress_ttl = match record.message_id {
-        Some(_) => store.policy.record_retention.max(PROGRESS_RETENTION),
+        Some(id) => super::record_retention(store, id).max(PROGRESS_RETENTION),
         None => PROGRESS_RETENTION,
     };
     let mut call = record.call(store, &store.commands.delete_user);

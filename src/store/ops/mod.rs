@@ -68,6 +68,21 @@ pub(super) mod status {
     pub const ALL: [&str; 5] = [OK, NOT_FOUND, CONFLICT, MORE, STALE];
 }
 
+/// How long the record of a command applied under a delivery's own key is kept: long enough for
+/// the worker's retries of that delivery (they run every few seconds while Redis can be reached),
+/// short enough that commands without `message_id` cost little memory.
+pub const DELIVERY_RECORD_RETENTION: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// How long the record (and a stepped deletion's progress) of a command applied under `id` is
+/// kept.
+pub(super) fn record_retention(store: &Store, id: &MessageId) -> std::time::Duration {
+    if id.is_of_delivery() {
+        DELIVERY_RECORD_RETENTION
+    } else {
+        store.policy.record_retention
+    }
+}
+
 /// A command on its way to its script: the command and its `message_id`, which name its
 /// idempotency record.
 pub(super) struct CommandCall<'a> {
@@ -81,7 +96,7 @@ impl CommandCall<'_> {
         let bucket = Bucket::of_command(self.command);
         let ttl = self
             .message_id
-            .map_or(0, |_| store.policy.record_retention.as_secs().max(1));
+            .map_or(0, |id| record_retention(store, id).as_secs().max(1));
         let mut call = script.call();
         call.key(
             "record_key",

@@ -263,9 +263,15 @@ impl Handler {
                 return;
             }
         };
+        // A try that timed out or lost its connection may have been applied: its retries go
+        // under the same key, the client's message_id or else one of this delivery's own, so
+        // that they answer what it did instead of applying it again.
+        let key = message_id
+            .clone()
+            .or_else(|| command.changes().then(MessageId::of_delivery));
         let mut backoff = REDIS_RETRY;
         let outcome = loop {
-            match self.service.execute(&command, message_id.as_ref()).await {
+            match self.service.execute(&command, key.as_ref()).await {
                 Err(Error::Unavailable(cause)) => {
                     // Redis is out of reach: keep the delivery unacked and
                     // retry; with the prefetch window full, no new commands are taken meanwhile.
