@@ -49,7 +49,7 @@ pub struct Cli {
     /// PEM file of the private key of REDIS_CLIENT_CERT_FILE.
     #[arg(long, env = "REDIS_CLIENT_KEY_FILE")]
     pub redis_client_key_file: Option<PathBuf>,
-    /// RabbitMQ URL.
+    /// RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated (tried round robin).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -464,6 +464,20 @@ mod tests {
     }
 
     #[test]
+    fn several_amqp_urls_are_accepted_and_any_amqps_one_asks_for_tls() {
+        assert!(settings(&["--amqp-url", "amqp://a/%2f, amqp://b/%2f"]).is_ok());
+        // A CA file is for TLS: refused with plain URLs only, accepted when one is amqps://.
+        let ca = ["--amqp-ca-file", "/nonexistent/ca.pem"];
+        let plain = settings(&[&["--amqp-url", "amqp://a/%2f,amqp://b/%2f"][..], &ca].concat());
+        assert_eq!(plain.unwrap_err().variable, "AMQP_CA_FILE");
+        assert_eq!(
+            AmqpLink::transport("amqp://a/%2f,amqps://b/%2f"),
+            Ok(Transport::Tls)
+        );
+        assert_eq!(AmqpLink::transport("amqp://a/%2f"), Ok(Transport::Plain));
+    }
+
+    #[test]
     fn several_api_tokens_are_read_and_trimmed() {
         let s = settings(&["--session-api-token", "old-one, new-one"]).unwrap();
         let tokens: Vec<&str> = s.api_tokens.iter().map(SecretString::expose).collect();
@@ -473,11 +487,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
             (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
             (&["--redis-url", "nope://x"], "REDIS_URL"),
             (&["--amqp-url", "http://x"], "AMQP_URL"),
+            (&["--amqp-url", "amqp://a/%2f,http://x"], "AMQP_URL"),
+            (&["--amqp-url", " , "], "AMQP_URL"),
             (&["--session-api-token", " "], "SESSION_API_TOKEN"),
             (&["--session-api-token", "a,,b"], "SESSION_API_TOKEN"),
             (&["--redis-cluster", "maybe"], "REDIS_CLUSTER"),

@@ -160,3 +160,55 @@ async fn an_incompatible_events_exchange_stops_the_events_not_the_commands() {
     assert_eq!(created.body["status"], "ok", "{}", created.body);
     until_ready_is(&app, 200).await;
 }
+
+/// `AMQP_URL` with several nodes (here two proxies to the one RabbitMQ, and a port where nothing
+/// listens): the instance connects to one that answers, and when its node goes away it goes on
+/// with the next, round robin, consuming again within seconds.
+#[tokio::test]
+async fn several_amqp_urls_are_tried_round_robin() {
+    let first = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let second = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let nowhere = session_manager_testkit::free_port();
+    let url = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let settings = Settings {
+        amqp_url: SecretString::new(format!(
+            "{}, {},{}",
+            url(nowhere),
+            url(first.port),
+            url(second.port)
+        )),
+        ..isolated_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    // With message_ids: a delivery whose ack the cut lost comes back, and is not applied again.
+    let create = async |device: &str| {
+        let command = json!({"type": "CreateSession", "user_id": "u", "device_id": device});
+        let reply = app.amqp.call_with_id(&command, device).await;
+        assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+    };
+    create("a").await;
+    assert!(
+        first.count_sent(b"AMQP") > 0,
+        "connected through the first node that answers"
+    );
+
+    for (device, lost, next) in [("b", &first, &second), ("c", &second, &first)] {
+        let before = next.count_sent(b"AMQP");
+        lost.cut(true);
+        let started = tokio::time::Instant::now();
+        until_ready_is(&app, 503).await;
+        until_ready_is(&app, 200).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "consuming again after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            next.count_sent(b"AMQP") > before,
+            "went on with the next node"
+        );
+        create(device).await;
+        lost.allow();
+    }
+    assert_eq!(app.listed_ids("u").await.len(), 3);
+}

@@ -1,6 +1,8 @@
 //! The RabbitMQ connection of one instance. [`AmqpLink::maintain`] connects, notices a lost
 //! connection and connects again, with backoff, for as long as the instance runs; the worker and
-//! the events channel take the current connection from it. It knows nothing of what runs over
+//! the events channel take the current connection from it. `AMQP_URL` may name several nodes of a
+//! cluster, comma-separated: the link holds one connection, and when it is lost or an attempt
+//! fails it tries the next node, round robin. It knows nothing of what runs over
 //! the connection. lapin's own opt-in auto-recovery is not used: it gives up after its
 //! backoff's retries, and this loop, which never gives up, lets the worker re-run its whole
 //! setup (topology, QoS, consume) on every connection anyway.
@@ -10,7 +12,13 @@
 //! add it to them), as it does for Redis. A handshake that fails is a failed attempt like any
 //! other: logged with its cause, retried with backoff.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use lapin::{
     tcp::{AMQPUriTcpExt, RustlsConnector},
@@ -45,8 +53,16 @@ enum Broker {
 
 /// The current connection, if any.
 pub struct AmqpLink {
-    broker: Broker,
+    /// The nodes of `AMQP_URL`, in its order.
+    brokers: Vec<Broker>,
+    /// The node of the next attempt (an index into `brokers`, modulo its length).
+    next: AtomicUsize,
     current: watch::Sender<Option<Arc<Connection>>>,
+}
+
+/// The URLs of `AMQP_URL`: one, or several separated by commas.
+fn urls(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(str::trim).filter(|url| !url.is_empty())
 }
 
 impl AmqpLink {
@@ -54,27 +70,39 @@ impl AmqpLink {
     /// URL is verified against `tls` (its CA file, or the system's roots) and shows its client
     /// certificate, if any; `Err` when that configuration cannot be made.
     pub fn new(url: SecretString, tls: &TlsSettings) -> Result<Arc<Self>, rustls::Error> {
-        let broker = match url.expose().parse::<AMQPUri>() {
-            Ok(uri) if uri.scheme == AMQPScheme::AMQPS => Broker::Tls {
-                uri,
-                connector: RustlsConnector::from(tls.client_config()?),
-            },
-            _ => Broker::Plain(url),
-        };
+        let mut brokers = Vec::new();
+        for url in urls(url.expose()) {
+            brokers.push(match url.parse::<AMQPUri>() {
+                Ok(uri) if uri.scheme == AMQPScheme::AMQPS => Broker::Tls {
+                    uri,
+                    connector: RustlsConnector::from(tls.client_config()?),
+                },
+                _ => Broker::Plain(SecretString::new(url)),
+            });
+        }
         Ok(Arc::new(Self {
-            broker,
+            brokers,
+            next: AtomicUsize::new(0),
             current: watch::Sender::new(None),
         }))
     }
 
-    /// Whether `url` is an AMQP URL this service can use, and whether it asks for TLS; `Err`
-    /// says what is wrong with it, without quoting it (it may hold a password).
+    /// Whether `url` (one AMQP URL, or several separated by commas) is one this service can use,
+    /// and whether it asks for TLS (any of its URLs does); `Err` says what is wrong with it,
+    /// without quoting it (it may hold a password).
     pub fn transport(url: &str) -> Result<Transport, &'static str> {
-        match url.parse::<AMQPUri>() {
-            Ok(uri) if uri.scheme == AMQPScheme::AMQPS => Ok(Transport::Tls),
-            Ok(_) => Ok(Transport::Plain),
-            Err(_) => Err("is not a valid AMQP URL"),
+        let mut transport = None;
+        for url in urls(url) {
+            let this = match url.parse::<AMQPUri>() {
+                Ok(uri) if uri.scheme == AMQPScheme::AMQPS => Transport::Tls,
+                Ok(_) => Transport::Plain,
+                Err(_) => return Err("is not a valid AMQP URL (or list of them, comma-separated)"),
+            };
+            if transport != Some(Transport::Tls) {
+                transport = Some(this);
+            }
         }
+        transport.ok_or("names no AMQP URL")
     }
 
     /// Whether a connection is up now (for `/readyz`).
@@ -105,36 +133,47 @@ impl AmqpLink {
                 tracing::warn!("lost the connection to RabbitMQ; reconnecting");
                 self.current.send_replace(None);
             }
-            let connect = tokio::time::timeout(CONNECT_TIMEOUT, self.connect());
+            // Round robin over the nodes: each attempt, after a lost connection or a failure,
+            // goes to the next one.
+            let node = self.next.fetch_add(1, Ordering::Relaxed) % self.brokers.len();
+            let connect = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(node));
             let connected = tokio::select! {
                 connected = connect => connected,
                 () = shutdown.cancelled() => break,
             };
             match connected {
                 Ok(Ok(connection)) => {
-                    tracing::info!("connected to RabbitMQ");
+                    tracing::info!(
+                        node = node + 1,
+                        of = self.brokers.len(),
+                        "connected to RabbitMQ"
+                    );
                     self.current.send_replace(Some(Arc::new(connection)));
                     backoff.reset();
                 }
                 Ok(Err(error)) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %error, retry_in = ?delay, "cannot connect to RabbitMQ");
+                    tracing::warn!(error = %error, node = node + 1, of = self.brokers.len(), retry_in = ?delay, "cannot connect to RabbitMQ");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
                     }
                 }
-                Err(_) => tracing::warn!("connecting to RabbitMQ timed out; retrying"),
+                Err(_) => tracing::warn!(
+                    node = node + 1,
+                    of = self.brokers.len(),
+                    "connecting to RabbitMQ timed out; trying the next node"
+                ),
             }
         }
         self.close().await;
     }
 
-    /// One attempt to connect.
-    async fn connect(&self) -> lapin::Result<Connection> {
+    /// One attempt to connect to the `node`th broker.
+    async fn connect(&self, node: usize) -> lapin::Result<Connection> {
         let properties =
             ConnectionProperties::default().with_connection_name("session-manager".into());
-        let (uri, connector) = match &self.broker {
+        let (uri, connector) = match &self.brokers[node] {
             Broker::Plain(url) => return Connection::connect(url.expose(), properties).await,
             Broker::Tls { uri, connector } => (uri.clone(), connector.clone()),
         };
