@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     keyring::Keyring,
-    store::{RedisConnection, RedisMode},
+    store::{RedisConnection, RedisMode, Replication},
     tls::{TlsFile, TlsSettings, Transport},
     transport::amqp::AmqpLink,
 };
@@ -38,6 +38,14 @@ pub struct Cli {
     /// `auto` (ask the server at start), `yes` (REDIS_URL is a cluster seed node) or `no`.
     #[arg(long, env = "REDIS_CLUSTER", default_value = "auto")]
     pub redis_cluster: String,
+    /// After every changing command, wait until this many replicas have its write (Redis `WAIT`)
+    /// before answering; 0: do not wait.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long to wait for those replicas, in milliseconds (1–2500); too few in time make the
+    /// command unavailable (REST 503, retried over AMQP).
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_wait_timeout_ms: u64,
     /// PEM file of the CA certificates that a rediss:// server's certificate is verified
     /// against, instead of the system's roots.
     #[arg(long, env = "REDIS_CA_FILE")]
@@ -175,6 +183,8 @@ pub struct Settings {
     pub redis_url: SecretString,
     /// Standalone, cluster, or ask the server.
     pub redis_mode: RedisMode,
+    /// Replicas that must have a change before it is answered; `None`: no waiting.
+    pub redis_wait: Option<Replication>,
     /// The CA and client certificates of a `rediss://` connection.
     pub redis_tls: TlsSettings,
     /// May carry a password, hence secret.
@@ -210,6 +220,7 @@ impl Settings {
             port: 8090,
             redis_url: SecretString::new("redis://127.0.0.1:6379/"),
             redis_mode: RedisMode::Auto,
+            redis_wait: None,
             redis_tls: TlsSettings::default(),
             amqp_url: SecretString::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_tls: TlsSettings::default(),
@@ -392,6 +403,16 @@ impl TryFrom<Cli> for Settings {
                 "must be non-empty and contain no { or } (they would break hash tags)",
             ));
         }
+        if !(1..=2500).contains(&cli.redis_wait_timeout_ms) {
+            return Err(invalid(
+                "REDIS_WAIT_TIMEOUT_MS",
+                "must be 1 to 2500 (below the 3 s in which Redis must answer)",
+            ));
+        }
+        let redis_wait = (cli.redis_wait_replicas > 0).then(|| Replication {
+            replicas: cli.redis_wait_replicas,
+            timeout: Duration::from_millis(cli.redis_wait_timeout_ms),
+        });
         if cli.session_idempotency_sec == 0 {
             return Err(invalid("SESSION_IDEMPOTENCY_SEC", "must be at least 1"));
         }
@@ -415,6 +436,7 @@ impl TryFrom<Cli> for Settings {
             port: cli.service_port,
             redis_url: SecretString::new(redis_url),
             redis_mode,
+            redis_wait,
             redis_tls,
             amqp_url: SecretString::new(cli.amqp_url),
             amqp_tls,
@@ -487,7 +509,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 11] = [
             (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
             (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
             (&["--redis-url", "nope://x"], "REDIS_URL"),
@@ -497,6 +519,11 @@ mod tests {
             (&["--session-api-token", " "], "SESSION_API_TOKEN"),
             (&["--session-api-token", "a,,b"], "SESSION_API_TOKEN"),
             (&["--redis-cluster", "maybe"], "REDIS_CLUSTER"),
+            (&["--redis-wait-timeout-ms", "0"], "REDIS_WAIT_TIMEOUT_MS"),
+            (
+                &["--redis-wait-timeout-ms", "3000"],
+                "REDIS_WAIT_TIMEOUT_MS",
+            ),
         ];
         for (args, variable) in cases {
             let error = settings(args).unwrap_err();

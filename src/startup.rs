@@ -61,7 +61,8 @@ pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
             record_retention: settings.idempotency_retention,
         },
         settings.keyring.clone(),
-    ))
+    )
+    .waiting_for(settings.redis_wait))
 }
 
 /// One built instance, ready to run.

@@ -150,6 +150,11 @@ impl Cluster {
         }
     }
 
+    /// Sends `cmd` (a keyless one, such as `WAIT`) to the master of `key`'s slot.
+    pub async fn send_by_key(self: &Arc<Self>, key: &[u8], cmd: &Cmd) -> RedisResult<Value> {
+        self.send_to_slot(slot(key), cmd).await
+    }
+
     async fn send_to_slot(self: &Arc<Self>, slot: u16, cmd: &Cmd) -> RedisResult<Value> {
         let mut moved_once = false;
         loop {

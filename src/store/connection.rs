@@ -169,6 +169,25 @@ impl RedisConnection {
         }
     }
 
+    /// `WAIT replicas timeout` on the master that holds `key` (the connection its writes went
+    /// over): how many replicas have every write made so far.
+    pub(super) async fn wait(
+        &self,
+        key: &str,
+        replication: super::Replication,
+    ) -> RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replication.replicas)
+            .arg(replication.timeout.as_millis() as u64);
+        match self.decided().await? {
+            Self::Cluster(cluster) => {
+                let answer = cluster.send_by_key(key.as_bytes(), &wait).await?;
+                Ok(redis::from_redis_value(answer)?)
+            }
+            mut connection => wait.query_async(&mut connection).await,
+        }
+    }
+
     /// Whether a server talked to as a standalone one has answered `MOVED`, which makes it a
     /// cluster node: the service is configured wrong (`REDIS_CLUSTER=no`) and cannot serve.
     pub fn answered_moved(&self) -> bool {

@@ -75,6 +75,17 @@ pub enum StoreError {
     /// Redis refused a command.
     #[error("Redis answered with an error")]
     Redis(#[source] RedisError),
+    /// Too few replicas confirmed a change in time (`REDIS_WAIT_REPLICAS`): it may be lost if its
+    /// master fails now, so it is not reported done.
+    #[error("only {confirmed} of {wanted} replicas confirmed the write within {within:?}")]
+    NotReplicated {
+        /// Replicas that confirmed.
+        confirmed: i64,
+        /// Replicas wanted.
+        wanted: u32,
+        /// How long the service waited.
+        within: Duration,
+    },
     /// Redis answered `MOVED` to a standalone connection: it is a cluster node.
     #[error("Redis is a cluster node, talked to as a standalone server (REDIS_CLUSTER=no)")]
     ClusterNode,
@@ -130,9 +141,9 @@ impl From<StoreError> for Error {
         match error {
             StoreError::NotFound => Error::session_not_found(),
             StoreError::Conflict(_) => Error::Conflict(error.to_string()),
-            StoreError::Unavailable(_) | StoreError::ClusterNode => {
-                Error::Unavailable(Box::new(error))
-            }
+            StoreError::Unavailable(_)
+            | StoreError::ClusterNode
+            | StoreError::NotReplicated { .. } => Error::Unavailable(Box::new(error)),
             other => Error::Internal(Box::new(other)),
         }
     }
@@ -168,12 +179,23 @@ pub const SEEN_EVERY: Duration = Duration::from_secs(60);
 /// ending sooner than this is read by the script, which judges by Redis's clock.
 pub const CLOCK_SLACK: Duration = Duration::from_secs(5);
 
+/// How many replicas must have a change before it counts as done (`REDIS_WAIT_REPLICAS`), and
+/// how long to wait for them (`REDIS_WAIT_TIMEOUT_MS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge the write.
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
 /// The session store over one Redis connection (multiplexed, reconnecting).
 #[derive(Clone)]
 pub struct Store {
     connection: RedisConnection,
     keys: Keys,
     policy: Policy,
+    replication: Option<Replication>,
     keyring: std::sync::Arc<Keyring>,
     commands: std::sync::Arc<CommandScripts>,
     outbox: std::sync::Arc<OutboxScripts>,
@@ -189,11 +211,18 @@ impl Store {
             connection,
             keys,
             policy,
+            replication: None,
             keyring: std::sync::Arc::new(keyring),
             commands: std::sync::Arc::new(CommandScripts::new(&constants)),
             outbox: std::sync::Arc::new(OutboxScripts::new(&constants)),
             rewrap: std::sync::Arc::new(RewrapScripts::new(&constants)),
         }
+    }
+
+    /// This store, answering a change only once `replication` says enough replicas have it.
+    pub fn waiting_for(mut self, replication: Option<Replication>) -> Self {
+        self.replication = replication;
+        self
     }
 
     /// Whether a create may end another session (a per-user limit is set).
@@ -224,7 +253,7 @@ impl Store {
             command,
             message_id: message_id.filter(|_| command.changes()),
         };
-        match command {
+        let outcome = match command {
             Command::CreateSession(new) => ops::create::apply(self, record, new).await,
             Command::GetSession(id) => ops::get::apply(self, record, id).await,
             Command::ListSessions(user_id, page) => {
@@ -235,6 +264,32 @@ impl Store {
             Command::DeleteUserSessions(user_id, except) => {
                 ops::delete_user::apply(self, record, user_id, except.as_ref()).await
             }
+        }?;
+        if let (Some(replication), true) = (self.replication, command.changes()) {
+            self.await_replicas(Bucket::of_command(command), replication)
+                .await?;
         }
+        Ok(outcome)
+    }
+
+    /// Waits (`WAIT`, on the master of `bucket`) until `replication.replicas` replicas have the
+    /// writes made so far; too few in time is [`StoreError::NotReplicated`].
+    async fn await_replicas(
+        &self,
+        bucket: Bucket,
+        replication: Replication,
+    ) -> Result<(), StoreError> {
+        let confirmed = self
+            .connection
+            .wait(&self.keys.base(bucket), replication)
+            .await?;
+        if confirmed < i64::from(replication.replicas) {
+            return Err(StoreError::NotReplicated {
+                confirmed,
+                wanted: replication.replicas,
+                within: replication.timeout,
+            });
+        }
+        Ok(())
     }
 }

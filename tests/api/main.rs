@@ -15,6 +15,7 @@ mod helpers;
 mod outages;
 mod pages;
 mod process;
+mod replicas;
 mod rest;
 mod scripts;
 mod tls;

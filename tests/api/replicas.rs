@@ -1,0 +1,93 @@
+//! `REDIS_WAIT_REPLICAS`: a change is answered only once enough replicas have it. A master with
+//! one replica of the test's own; the replica is killed and started again.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use session_manager::{
+    config::{SecretString, Settings},
+    store::Replication,
+};
+use session_manager_testkit::PrivateRedis;
+
+use crate::helpers::{eventually, isolated_settings, spawn_app_with};
+
+/// Starts a replica of `master` on `port` and waits until the master counts it.
+async fn replica_of(master: &PrivateRedis, port: u16) -> PrivateRedis {
+    let master_port = master.port.to_string();
+    let replica = PrivateRedis::start_on(port, &["--replicaof", "127.0.0.1", &master_port]);
+    let mut redis = redis::Client::open(format!("redis://127.0.0.1:{}/", master.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually(async || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        match info.contains("connected_slaves:1") && info.contains("state=online") {
+            true => Ok(()),
+            false => Err(format!("the replica is not online: {info}")),
+        }
+    })
+    .await;
+    replica
+}
+
+#[tokio::test]
+async fn changes_wait_for_a_replica_and_are_unavailable_until_one_has_them() {
+    let master = PrivateRedis::start(&[]);
+    let replica_port = session_manager_testkit::free_port();
+    let replica = replica_of(&master, replica_port).await;
+    let settings = Settings {
+        redis_url: SecretString::new(format!("redis://127.0.0.1:{}/", master.port)),
+        redis_wait: Some(Replication {
+            replicas: 1,
+            timeout: Duration::from_millis(500),
+        }),
+        ..isolated_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let id = app
+        .create_session(json!({"user_id": "kept", "device_id": "d"}))
+        .await;
+    // The replica has the session the moment the create is answered.
+    let mut on_replica = redis::Client::open(format!("redis://127.0.0.1:{replica_port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", app.settings.key_prefix))
+        .query_async(&mut on_replica)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|key| key.ends_with(&id)), "{keys:?}");
+
+    drop(replica);
+    // No replica confirms: REST answers unavailable after the wait, never "created".
+    let started = Instant::now();
+    let (status, body) = app
+        .rest(reqwest::Method::DELETE, &format!("/a01/session/{id}"))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Over AMQP the command is held (retried) until a replica confirms, then answered once.
+    let command = json!({"type": "CreateSession", "user_id": "held", "device_id": "d"});
+    let amqp = &app.amqp;
+    let call = amqp.call_with_id(&command, "held-create");
+    let replica_back = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        replica_of(&master, replica_port).await
+    };
+    let (reply, _replica) = tokio::join!(call, replica_back);
+    assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+    assert_eq!(app.listed_ids("held").await.len(), 1);
+}
