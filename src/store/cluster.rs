@@ -193,7 +193,22 @@ impl Cluster {
             return;
         }
         match self.learn().await {
-            Ok(map) => *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map),
+            Ok(map) => {
+                let addresses = |map: &SlotMap| {
+                    let mut addresses: Vec<String> = map
+                        .masters
+                        .iter()
+                        .map(|master| format!("{}:{}", master.host, master.port))
+                        .collect();
+                    addresses.sort();
+                    addresses
+                };
+                let masters = addresses(&map);
+                if masters != addresses(&self.map()) {
+                    tracing::info!(?masters, "the Redis Cluster's masters changed");
+                }
+                *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+            }
             Err(error) => {
                 tracing::debug!(error = %Chain(&error), "cannot learn the cluster's slot map now")
             }

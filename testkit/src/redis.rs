@@ -68,6 +68,7 @@ pub struct PrivateRedis {
     /// Its port on 127.0.0.1.
     pub port: u16,
     child: Child,
+    dir: std::path::PathBuf,
 }
 
 impl PrivateRedis {
@@ -99,10 +100,16 @@ impl PrivateRedis {
     /// Runs `redis-server` listening on `port` with `listen` (the arguments that open it), then
     /// `extra`, and waits until it accepts connections.
     fn spawn(port: u16, listen: &[String], extra: &[&str]) -> Self {
+        // A directory of its own: a replica writes the RDB of its sync there (never the
+        // repository); `extra` may name another.
+        let dir =
+            std::env::temp_dir().join(format!("redis-{port}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
             .args(listen)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.to_str().unwrap()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -113,7 +120,7 @@ impl PrivateRedis {
             assert!(Instant::now() < deadline, "private redis did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { port, child }
+        Self { port, child, dir }
     }
 }
 
@@ -121,12 +128,14 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A private Redis Cluster of three masters, each on a free port (with its bus port free too).
+/// A private Redis Cluster of three masters (and, if asked, a replica of each), each on a free
+/// port (with its bus port free too).
 pub struct PrivateCluster {
-    /// The three masters.
+    /// The nodes: the three masters first, then the replicas.
     pub nodes: Vec<PrivateRedis>,
     dir: std::path::PathBuf,
     tls: bool,
@@ -135,20 +144,26 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// Starts three nodes on free ports and joins them into a cluster (slots over all three).
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, 0)
+    }
+
+    /// Three masters and `replicas` replicas of each, with a `cluster-node-timeout` of 2 s, so
+    /// that a replica takes over a few seconds after its master dies.
+    pub fn start_with_replicas(replicas: usize) -> Self {
+        Self::start_with(None, replicas)
     }
 
     /// As [`PrivateCluster::start`], with every node speaking TLS only, to clients and to each
     /// other (`--tls-cluster yes`, `--tls-replication yes`).
     pub fn start_tls(tls: RedisTls<'_>) -> Self {
-        Self::start_with(Some(tls))
+        Self::start_with(Some(tls), 0)
     }
 
-    fn start_with(tls: Option<RedisTls<'_>>) -> Self {
+    fn start_with(tls: Option<RedisTls<'_>>, replicas: usize) -> Self {
         let dir = std::env::temp_dir().join(format!("cluster-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
-        while nodes.len() < 3 {
+        while nodes.len() < 3 * (1 + replicas) {
             let port = free_port();
             // The cluster bus listens on port + 10000.
             if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
@@ -172,6 +187,16 @@ impl PrivateCluster {
                 config.to_str().unwrap(),
                 "--dir",
                 dir.to_str().unwrap(),
+                // A master down leaves the other masters serving their slots, as production
+                // clusters should be set up (the default stops the whole cluster).
+                "--cluster-require-full-coverage",
+                "no",
+                // With replicas: one takes over a few seconds after its master dies.
+                "--cluster-node-timeout",
+                if replicas > 0 { "2000" } else { "15000" },
+                // Replicas sync at once (the default waits 5 s for more of them).
+                "--repl-diskless-sync-delay",
+                "0",
             ];
             nodes.push(PrivateRedis::spawn(port, &listen, &extra));
         }
@@ -184,7 +209,7 @@ impl PrivateCluster {
             .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -205,11 +230,59 @@ impl PrivateCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // Every replica has synced with its master (only then can it take over).
+        for node in &nodes[3..] {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(&cli_tls)
+                    .args(["-p", &node.port.to_string(), "info", "replication"])
+                    .output()
+                    .unwrap();
+                let info = String::from_utf8_lossy(&info.stdout);
+                if info.contains("role:slave") && info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica did not sync: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         Self {
             nodes,
             dir,
             tls: tls.is_some(),
         }
+    }
+
+    /// The port of the master that serves `slot` now, by `CLUSTER SLOTS` asked of node `asked`.
+    pub fn master_of_slot(&self, asked: usize, slot: u16) -> u16 {
+        let output = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.nodes[asked].port.to_string(),
+                "cluster",
+                "nodes",
+            ])
+            .output()
+            .unwrap();
+        // Each line: id address flags master ping pong epoch link slot ranges...
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                match (first.parse::<u16>(), last.parse::<u16>()) {
+                    (Ok(first), Ok(last)) => (first..=last).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let address = fields[1].split('@').next().unwrap();
+                return address.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}")
     }
 
     /// The URL of the first node, from which a client learns the others (`rediss://` for a

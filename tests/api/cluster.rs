@@ -5,10 +5,11 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use lapin::BasicProperties;
 use serde_json::json;
 use session_manager::{
     config::{SecretString, Settings},
-    store::RedisMode,
+    store::{RedisMode, Replication},
 };
 
 use crate::helpers::{
@@ -224,5 +225,169 @@ async fn a_standalone_connection_to_a_cluster_node_says_so_and_is_not_ready() {
     );
     service.kill();
     clean_up(&settings).await;
+    drop(cluster);
+}
+
+/// Three masters with two replicas each, `REDIS_WAIT_REPLICAS=1`: a master is killed (SIGKILL)
+/// while 3,000 AMQP creates with message_ids and REST creates run. A replica takes over; every
+/// command is answered, each applied once; every change that was answered is there afterwards;
+/// `/readyz` is 503 during the gap and 200 after; the `SessionClosed` events of deleting them
+/// all, on every shard, arrive.
+#[tokio::test]
+async fn a_master_killed_under_load_loses_no_answered_change() {
+    const COMMANDS: usize = 3_000;
+    let mut cluster = tokio::task::spawn_blocking(|| PrivateCluster::start_with_replicas(2))
+        .await
+        .unwrap();
+    let settings = Settings {
+        redis_url: SecretString::new(cluster.seed_url()),
+        redis_wait: Some(Replication {
+            replicas: 1,
+            timeout: Duration::from_secs(1),
+        }),
+        ..isolated_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    // REST creates all along, and /readyz watched all along.
+    let rest = tokio::spawn({
+        let (http, url, stop) = (app.http.clone(), app.url("/a01/session"), stop.clone());
+        async move {
+            let (mut created, mut unavailable) = (Vec::new(), 0);
+            for n in 0.. {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let body =
+                    json!({"user_id": format!("rest-{}", n % 30), "device_id": format!("r{n}")});
+                let response = http.post(&url).json(&body).send().await.unwrap();
+                match response.status().as_u16() {
+                    201 => {
+                        let created_body: serde_json::Value = response.json().await.unwrap();
+                        created.push(created_body["session_id"].as_str().unwrap().to_owned());
+                    }
+                    503 => {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("REST create answered {other}"),
+                }
+            }
+            (created, unavailable)
+        }
+    });
+    let readiness = tokio::spawn({
+        let (http, url, stop) = (app.http.clone(), app.url("/readyz"), stop.clone());
+        async move {
+            // Each change of /readyz's status, and when.
+            let mut seen: Vec<(u16, tokio::time::Instant)> = Vec::new();
+            while !stop.is_cancelled() {
+                let status = http.get(&url).send().await.unwrap().status().as_u16();
+                if seen.last().map(|(last, _)| *last) != Some(status) {
+                    seen.push((status, tokio::time::Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        }
+    });
+
+    let mut correlation_ids = Vec::new();
+    let mut killed_at = None;
+    for n in 0..COMMANDS {
+        if n == COMMANDS / 3 {
+            killed_at = Some(tokio::time::Instant::now());
+            // The master of the last slot goes (SIGKILL), in the middle of the load.
+            let port = cluster.master_of_slot(0, 16_383);
+            let at = cluster
+                .nodes
+                .iter()
+                .position(|node| node.port == port)
+                .unwrap();
+            assert_ne!(at, 0, "the seed node stays");
+            drop(cluster.nodes.remove(at));
+        }
+        let correlation_id = format!("c{n}");
+        let properties = BasicProperties::default()
+            .with_reply_to(app.amqp.reply_queue().into())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_message_id(format!("m{n}").into());
+        let command = json!({"type": "CreateSession", "user_id": format!("user-{}", n % 90), "device_id": format!("d{n}")});
+        app.amqp
+            .publish(command.to_string().as_bytes(), properties)
+            .await;
+        correlation_ids.push(correlation_id);
+    }
+    let mut answered = HashSet::new();
+    for correlation_id in &correlation_ids {
+        let reply = app.amqp.reply_for(correlation_id).await;
+        assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+        answered.insert(
+            reply.body["result"]["session_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        answered.len(),
+        COMMANDS,
+        "each command made its own session"
+    );
+    eventually(async || match app.readyz().await {
+        200 => Ok(()),
+        other => Err(format!("/readyz answers {other} after the failover")),
+    })
+    .await;
+    stop.cancel();
+    let (rest_created, rest_unavailable) = rest.await.unwrap();
+    let seen = readiness.await.unwrap();
+    let statuses: Vec<u16> = seen.iter().map(|(status, _)| *status).collect();
+    assert!(
+        statuses.contains(&503),
+        "/readyz during the gap: {statuses:?}"
+    );
+    // The figures of docs/DEPLOYMENT.md (`cargo test cluster::a_master_killed -- --nocapture`).
+    let killed_at = killed_at.unwrap();
+    let back = seen
+        .iter()
+        .rev()
+        .find(|(status, _)| *status == 200)
+        .unwrap()
+        .1;
+    println!(
+        "failover: /readyz 200 again {:.1} s after the kill; {} REST creates answered 503 meanwhile",
+        back.duration_since(killed_at).as_secs_f64(),
+        rest_unavailable
+    );
+
+    // Every answered change is there: each user lists exactly its sessions.
+    let mut listed = HashSet::new();
+    let users = (0..90)
+        .map(|n| format!("user-{n}"))
+        .chain((0..30).map(|n| format!("rest-{n}")));
+    for user in users.clone() {
+        listed.extend(crate::helpers::every_session_id(&app.url(""), &user).await);
+    }
+    let expected: HashSet<String> = answered.iter().cloned().chain(rest_created).collect();
+    assert_eq!(listed, expected);
+
+    // Deleting them all publishes every event, the failed-over shard's too.
+    let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
+    for user in users {
+        app.delete_user(&user).await;
+    }
+    let mut closed = HashSet::new();
+    while closed.len() < expected.len() {
+        let event = events.next().await;
+        closed.insert(
+            event.body["data"]["session_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(closed, expected);
+    app.stop().await;
     drop(cluster);
 }
