@@ -71,7 +71,10 @@ impl Documents {
                         .unwrap_or_else(|e| panic!("{uri}: {e}"));
                     (uri.clone(), resource)
                 });
+                // Formats are assertions here (2020-12 leaves them annotations by default), so
+                // that date-time, ipv4 and ipv6 are checked.
                 let validator = jsonschema::options()
+                    .should_validate_formats(true)
                     .with_resources(resources)
                     .build(&json!({ "$ref": uri }))
                     .unwrap_or_else(|e| panic!("{uri} is not a usable schema: {e}"));
@@ -174,15 +177,23 @@ pub fn check_response(
     };
     let response = Documents::follow(&docs.openapi, &response);
     let described = docs.openapi.pointer(&response).unwrap();
-    for (name, header) in described["headers"].as_object().into_iter().flatten() {
+    for name in described["headers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(n, _)| n)
+    {
+        let header = Documents::follow(
+            &docs.openapi,
+            &format!("{response}/headers/{}", escape(name)),
+        );
         let value = headers.get(name.as_str());
-        if header["required"] == true {
+        if docs.openapi.pointer(&header).unwrap()["required"] == true {
             assert!(value.is_some(), "{request} without its header {name}");
         }
         if let Some(value) = value {
             let value = Value::String(value.to_str().unwrap().to_owned());
-            let pointer = format!("{response}/headers/{}/schema", escape(name));
-            let errors = docs.mismatches(OPENAPI, &pointer, &value);
+            let errors = docs.mismatches(OPENAPI, &format!("{header}/schema"), &value);
             assert!(errors.is_empty(), "{request}: header {name}: {errors:?}");
         }
     }
@@ -294,7 +305,7 @@ pub fn check_reply(command: &[u8], reply: &Value) {
         }
         [] => {
             assert_eq!(
-                reply["status"], "error",
+                reply["error"]["code"], "invalid_argument",
                 "{command:?} is no command of asyncapi.json, yet answered {reply}"
             );
             for (name, _, replies) in &operations {
@@ -312,11 +323,81 @@ pub fn check_any_reply(reply: &Value) {
     assert_one_of(replies, reply, "a reply of any operation");
 }
 
-/// Asserts that `event` is a message of an operation the service sends.
-pub fn check_event(event: &Value) {
+/// Asserts that `event`, with its AMQP `properties` and `routing_key`, is a message of an
+/// operation the service sends: its body, content type, type property, persistence and routing
+/// key as the document gives them.
+pub fn check_event(event: &Value, properties: &lapin::BasicProperties, routing_key: &str) {
+    let asyncapi = &documents().asyncapi;
     let operations = operations("send");
     let messages = operations.iter().flat_map(|(_, messages, _)| messages);
     assert_one_of(messages, event, "a message the service sends");
+    let (name, operation) = asyncapi["operations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, operation)| operation["action"] == "send")
+        .unwrap();
+    let channel = Documents::follow(
+        asyncapi,
+        operation["channel"]["$ref"]
+            .as_str()
+            .unwrap()
+            .strip_prefix('#')
+            .unwrap(),
+    );
+    assert_eq!(
+        asyncapi.pointer(&channel).unwrap()["address"],
+        routing_key,
+        "{name}"
+    );
+    let message = Documents::follow(
+        asyncapi,
+        operation["messages"][0]["$ref"]
+            .as_str()
+            .unwrap()
+            .strip_prefix('#')
+            .unwrap(),
+    );
+    let message = asyncapi.pointer(&message).unwrap();
+    let property = |value: &Option<lapin::types::ShortString>| {
+        value.as_ref().map(|v| Value::String(v.to_string()))
+    };
+    assert_eq!(
+        property(properties.content_type()),
+        Some(message["contentType"].clone())
+    );
+    assert_eq!(
+        property(properties.kind()),
+        Some(message["bindings"]["amqp"]["messageType"].clone())
+    );
+    let binding = &operation["bindings"]["amqp"];
+    assert_eq!(
+        Some(Value::from(*properties.delivery_mode().as_ref().unwrap())),
+        Some(binding["deliveryMode"].clone())
+    );
+    assert_eq!(
+        properties.timestamp().is_some(),
+        binding["timestamp"] == true
+    );
+}
+
+/// Asserts that a reply's content type is the one of the document's replies.
+pub fn check_reply_properties(properties: &lapin::BasicProperties) {
+    let asyncapi = &documents().asyncapi;
+    let content_types: Vec<&Value> = asyncapi["components"]["messages"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name.ends_with("Reply"))
+        .map(|(_, message)| &message["contentType"])
+        .collect();
+    let given = properties.content_type().as_ref().map(|t| t.to_string());
+    assert!(
+        content_types
+            .iter()
+            .all(|content_type| content_type.as_str() == given.as_deref()),
+        "a reply as {given:?}, the document says {content_types:?}"
+    );
 }
 
 /// The tests' HTTP client: a `reqwest::Client` whose every response is checked by
@@ -489,6 +570,7 @@ fn the_checks_refuse_what_the_documents_do_not_describe() {
     let headers = |content_type: &str| {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("content-type", content_type.parse().unwrap());
+        headers.insert("cache-control", "no-store".parse().unwrap());
         headers
     };
     let refused = |check: Box<dyn FnOnce() + std::panic::UnwindSafe>| {
@@ -532,6 +614,17 @@ fn the_checks_refuse_what_the_documents_do_not_describe() {
         &j,
         format!(r#"{{"session_id":"{}"}}"#, "B".repeat(43)).as_bytes()
     ))));
+    // A response that a cache may keep.
+    let mut cached = headers("text/plain; charset=utf-8");
+    check_response(&reqwest::Method::GET, "/healthz", 200, &cached, b"ok");
+    cached.insert("cache-control", "max-age=60".parse().unwrap());
+    assert!(refused(Box::new(move || check_response(
+        &reqwest::Method::GET,
+        "/healthz",
+        200,
+        &cached,
+        b"ok"
+    ))));
     // A content type the response does not have.
     assert!(refused(Box::new(|| check_response(
         &reqwest::Method::GET,
@@ -545,7 +638,9 @@ fn the_checks_refuse_what_the_documents_do_not_describe() {
     let created = json!({"status": "ok", "result": {"session_id": "C".repeat(43)}});
     assert!(refused(Box::new(move || check_reply(get, &created))));
     assert!(refused(Box::new(|| check_event(
-        &json!({"specversion": "1.0"})
+        &json!({"specversion": "1.0"}),
+        &lapin::BasicProperties::default(),
+        "session.closed"
     ))));
 }
 

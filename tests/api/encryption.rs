@@ -454,7 +454,9 @@ async fn instances_on_neighbouring_rings_of_a_rotation_read_each_others_sessions
     );
     let last = Instance::start(with_ring(&base, &k2)).await;
     for (id, token) in &written {
-        let body: Value = reqwest::get(last.url(&format!("/a01/session/{id}")))
+        let body: Value = Http::new()
+            .get(last.url(&format!("/a01/session/{id}")))
+            .send()
             .await
             .unwrap()
             .json()

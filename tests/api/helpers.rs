@@ -384,6 +384,7 @@ pub fn checked_reply(reply: RawMessage) -> Reply {
     let body: Value = reply.json().expect("a reply is JSON");
     assert_valid("reply.json", &body);
     api_docs::check_any_reply(&body);
+    api_docs::check_reply_properties(&reply.properties);
     assert_eq!(
         reply.properties.content_type().as_ref().map(|t| t.as_str()),
         Some("application/json")
@@ -415,7 +416,7 @@ impl EventSubscription {
             .expect("the event consumer is open");
         let body: Value = event.json().expect("an event is JSON");
         assert_valid("event.SessionClosed.json", &body);
-        api_docs::check_event(&body);
+        api_docs::check_event(&body, &event.properties, &event.routing_key);
         let properties = event.properties;
         assert_eq!(
             properties.content_type().as_ref().map(|t| t.as_str()),

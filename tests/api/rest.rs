@@ -213,6 +213,21 @@ async fn raw_http(app: &TestApp, request: Vec<u8>) -> (u16, String) {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        // Checked against openapi.json like every response of the tests.
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in head.lines().skip(1) {
+            let (name, value) = line.split_once(':').unwrap();
+            headers.append(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.trim().parse().unwrap(),
+            );
+        }
+        let request_line = String::from_utf8_lossy(&request);
+        let mut request_line = request_line.split(' ');
+        let method = reqwest::Method::from_bytes(request_line.next().unwrap().as_bytes()).unwrap();
+        let path = request_line.next().unwrap().split('?').next().unwrap();
+        crate::api_docs::check_response(&method, path, status, &headers, body.as_bytes());
         (status, text)
     })
     .await

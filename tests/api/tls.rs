@@ -144,7 +144,7 @@ fn tls_settings(ca: &Path, client: Option<&Identity>) -> TlsSettings {
 }
 
 async fn get_status(url: String) -> u16 {
-    reqwest::get(url).await.unwrap().status().as_u16()
+    Http::new().get(url).send().await.unwrap().status().as_u16()
 }
 
 /// Polls `/readyz` until it answers `expected` (for as long as `eventually` waits); returns how
