@@ -52,7 +52,7 @@ impl Command {
                 let limit = not_null("limit", fields.unsigned("limit")?)?;
                 let after = not_null("after", fields.string("after")?)?;
                 fields.finish()?;
-                let page = ListPage::parse(&user_id, limit, after.as_deref())?;
+                let page = ListPage::parse(limit, after.as_deref())?;
                 Ok(Self::ListSessions(user_id, page))
             }
             "UpdateSession" => {

@@ -15,7 +15,7 @@ pub use command::{Command, MessageId, Outcome, SessionSummary};
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
 pub use fields::{shown_name, Field, Fields};
-pub use page::{cursor, ListPage, Position, MAX_LIMIT};
+pub use page::{Cursor, ListPage, Position, MAX_LIMIT, TAG_BYTES};
 pub use session::{
     DeviceId, IpAddress, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch,
     Timestamp, UserAgent, UserEmail, UserId,

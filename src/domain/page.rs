@@ -1,27 +1,29 @@
 //! Pages of a user's session list (contract §7.5): how many to answer (`limit`) and where the
 //! previous page ended (`after`, an opaque cursor the service issued). A cursor holds the
-//! position of the last session answered (its place in the user's creation order) and a
-//! fingerprint of the user, so that a cursor of one user's list given with another user is
-//! refused rather than quietly paging through the other list.
+//! position of the last session answered (its place in the user's creation order) and a tag
+//! that the store makes and checks with a key of its own, over the user and the position
+//! (`store::cursor`): so a cursor the service did not issue, or one issued for another user, is
+//! refused rather than quietly paging from wherever it says. Here a cursor is only read.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 
-use super::{Error, UserId};
+use super::Error;
 
 /// The most sessions one page holds, and the default.
 pub const MAX_LIMIT: u32 = 1000;
 /// The cursor format's version, its first byte.
-const VERSION: u8 = 1;
-const FINGERPRINT_BYTES: usize = 8;
-const CURSOR_BYTES: usize = 1 + FINGERPRINT_BYTES + 8;
+const VERSION: u8 = 2;
+/// The bytes of a cursor's tag.
+pub const TAG_BYTES: usize = 16;
+const CURSOR_BYTES: usize = 1 + 8 + TAG_BYTES;
 
 /// Which page of a user's list to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListPage {
     /// At most this many sessions (1–[`MAX_LIMIT`]).
     pub limit: u32,
-    /// After this position in the user's creation order; from the oldest when `None`.
-    pub after: Option<Position>,
+    /// After the position of this cursor; from the oldest when `None`.
+    pub after: Option<Cursor>,
 }
 
 impl Default for ListPage {
@@ -37,9 +39,47 @@ impl Default for ListPage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position(pub i64);
 
+/// A cursor as given: a position and the tag that should vouch for it, not yet checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Where the previous page ended.
+    pub position: Position,
+    /// The store's tag over the user and the position.
+    pub tag: [u8; TAG_BYTES],
+}
+
+impl Cursor {
+    /// The cursor's text.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(CURSOR_BYTES);
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&self.position.0.to_be_bytes());
+        bytes.extend_from_slice(&self.tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn decode(text: &str) -> Result<Self, Error> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| Self::refused())?;
+        if bytes.len() != CURSOR_BYTES || bytes[0] != VERSION {
+            return Err(Self::refused());
+        }
+        let position: [u8; 8] = bytes[1..9].try_into().expect("the length was checked");
+        Ok(Self {
+            position: Position(i64::from_be_bytes(position)),
+            tag: bytes[9..].try_into().expect("the length was checked"),
+        })
+    }
+
+    /// The answer to a cursor the service did not issue for this user.
+    pub fn refused() -> Error {
+        Error::InvalidArgument("after: is not a cursor of this user's list".into())
+    }
+}
+
 impl ListPage {
-    /// The page of `user_id`'s list that `limit` and `after` (as given, if given) name.
-    pub fn parse(user_id: &UserId, limit: Option<u64>, after: Option<&str>) -> Result<Self, Error> {
+    /// The page that `limit` and `after` (as given, if given) name; the store checks the
+    /// cursor's tag against the user.
+    pub fn parse(limit: Option<u64>, after: Option<&str>) -> Result<Self, Error> {
         let limit = match limit {
             None => MAX_LIMIT,
             Some(limit) => u32::try_from(limit)
@@ -49,45 +89,9 @@ impl ListPage {
                     Error::InvalidArgument(format!("limit: must be from 1 to {MAX_LIMIT}"))
                 })?,
         };
-        let after = after
-            .map(|cursor| Self::position(user_id, cursor))
-            .transpose()?;
+        let after = after.map(Cursor::decode).transpose()?;
         Ok(Self { limit, after })
     }
-
-    fn position(user_id: &UserId, cursor: &str) -> Result<Position, Error> {
-        let refused =
-            || Error::InvalidArgument("after: is not a cursor of this user's list".into());
-        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| refused())?;
-        if bytes.len() != CURSOR_BYTES || bytes[0] != VERSION {
-            return Err(refused());
-        }
-        if bytes[1..1 + FINGERPRINT_BYTES] != fingerprint(user_id) {
-            return Err(refused());
-        }
-        let position: [u8; 8] = bytes[1 + FINGERPRINT_BYTES..]
-            .try_into()
-            .expect("the length was checked");
-        Ok(Position(i64::from_be_bytes(position)))
-    }
-}
-
-/// The cursor of the page after the one that ended at `position` in `user_id`'s list.
-pub fn cursor(user_id: &UserId, position: Position) -> String {
-    let mut bytes = Vec::with_capacity(CURSOR_BYTES);
-    bytes.push(VERSION);
-    bytes.extend_from_slice(&fingerprint(user_id));
-    bytes.extend_from_slice(&position.0.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A stable fingerprint of a user id (a name-based UUID's first bytes): not secret, it only
-/// tells one user's cursors from another's.
-fn fingerprint(user_id: &UserId) -> [u8; FINGERPRINT_BYTES] {
-    let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, user_id.as_str().as_bytes());
-    uuid.as_bytes()[..FINGERPRINT_BYTES]
-        .try_into()
-        .expect("a UUID has 16 bytes")
 }
 
 #[cfg(test)]
@@ -96,55 +100,45 @@ mod tests {
 
     use super::*;
 
-    fn user(name: &str) -> UserId {
-        UserId::parse(name.into()).unwrap()
-    }
-
     #[test]
-    fn a_cursor_reads_back_for_its_user_only() {
-        let alice = user("alice");
-        let next = cursor(&alice, Position(1_733_300_000_000_123));
-        let page = ListPage::parse(&alice, Some(10), Some(&next)).unwrap();
-        assert_eq!(page.after, Some(Position(1_733_300_000_000_123)));
+    fn a_cursor_reads_back_and_text_that_is_none_is_named() {
+        let issued = Cursor {
+            position: Position(1_733_300_000_000_123),
+            tag: [7; TAG_BYTES],
+        };
+        let page = ListPage::parse(Some(10), Some(&issued.encode())).unwrap();
+        assert_eq!(page.after, Some(issued));
         assert_eq!(page.limit, 10);
-        for (who, text) in [
-            (&user("bob"), next.as_str()),
-            (&alice, "nope"),
-            (&alice, ""),
-        ] {
-            let error = ListPage::parse(who, None, Some(text)).unwrap_err();
+        for text in ["nope", "", "AQ"] {
+            let error = ListPage::parse(None, Some(text)).unwrap_err();
             assert!(error.to_string().starts_with("after: "), "{error}");
         }
     }
 
     #[test]
     fn limit_is_one_to_a_thousand_and_defaults_to_the_most() {
-        let alice = user("alice");
-        assert_eq!(
-            ListPage::parse(&alice, None, None).unwrap().limit,
-            MAX_LIMIT
-        );
+        assert_eq!(ListPage::parse(None, None).unwrap().limit, MAX_LIMIT);
         for bad in [0, 1001, u64::MAX] {
-            let error = ListPage::parse(&alice, Some(bad), None).unwrap_err();
+            let error = ListPage::parse(Some(bad), None).unwrap_err();
             assert!(error.to_string().starts_with("limit: "), "{error}");
         }
     }
 
     proptest! {
-        /// Any text as a cursor: a position or a refusal naming `after`, never a panic.
+        /// Any text as a cursor: a cursor or a refusal naming `after`, never a panic.
         #[test]
-        fn any_cursor_text_is_a_position_or_named(text in ".{0,40}") {
-            if let Err(error) = ListPage::parse(&user("u"), None, Some(&text)) {
+        fn any_cursor_text_is_a_cursor_or_named(text in ".{0,40}") {
+            if let Err(error) = ListPage::parse(None, Some(&text)) {
                 prop_assert!(error.to_string().starts_with("after: "));
             }
         }
 
-        /// Every position round-trips through its cursor.
+        /// Every cursor round-trips through its text.
         #[test]
-        fn positions_round_trip(position in any::<i64>(), name in "[a-z]{1,20}") {
-            let who = user(&name);
-            let page = ListPage::parse(&who, None, Some(&cursor(&who, Position(position)))).unwrap();
-            prop_assert_eq!(page.after, Some(Position(position)));
+        fn cursors_round_trip(position in any::<i64>(), tag in any::<[u8; TAG_BYTES]>()) {
+            let issued = Cursor { position: Position(position), tag };
+            let page = ListPage::parse(None, Some(&issued.encode())).unwrap();
+            prop_assert_eq!(page.after, Some(issued));
         }
     }
 }

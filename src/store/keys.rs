@@ -17,6 +17,8 @@
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group: `outbox::GROUP`)
+//! <prefix>:cursor-key                   string: 32 random bytes that sign list cursors
+//!                                       (`cursor.rs`), one for all instances; no bucket
 //! ```
 
 use super::Bucket;
@@ -64,6 +66,11 @@ impl Keys {
     /// The bucket's outbox of events to publish.
     pub fn outbox(&self, bucket: Bucket) -> String {
         self.of_kind(bucket, kind::OUTBOX)
+    }
+
+    /// The key that signs list cursors.
+    pub fn cursor_key(&self) -> String {
+        format!("{}:cursor-key", self.prefix)
     }
 
     /// A session's hash.

@@ -31,6 +31,7 @@
 mod bucket;
 mod cluster;
 mod connection;
+mod cursor;
 mod hash;
 mod keys;
 mod ops;
@@ -92,6 +93,9 @@ pub enum StoreError {
     /// A script failed; the message names the piece and its line.
     #[error("a script failed: {0}")]
     Script(String),
+    /// A list's `after` is not a cursor the service issued for this user.
+    #[error("after: is not a cursor of this user's list")]
+    BadCursor,
     /// Redis answered something the store never writes.
     #[error("unexpected data from Redis: {0}")]
     Corrupt(String),
@@ -140,6 +144,7 @@ impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound => Error::session_not_found(),
+            StoreError::BadCursor => crate::domain::Cursor::refused(),
             StoreError::Conflict(_) => Error::Conflict(error.to_string()),
             StoreError::Unavailable(_)
             | StoreError::ClusterNode
@@ -196,6 +201,7 @@ pub struct Store {
     keys: Keys,
     policy: Policy,
     replication: Option<Replication>,
+    cursor_key: std::sync::Arc<tokio::sync::OnceCell<cursor::CursorKey>>,
     keyring: std::sync::Arc<Keyring>,
     commands: std::sync::Arc<CommandScripts>,
     outbox: std::sync::Arc<OutboxScripts>,
@@ -212,6 +218,7 @@ impl Store {
             keys,
             policy,
             replication: None,
+            cursor_key: std::sync::Arc::default(),
             keyring: std::sync::Arc::new(keyring),
             commands: std::sync::Arc::new(CommandScripts::new(&constants)),
             outbox: std::sync::Arc::new(OutboxScripts::new(&constants)),

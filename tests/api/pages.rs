@@ -84,7 +84,7 @@ async fn pages_follow_each_other_in_creation_order() {
 }
 
 #[tokio::test]
-async fn a_cursor_is_bound_to_its_user_and_limits_are_checked() {
+async fn a_cursor_is_bound_to_its_user_cannot_be_forged_and_limits_are_checked() {
     let app = spawn_app().await;
     for user in ["alice", "alice", "bob"] {
         app.create_session(json!({"user_id": user, "device_id": "d"}))
@@ -92,10 +92,27 @@ async fn a_cursor_is_bound_to_its_user_and_limits_are_checked() {
     }
     let (_, first) = page(&app, "user_id=alice&limit=1").await;
     let cursor = first["next"].as_str().unwrap().to_owned();
+    // A cursor forged for alice: the same bytes but for one of the position (the service signs
+    // its cursors, so this one is not one it issued).
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let mut bytes = URL_SAFE_NO_PAD.decode(&cursor).unwrap();
+    bytes[8] ^= 1;
+    let forged = URL_SAFE_NO_PAD.encode(bytes);
+    // And alice's cursor of another service (another key prefix, hence another signing key).
+    let other = spawn_app().await;
+    for _ in 0..2 {
+        other
+            .create_session(json!({"user_id": "alice", "device_id": "d"}))
+            .await;
+    }
+    let (_, elsewhere) = page(&other, "user_id=alice&limit=1").await;
+    let elsewhere = elsewhere["next"].as_str().unwrap().to_owned();
     for query in [
         format!("user_id=bob&after={cursor}"),
         "user_id=alice&after=not-a-cursor".to_owned(),
         format!("user_id=alice&after={cursor}x"),
+        format!("user_id=alice&after={forged}"),
+        format!("user_id=alice&after={elsewhere}"),
     ] {
         let (status, body) = page(&app, &query).await;
         assert_eq!(status, 400, "{query}: {body}");

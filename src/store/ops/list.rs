@@ -4,9 +4,7 @@
 
 use super::{run, session_id, strings, CommandCall};
 use crate::{
-    domain::{
-        cursor, DeviceId, IpAddress, ListPage, Outcome, Position, SessionSummary, UserAgent, UserId,
-    },
+    domain::{DeviceId, IpAddress, ListPage, Outcome, Position, SessionSummary, UserAgent, UserId},
     store::{
         hash,
         script::{Arg, Layout, Source, COMMAND_PIECES},
@@ -36,14 +34,23 @@ pub(in crate::store) async fn apply(
     user_id: &UserId,
     page: &ListPage,
 ) -> Result<Outcome, StoreError> {
+    let after = match &page.after {
+        Some(cursor) => Some(
+            store
+                .cursor_key()
+                .await?
+                .check(user_id, cursor)
+                .ok_or(StoreError::BadCursor)?,
+        ),
+        None => None,
+    };
     let mut call = record.call(store, &store.commands.list);
     call.key("index_key", store.keys.index(user_id))
         .arg("user_id", user_id.as_str())
         .arg("limit", page.limit)
         .arg(
             "after",
-            page.after
-                .map_or(String::new(), |Position(at)| at.to_string()),
+            after.map_or(String::new(), |Position(at)| at.to_string()),
         );
     let mut pairs = strings(run(&call, store).await?)?.into_iter();
     let next = match pairs.next().as_deref() {
@@ -53,7 +60,7 @@ pub(in crate::store) async fn apply(
             let at = score
                 .parse::<i64>()
                 .map_err(|_| StoreError::Corrupt(format!("index score {score:?}")))?;
-            Some(cursor(user_id, Position(at)))
+            Some(store.cursor_key().await?.issue(user_id, Position(at)))
         }
     };
     let mut sessions = Vec::new();

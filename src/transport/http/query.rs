@@ -56,7 +56,7 @@ impl Query {
                 })
             })
             .transpose()?;
-        let page = ListPage::parse(&user_id, limit, query.0.get("after").map(String::as_str))?;
+        let page = ListPage::parse(limit, query.0.get("after").map(String::as_str))?;
         Ok((user_id, page))
     }
 
