@@ -362,6 +362,11 @@ pub struct SessionPatch {
     pub user_id: Option<UserId>,
     /// Given only to assert the stored value; a different one is a conflict.
     pub device_id: Option<DeviceId>,
+    /// Given only to assert the stored value (set at create, never changed); a different one,
+    /// or one the session was created without, is a conflict.
+    pub ip_address: Option<IpAddress>,
+    /// As `ip_address`.
+    pub user_agent: Option<UserAgent>,
     /// The authorization code.
     pub auth_code: Field<Secret>,
     /// The access token.
@@ -453,16 +458,11 @@ impl SessionPatch {
                 "body: give at least one field to change".into(),
             ));
         }
-        for fixed in ["ip_address", "user_agent"] {
-            if !fields.string(fixed)?.is_absent() {
-                return Err(Error::InvalidArgument(format!(
-                    "{fixed}: is set at create and cannot be changed"
-                )));
-            }
-        }
         Ok(Self {
             user_id: optional_identifier(fields, "user_id", UserId::parse)?,
             device_id: optional_identifier(fields, "device_id", DeviceId::parse)?,
+            ip_address: optional_identifier(fields, "ip_address", IpAddress::parse)?,
+            user_agent: optional_identifier(fields, "user_agent", UserAgent::parse)?,
             auth_code: secret(fields, "auth_code")?,
             access_token: secret(fields, "access_token")?,
             refresh_token: secret(fields, "refresh_token")?,

@@ -101,18 +101,47 @@ async fn device_fields_are_checked_normalised_and_listed() {
             "{answer}"
         );
     }
-    // Set at create, never changed.
-    for (body, field) in [
-        (json!({"ip_address": "192.0.2.8"}), "ip_address"),
-        (json!({"user_agent": "other"}), "user_agent"),
+    // Set at create, never changed: like device_id, a PATCH may repeat the stored value (also in
+    // another spelling of the same address), another value or one the session was created
+    // without is a conflict, and null is refused.
+    for (id, body, status) in [
+        (
+            &mapped,
+            json!({"ip_address": "::ffff:192.0.2.7", "user_agent": agent, "auth_code": "c"}),
+            200,
+        ),
+        (
+            &mapped,
+            json!({"ip_address": "192.0.2.8", "auth_code": "x"}),
+            409,
+        ),
+        (
+            &mapped,
+            json!({"user_agent": "other", "auth_code": "x"}),
+            409,
+        ),
+        (&bare, json!({"user_agent": agent, "auth_code": "x"}), 409),
+        (&mapped, json!({"ip_address": null}), 400),
     ] {
-        let (status, answer) = app.patch(&mapped, &body).await;
-        assert_eq!(status, 400, "{answer}");
-        assert_eq!(
-            answer["error"]["message"],
-            format!("{field}: is set at create and cannot be changed")
-        );
+        let (answered, answer) = app.patch(id, &body).await;
+        assert_eq!(answered, status, "{body}: {answer}");
+        if status != 200 {
+            let field = body
+                .as_object()
+                .unwrap()
+                .keys()
+                .find(|k| k.as_str() != "auth_code")
+                .unwrap();
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(field.as_str()),
+                "{answer}"
+            );
+        }
     }
+    assert_eq!(app.session(&mapped).await["auth_code"], "c");
     assert_eq!(app.session(&mapped).await["ip_address"], "192.0.2.7");
     assert!(app.listed_ids("bob").await.is_empty());
 }

@@ -1,14 +1,17 @@
--- update.lua: UpdateSession. The client may assert user_id and device_id ('' when not given;
--- another value is a conflict). From ARGV[set_at]: the number n of field/value pairs to set and
+-- update.lua: UpdateSession. The client may assert user_id, device_id, ip_address and
+-- user_agent, which never change ('' when not given; another value than the stored one, or one
+-- the session does not have, is a conflict). From ARGV[set_at]: the number n of field/value pairs to set and
 -- the pairs; the number m of re-sealed values and m field/old/new triples; the fields to clear.
 -- With a key set (sealed_prefix, the header of a value sealed under it, not ''), a secret field
 -- that the update leaves and that is not sealed under that key makes the script answer `stale`
 -- with those fields and values, writing nothing: the caller re-seals them and calls again with
 -- them as triples, which are written only if the stored values are still the old ones, so that
 -- the session (and the record of the update) is sealed whole.
--- needs: session_key, session_id, asserted_user_id, asserted_device_id, sealed_prefix, set_at,
+-- needs: session_key, session_id, asserted_user_id, asserted_device_id, asserted_ip_address,
+--   asserted_user_agent, sealed_prefix, set_at,
 --   FIELD, now, live, touch, finish, STATUS
-local stored = redis.call('HMGET', session_key, FIELD.user_id, FIELD.device_id, FIELD.expires_at)
+local stored = redis.call('HMGET', session_key, FIELD.user_id, FIELD.device_id, FIELD.expires_at,
+  FIELD.ip_address, FIELD.user_agent)
 if not stored[1] or not live(session_id, stored[1], stored[2], stored[3]) then
   return finish({s = STATUS.not_found})
 end
@@ -17,6 +20,12 @@ if asserted_user_id ~= '' and asserted_user_id ~= stored[1] then
 end
 if asserted_device_id ~= '' and asserted_device_id ~= stored[2] then
   return finish({s = STATUS.conflict, f = 'device_id'})
+end
+if asserted_ip_address ~= '' and asserted_ip_address ~= stored[4] then
+  return finish({s = STATUS.conflict, f = 'ip_address'})
+end
+if asserted_user_agent ~= '' and asserted_user_agent ~= stored[5] then
+  return finish({s = STATUS.conflict, f = 'user_agent'})
 end
 
 local set_count = tonumber(ARGV[set_at])

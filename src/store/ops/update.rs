@@ -6,7 +6,7 @@
 
 use super::{status, strings, CommandCall, Document};
 use crate::{
-    domain::{DeviceId, Outcome, SessionId, SessionPatch, UserId},
+    domain::{DeviceId, IpAddress, Outcome, SessionId, SessionPatch, UserAgent, UserId},
     store::{
         hash,
         script::{Arg, Layout, Source, COMMAND_PIECES},
@@ -25,6 +25,8 @@ pub(in crate::store) static SCRIPT: Source = Source {
             Arg::Text("session_id"),
             Arg::Text("asserted_user_id"),
             Arg::Text("asserted_device_id"),
+            Arg::Text("asserted_ip_address"),
+            Arg::Text("asserted_user_agent"),
             Arg::Text("sealed_prefix"),
         ],
         rest: Some("set_at"),
@@ -50,6 +52,14 @@ pub(in crate::store) async fn apply(
         .arg(
             "asserted_device_id",
             patch.device_id.as_ref().map_or("", DeviceId::as_str),
+        )
+        .arg(
+            "asserted_ip_address",
+            patch.ip_address.as_ref().map_or("", IpAddress::as_str),
+        )
+        .arg(
+            "asserted_user_agent",
+            patch.user_agent.as_ref().map_or("", UserAgent::as_str),
         )
         .arg("sealed_prefix", &sealed_prefix)
         .rest(set.len());
