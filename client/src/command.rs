@@ -95,6 +95,18 @@ impl CreateSession {
         self.user_email = Some(value.into());
         self
     }
+
+    /// Sets `ip_address` (IPv4 or IPv6 text; the service stores it normalised).
+    pub fn ip_address(mut self, value: impl Into<String>) -> Self {
+        self.ip_address = Some(value.into());
+        self
+    }
+
+    /// Sets `user_agent`.
+    pub fn user_agent(mut self, value: impl Into<String>) -> Self {
+        self.user_agent = Some(value.into());
+        self
+    }
 }
 
 impl Request for CreateSession {

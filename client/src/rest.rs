@@ -104,7 +104,9 @@ impl RestClient {
         self.send(self.session(Method::GET, session_id)).await
     }
 
-    /// `GET /a01/session?user_id=U`: the user's sessions, oldest first.
+    /// `GET /a01/session?user_id=U`: the first page of the user's sessions, oldest first (at
+    /// most 1000; `next` names the following page: see [`RestClient::sessions_of`] for all), each
+    /// with its device fields.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -114,11 +116,18 @@ impl RestClient {
     /// use session_manager_client::{command::*, rest::RestClient};
     ///
     /// let rest = RestClient::new(&base_url);
-    /// let phone = rest.create(&CreateSession::new("alice", "phone")).await?;
+    /// let phone = CreateSession::new("alice", "phone")
+    ///     .ip_address("::ffff:203.0.113.7")
+    ///     .user_agent("ExampleApp/2.1");
+    /// let phone = rest.create(&phone).await?;
     /// let laptop = rest.create(&CreateSession::new("alice", "laptop")).await?;
     /// let list = rest.list("alice").await?;
     /// let ids: Vec<_> = list.sessions.iter().map(|s| s.session_id.clone()).collect();
     /// assert_eq!(ids, [phone.session_id, laptop.session_id]);
+    /// assert_eq!(list.sessions[0].ip_address.as_deref(), Some("203.0.113.7"));
+    /// assert_eq!(list.sessions[0].user_agent.as_deref(), Some("ExampleApp/2.1"));
+    /// assert_eq!(list.sessions[1].ip_address, None);
+    /// assert!(list.next.is_none());
     ///
     /// let deleted = rest.delete_user("alice").await?;
     /// assert_eq!(deleted.session_ids.len(), 2);
