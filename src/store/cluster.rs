@@ -73,6 +73,8 @@ pub struct Cluster {
     map: RwLock<Arc<SlotMap>>,
     /// When the map was last learned; held while it is learned, so that one task learns it.
     learned: tokio::sync::Mutex<Option<Instant>>,
+    /// Whether a background task is about to learn the map (one is enough).
+    learning_soon: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -88,6 +90,7 @@ impl Cluster {
             config,
             map: RwLock::default(),
             learned: tokio::sync::Mutex::new(None),
+            learning_soon: std::sync::atomic::AtomicBool::new(false),
         });
         let map = cluster.learn().await?;
         *cluster.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
@@ -182,8 +185,15 @@ impl Cluster {
     /// Learns the slot map again in the background (a node could not be reached: perhaps a
     /// replica has taken its place).
     fn learn_soon(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.learning_soon.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let cluster = self.clone();
-        tokio::spawn(async move { cluster.learn_again().await });
+        tokio::spawn(async move {
+            cluster.learning_soon.store(false, Ordering::Release);
+            cluster.learn_again().await;
+        });
     }
 
     /// Learns the slot map again, unless it was learned a moment ago.

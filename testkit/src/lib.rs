@@ -18,6 +18,7 @@
 pub mod instance;
 pub mod process;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod redis;
 pub mod tls;
 
@@ -26,6 +27,7 @@ use std::{net::TcpListener, time::Duration};
 pub use instance::{isolated_settings, Instance};
 pub use process::Service;
 pub use proxy::TcpProxy;
+pub use rabbitmq::PrivateRabbitCluster;
 pub use redis::{PrivateCluster, PrivateRedis, RedisTls};
 pub use tls::{Identity, TestCertificates, TlsProxy};
 

@@ -318,22 +318,7 @@ async fn a_master_killed_under_load_loses_no_answered_change() {
             .await;
         correlation_ids.push(correlation_id);
     }
-    let mut answered = HashSet::new();
-    for correlation_id in &correlation_ids {
-        let reply = app.amqp.reply_for(correlation_id).await;
-        assert_eq!(reply.body["status"], "ok", "{}", reply.body);
-        answered.insert(
-            reply.body["result"]["session_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    assert_eq!(
-        answered.len(),
-        COMMANDS,
-        "each command made its own session"
-    );
+    let answered = app.amqp.created_session_ids(&correlation_ids).await;
     eventually(async || match app.readyz().await {
         200 => Ok(()),
         other => Err(format!("/readyz answers {other} after the failover")),
@@ -377,17 +362,7 @@ async fn a_master_killed_under_load_loses_no_answered_change() {
     for user in users {
         app.delete_user(&user).await;
     }
-    let mut closed = HashSet::new();
-    while closed.len() < expected.len() {
-        let event = events.next().await;
-        closed.insert(
-            event.body["data"]["session_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    assert_eq!(closed, expected);
+    assert_eq!(events.closed_session_ids(expected.len()).await, expected);
     app.stop().await;
     drop(cluster);
 }

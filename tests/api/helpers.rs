@@ -250,9 +250,14 @@ pub struct AmqpClient {
 
 impl AmqpClient {
     pub async fn connect(settings: &Settings) -> Self {
-        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        Self::connect_to(AMQP_URL, settings).await
+    }
+
+    /// As [`AmqpClient::connect`], to the broker at `url`.
+    pub async fn connect_to(url: &str, settings: &Settings) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
-            .expect("RabbitMQ is running on 127.0.0.1:5672");
+            .unwrap_or_else(|e| panic!("RabbitMQ at {url}: {e}"));
         let client = client::AmqpClient::with_connection(&connection, &settings.command_queue)
             .await
             .unwrap()
@@ -308,6 +313,27 @@ impl AmqpClient {
             .await
             .expect("a reply arrives in time");
         checked_reply(reply)
+    }
+
+    /// The session ids that the replies to CreateSession commands published with these
+    /// correlation ids name: each reply must be ok, each id another session.
+    pub async fn created_session_ids(
+        &self,
+        correlation_ids: &[String],
+    ) -> std::collections::HashSet<String> {
+        let mut created = std::collections::HashSet::new();
+        for correlation_id in correlation_ids {
+            let reply = self.reply_for(correlation_id).await;
+            assert_eq!(reply.body["status"], "ok", "{}", reply.body);
+            let id = reply.body["result"]["session_id"].as_str().unwrap();
+            created.insert(id.to_owned());
+        }
+        assert_eq!(
+            created.len(),
+            correlation_ids.len(),
+            "each command made its own session"
+        );
+        created
     }
 
     /// The next reply of a command published with [`AmqpClient::publish`], or `None` when none
@@ -437,6 +463,18 @@ impl EventSubscription {
             routing_key: event.routing_key,
             properties,
         }
+    }
+
+    /// The session ids of the next `count` events (each must arrive in time; duplicates, which
+    /// at-least-once delivery allows, are counted once).
+    pub async fn closed_session_ids(&mut self, count: usize) -> std::collections::HashSet<String> {
+        let mut closed = std::collections::HashSet::new();
+        while closed.len() < count {
+            let event = self.next().await;
+            let id = event.body["data"]["session_id"].as_str().unwrap();
+            closed.insert(id.to_owned());
+        }
+        closed
     }
 
     /// The next event, or `None` when none arrives `within`.

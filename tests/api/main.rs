@@ -3,6 +3,7 @@
 
 mod amqp;
 mod api_docs;
+mod broker_cluster;
 mod cluster;
 mod crashes;
 mod devices;

@@ -333,6 +333,30 @@ async fn entries_of_ended_sessions_neither_cut_a_list_short_nor_dangle() {
     );
 }
 
+/// One call reads at most `2 × limit + 16` index entries: behind 40 entries of gone sessions in a
+/// row, a page of one answers nobody, with a `next` from which the walk goes on, until the live
+/// session after them is reached.
+#[tokio::test]
+async fn a_page_stops_at_its_bound_of_entries_and_the_next_goes_on() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for n in 0..42 {
+        created.push(
+            app.create_session(json!({"user_id": "judy", "device_id": format!("d{n}")}))
+                .await,
+        );
+    }
+    for id in &created[1..41] {
+        drop_hash(&app, id).await;
+    }
+    let (ids, pages) = all_pages(&app, "judy", 1).await;
+    assert_eq!(ids, [created[0].clone(), created[41].clone()]);
+    // Two sessions in pages of one, with 40 gone entries between them, read at most 18 a call
+    // (the first page's peek for a next takes 17 of them): a page in between reached its bound
+    // and answered nobody, with a next. An unbounded walk would take two pages.
+    assert_eq!(pages, 3);
+}
+
 /// A live session of another user in the same bucket (so the check happens in the script, not
 /// by the id's bucket) is not "the user's": `not_found`, nothing closed.
 #[tokio::test]

@@ -59,6 +59,8 @@ pub struct HttpState {
 pub fn routes(
     state: Arc<HttpState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    // Bundled now, so that a broken description stops the start rather than a request.
+    openapi::document();
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::method()
         .and(warp::path::full())

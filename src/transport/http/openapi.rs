@@ -161,8 +161,16 @@ fn rewrite(
                     let part = files
                         .get(file)
                         .and_then(|schema| schema.pointer(pointer))
-                        .ok_or_else(|| format!("{reference} resolves to nothing"))?;
-                    *value = part.clone();
+                        .ok_or_else(|| format!("{reference} resolves to nothing"))?
+                        .clone();
+                    // Keywords beside the reference still apply, beside the copy.
+                    members.remove("$ref");
+                    *value = if members.is_empty() {
+                        part
+                    } else {
+                        members.insert("allOf".into(), Value::Array(vec![part]));
+                        Value::Object(std::mem::take(members))
+                    };
                     return rewrite(value, files, names, pending);
                 }
                 if !reference.starts_with('#') {
