@@ -1,8 +1,11 @@
 //! The outbox relay: publishes the `SessionClosed` events that the store's scripts wrote into
 //! each bucket's outbox stream, and removes an entry only after the broker confirmed it. Every
-//! instance runs one; they share the work through the stream's consumer group, and an entry
-//! that an instance took but never acknowledged (it crashed, or RabbitMQ was down) is taken
-//! over after [`STALE_AFTER`]. The same periodic tick ends the sessions whose moment has passed.
+//! instance runs one; they share the buckets through leases (`store::lease`): each relay visits
+//! the buckets it holds four times a second, and any bucket its own commands just wrote events
+//! to at once, so Redis's idle work does not grow with the number of instances. An entry that a
+//! relay took but never acknowledged (it crashed, or RabbitMQ was down) is taken over after
+//! [`STALE_AFTER`], and the buckets of a relay that died once its leases lapse
+//! ([`LEASE_TTL`]). The same periodic tick ends the sessions whose moment has passed.
 //! It publishes through an [`EventSink`], which the AMQP transport implements; it knows nothing
 //! of RabbitMQ.
 
@@ -39,8 +42,14 @@ pub trait EventSink: Send + Sync + 'static {
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// How often every bucket is visited (expiry and outbox) when nothing wakes the relay sooner.
+/// How often every held bucket is visited (expiry and outbox) when nothing wakes the relay
+/// sooner.
 pub const TICK: Duration = Duration::from_millis(250);
+/// How long a bucket's lease lasts unless renewed: the buckets of a relay that died are taken
+/// over within this and one [`LEASE_EVERY`].
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How often a relay renews its leases and takes its share of free ones.
+const LEASE_EVERY: Duration = Duration::from_secs(1);
 /// An entry taken but not acknowledged for this long is taken over by the next tick.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// Most entries (and expired sessions) handled per bucket and tick.
@@ -90,6 +99,9 @@ pub struct Relay<S> {
     consumer: String,
     /// Spaces out the lines about ticks that fail.
     failures: LogThrottle,
+    /// The buckets this relay holds a lease on, and when it last renewed them.
+    held: Vec<Bucket>,
+    leased_at: Option<tokio::time::Instant>,
 }
 
 impl<S: EventSink> Relay<S> {
@@ -102,40 +114,84 @@ impl<S: EventSink> Relay<S> {
             metrics,
             consumer: format!("relay-{}", uuid::Uuid::new_v4().simple()),
             failures: LogThrottle::new(REDIS_FAILURE_LINES),
+            held: Vec::new(),
+            leased_at: None,
         }
     }
 
-    /// Ticks until `shutdown`, then publishes what is left for at most [`FLUSH_FOR`].
+    /// Ticks until `shutdown`, then publishes what is left for at most [`FLUSH_FOR`] and frees
+    /// its leases.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_forget = tokio::time::Instant::now();
         loop {
-            let buckets = tokio::select! {
+            let woken = tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => None,
                 () = self.wake.notify.notified() => Some(self.wake.take()),
             };
-            let forget = (buckets.is_none() && last_forget.elapsed() >= FORGET_EVERY)
-                .then_some(FORGET_CONSUMERS_AFTER);
+            let buckets = match woken {
+                Some(dirty) => dirty,
+                None => {
+                    match self.renew_leases().await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            if self.failures.succeeded() {
+                                tracing::info!("outbox relay reaches Redis again");
+                            }
+                        }
+                        // Said as a failed tick is: Redis cannot be reached.
+                        Err(error) => {
+                            if let Some(unlogged) = self.failures.failed() {
+                                tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis to renew its leases");
+                            }
+                        }
+                    }
+                    self.held.clone()
+                }
+            };
+            let forget = (last_forget.elapsed() >= FORGET_EVERY).then_some(FORGET_CONSUMERS_AFTER);
             if forget.is_some() {
                 last_forget = tokio::time::Instant::now();
             }
-            self.tick(buckets.as_deref(), forget).await;
+            self.tick(&buckets, forget).await;
         }
-        let flush = async { while self.tick(None, None).await > 0 {} };
+        let held = self.held.clone();
+        let flush = async { while self.tick(&held, None).await > 0 {} };
         if tokio::time::timeout(FLUSH_FOR, flush).await.is_err() {
             tracing::warn!("outbox not empty at shutdown; another instance will publish the rest");
+        }
+        if let Err(error) = self.store.release_buckets(&self.consumer).await {
+            tracing::debug!(error = %Chain(&error), "cannot free the relay's leases; they lapse");
         }
         self.sink.close().await;
     }
 
-    /// Visits `buckets` (all when `None`), each on its own: a bucket whose Redis node cannot be
-    /// reached holds up no other. Returns how many events it published.
-    async fn tick(&mut self, buckets: Option<&[Bucket]>, forget: Option<Duration>) -> usize {
-        let buckets: Vec<Bucket> = buckets.map_or_else(|| Bucket::all().collect(), <[_]>::to_vec);
+    /// Renews the leases and takes this relay's share of free ones, once a [`LEASE_EVERY`]; the
+    /// leases held are kept while Redis cannot be reached. `Ok(false)` when it was not time yet.
+    async fn renew_leases(&mut self) -> Result<bool, crate::store::StoreError> {
+        if self.leased_at.is_some_and(|at| at.elapsed() < LEASE_EVERY) {
+            return Ok(false);
+        }
+        let held = self.store.lease_buckets(&self.consumer, LEASE_TTL).await?;
+        if held.len() != self.held.len() {
+            tracing::debug!(buckets = held.len(), "relay leases changed");
+        }
+        self.held = held;
+        self.leased_at = Some(tokio::time::Instant::now());
+        Ok(true)
+    }
+
+    /// Visits `buckets`, each on its own: a bucket whose Redis node cannot be reached holds up no
+    /// other. Returns how many events it published.
+    async fn tick(&mut self, buckets: &[Bucket], forget: Option<Duration>) -> usize {
+        if buckets.is_empty() {
+            // Nothing visited is no news about Redis either way.
+            return 0;
+        }
         let this = &*self;
-        let visits = buckets.into_iter().map(|bucket| async move {
+        let visits = buckets.iter().map(|&bucket| async move {
             let entries = this
                 .store
                 .tick(bucket, &this.consumer, BATCH, STALE_AFTER, forget)

@@ -45,6 +45,11 @@ impl Bucket {
         }
     }
 
+    /// The bucket numbered `n`, if there is one.
+    pub fn new(n: u16) -> Option<Self> {
+        u8::try_from(n).ok().map(Self)
+    }
+
     /// Every bucket, for work that must visit all of them.
     pub fn all() -> impl Iterator<Item = Bucket> {
         (0..BUCKETS).map(|bucket| Self(bucket as u8))

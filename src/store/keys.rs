@@ -17,6 +17,8 @@
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group: `outbox::GROUP`)
+//! <prefix>:relay-leases                 hash: which relay visits which bucket (`lease.rs`);
+//!                                       no bucket
 //! <prefix>:cursor-key                   string: 32 random bytes that sign list cursors
 //!                                       (`cursor.rs`), one for all instances; no bucket
 //! ```
@@ -66,6 +68,17 @@ impl Keys {
     /// The bucket's outbox of events to publish.
     pub fn outbox(&self, bucket: Bucket) -> String {
         self.of_kind(bucket, kind::OUTBOX)
+    }
+
+    /// The keys of the service as a whole, which hold no user's data: the relays' leases and the
+    /// key of list cursors.
+    pub fn shared(&self) -> [String; 2] {
+        [self.relay_leases(), self.cursor_key()]
+    }
+
+    /// The relays' bucket leases.
+    pub fn relay_leases(&self) -> String {
+        format!("{}:relay-leases", self.prefix)
     }
 
     /// The key that signs list cursors.

@@ -34,6 +34,7 @@ mod connection;
 mod cursor;
 mod hash;
 mod keys;
+mod lease;
 mod ops;
 mod outbox;
 mod rewrap;
@@ -205,6 +206,7 @@ pub struct Store {
     keyring: std::sync::Arc<Keyring>,
     commands: std::sync::Arc<CommandScripts>,
     outbox: std::sync::Arc<OutboxScripts>,
+    leases: std::sync::Arc<lease::LeaseScripts>,
     rewrap: std::sync::Arc<RewrapScripts>,
 }
 
@@ -222,6 +224,7 @@ impl Store {
             keyring: std::sync::Arc::new(keyring),
             commands: std::sync::Arc::new(CommandScripts::new(&constants)),
             outbox: std::sync::Arc::new(OutboxScripts::new(&constants)),
+            leases: std::sync::Arc::new(lease::LeaseScripts::new(&constants)),
             rewrap: std::sync::Arc::new(RewrapScripts::new(&constants)),
         }
     }

@@ -4,7 +4,7 @@
 //! AMQP client (the client crate's, for commands with replies; event subscriptions; the
 //! dead-letter queue) and checks every message against `schemas/`.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -181,10 +181,14 @@ impl TestApp {
     pub async fn stored_keys(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
         let pattern = format!("{}:*", self.settings.key_prefix);
+        let shared = self.keys().shared();
         let mut keys: Vec<String> = Vec::new();
         let mut iter: redis::AsyncIter<String> = redis.scan_match(&pattern).await.unwrap();
         while let Some(key) = iter.next_item().await {
-            keys.push(key.unwrap());
+            let key = key.unwrap();
+            if !shared.contains(&key) {
+                keys.push(key);
+            }
         }
         keys
     }
@@ -246,6 +250,9 @@ pub struct AmqpClient {
     connection: Connection,
     pub channel: Channel,
     queue: String,
+    /// The bodies published with [`AmqpClient::publish`], by correlation id, so that their
+    /// replies are checked against the reply of their own operation in `asyncapi.json`.
+    published: std::sync::Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl AmqpClient {
@@ -268,6 +275,7 @@ impl AmqpClient {
             channel: connection.create_channel().await.unwrap(),
             connection,
             queue: settings.command_queue.clone(),
+            published: std::sync::Mutex::default(),
         }
     }
 
@@ -278,7 +286,26 @@ impl AmqpClient {
 
     /// Publishes a raw command body with the given properties (persistent, JSON by default).
     pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
+        if let Some(correlation_id) = properties.correlation_id() {
+            let mut published = self.published.lock().unwrap();
+            published.insert(correlation_id.to_string(), body.to_vec());
+        }
         self.client.publish(body, properties).await.unwrap();
+    }
+
+    /// A reply checked as [`checked_reply`] does, and, when its command was published here,
+    /// against the reply of that command's operation.
+    fn checked(&self, reply: RawMessage) -> Reply {
+        let reply = checked_reply(reply);
+        let command = reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| self.published.lock().unwrap().remove(id.as_str()));
+        if let Some(command) = command {
+            api_docs::check_reply(&command, &reply.body);
+        }
+        reply
     }
 
     /// Publishes `command` with `reply_to` and a fresh correlation id and returns the reply,
@@ -312,7 +339,7 @@ impl AmqpClient {
             .reply_for(correlation_id, WAIT)
             .await
             .expect("a reply arrives in time");
-        checked_reply(reply)
+        self.checked(reply)
     }
 
     /// The session ids that the replies to CreateSession commands published with these
@@ -323,7 +350,14 @@ impl AmqpClient {
     ) -> std::collections::HashSet<String> {
         let mut created = std::collections::HashSet::new();
         for correlation_id in correlation_ids {
-            let reply = self.reply_for(correlation_id).await;
+            // Thousands of commands through a failover on a busy machine: a reply may take
+            // longer than WAIT; one that never comes still fails the test.
+            let reply = self
+                .client
+                .reply_for(correlation_id, 6 * WAIT)
+                .await
+                .expect("a reply arrives in time");
+            let reply = self.checked(reply);
             assert_eq!(reply.body["status"], "ok", "{}", reply.body);
             let id = reply.body["result"]["session_id"].as_str().unwrap();
             created.insert(id.to_owned());
@@ -340,7 +374,7 @@ impl AmqpClient {
     /// arrives `within`.
     pub async fn next_reply(&self, within: Duration) -> Option<Reply> {
         let reply = self.client.next_reply(within).await.unwrap();
-        reply.map(checked_reply)
+        reply.map(|reply| self.checked(reply))
     }
 
     /// Waits until some instance consumes from the command queue.

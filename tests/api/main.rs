@@ -13,6 +13,7 @@ mod expiry;
 mod fuzz;
 mod growth;
 mod helpers;
+mod leases;
 mod outages;
 mod pages;
 mod process;

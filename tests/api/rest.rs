@@ -1693,12 +1693,10 @@ async fn delete_all_of_more_sessions_than_one_step_ends_them_all_in_creation_ord
     }
     session(&app, &bobs).await;
     // Only bob's session is left (and the schedule it is on): no index entry of alice's, no
-    // progress of the steps. And the key of list cursors, one for all users, which listing
-    // alice's sessions in pages made.
+    // progress of the steps.
     let bob = UserId::parse("bob".into()).unwrap();
     let keys = app.keys();
     let mut bobs_keys = vec![
-        keys.cursor_key(),
         keys.schedule(Bucket::of_user(&bob)),
         keys.index(&bob),
         keys.session(&SessionId::parse(&bobs).unwrap()),
