@@ -25,7 +25,10 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -92,6 +95,14 @@ struct Cli {
     /// The service binary (default: the `session-manager` next to this binary).
     #[arg(long)]
     service: Option<PathBuf>,
+    /// "off": sessions without ip_address and user_agent, for a service that predates them
+    /// (A/B runs against an older build).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    device_fields: String,
+    /// The Redis of the service, the ceilings and the fixtures (not of the scale part, which
+    /// starts its own).
+    #[arg(long, default_value = REDIS_URL)]
+    redis_url: String,
 }
 
 /// The ceilings, each a child process of the benchmark.
@@ -117,17 +128,23 @@ enum Ceiling {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.ceiling {
-        Some(Ceiling::CeilingRest { port, prefix }) => return ceiling_rest(port, prefix).await,
-        Some(Ceiling::CeilingAmqp { queue, prefix }) => return ceiling_amqp(&queue, prefix).await,
+        Some(Ceiling::CeilingRest { port, prefix }) => {
+            return ceiling_rest(port, prefix, &cli.redis_url).await
+        }
+        Some(Ceiling::CeilingAmqp { queue, prefix }) => {
+            return ceiling_amqp(&queue, prefix, &cli.redis_url).await
+        }
         None => {}
     }
     let smoke = cli.smoke;
+    DEVICE_FIELDS.store(cli.device_fields == "on", Ordering::Relaxed);
     let service = match cli.service {
         Some(path) => path,
         None => sibling("session-manager")?,
     };
     let plan = Plan {
         service: &service,
+        redis_url: &cli.redis_url,
         round: if smoke {
             Duration::from_millis(300)
         } else {
@@ -376,8 +393,15 @@ struct Fixture {
     deletable: Mutex<Vec<String>>,
 }
 
-/// Every benchmark session carries the device fields of a "your devices" page (contract §7.6).
+/// Every benchmark session carries the device fields of a "your devices" page (contract §7.6),
+/// unless `--device-fields off`.
 const BODY: &str = r#"{"user_id":"bench-user-0","device_id":"bench-device","access_token":"a-token-of-some-length-0123456789abcdef","refresh_token":"r-token-of-some-length-0123456789abcdef","expiration_time":3600,"user_email":"user@example.com","ip_address":"192.0.2.10","user_agent":"Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"}"#;
+
+/// The device fields of [`BODY`], as written there.
+const DEVICE_JSON: &str = r#","ip_address":"192.0.2.10","user_agent":"Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0""#;
+
+/// `--device-fields`: whether created sessions carry [`DEVICE_JSON`].
+static DEVICE_FIELDS: AtomicBool = AtomicBool::new(true);
 
 /// The body of the `n`th create: fixture sessions (`n` below [`FIXTURE_SESSIONS`]) belong to
 /// 1000 listed users, 10 each; later creates to other users, so that lists keep their size.
@@ -392,7 +416,12 @@ fn create_body(n: usize) -> String {
 
 /// The benchmark's create body for a session of `user_id`.
 fn body_for(user_id: &str) -> String {
-    BODY.replace("bench-user-0", user_id)
+    match DEVICE_FIELDS.load(Ordering::Relaxed) {
+        true => BODY.replace("bench-user-0", user_id),
+        false => BODY
+            .replace(DEVICE_JSON, "")
+            .replace("bench-user-0", user_id),
+    }
 }
 
 /// Creates `count` sessions over [`HTTP_CONNECTIONS`] connections, the `n`th with `body(n)`, and
@@ -527,10 +556,10 @@ async fn rest_load(
 // ---------------------------------------------------------------------------------------------
 // The REST ceiling: warp, one Redis round trip per request.
 
-async fn ceiling_rest(port: u16, prefix: String) -> anyhow::Result<()> {
+async fn ceiling_rest(port: u16, prefix: String, redis_url: &str) -> anyhow::Result<()> {
     let prefix: &'static str = prefix.leak();
     use warp::Filter;
-    let redis = redis::Client::open(REDIS_URL)?
+    let redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     let get = {
@@ -575,9 +604,9 @@ async fn ceiling_rest(port: u16, prefix: String) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The AMQP ceiling: lapin, one Redis round trip per command, then the reply.
 
-async fn ceiling_amqp(queue: &str, prefix: String) -> anyhow::Result<()> {
+async fn ceiling_amqp(queue: &str, prefix: String, redis_url: &str) -> anyhow::Result<()> {
     let prefix: &'static str = prefix.leak();
-    let redis = redis::Client::open(REDIS_URL)?
+    let redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
@@ -725,6 +754,8 @@ async fn amqp_load(
 struct Plan<'a> {
     /// The service binary.
     service: &'a Path,
+    /// `--redis-url`.
+    redis_url: &'a str,
     round: Duration,
     rounds: usize,
     /// `--only`: the load cases whose name starts so.
@@ -751,11 +782,11 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
     // Short, so that keys are about as long as under the default prefix `session-manager`.
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let report = measure(plan, &run_id).await;
-    clean_up(&run_id).await?;
+    clean_up(&run_id, plan.redis_url).await?;
     report
 }
 
-async fn clean_up(run_id: &str) -> anyhow::Result<()> {
+async fn clean_up(run_id: &str, redis_url: &str) -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
     for names in ["", ".small", ".large", ".sealed"].map(|store| format!("bench.{run_id}{store}")) {
@@ -776,7 +807,7 @@ async fn clean_up(run_id: &str) -> anyhow::Result<()> {
     let _ = channel
         .queue_delete(ceiling_queue.as_str().into(), QueueDeleteOptions::default())
         .await;
-    let mut redis = redis::Client::open(REDIS_URL)?
+    let mut redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     for pattern in [
@@ -814,18 +845,25 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
     let ceiling_prefix = format!("bench-{run_id}-ceiling");
     let command_queue = format!("bench.{run_id}.commands");
     let ceiling_queue = format!("bench.{run_id}.ceiling");
-    let service = spawn_service(plan.service, &prefix, &format!("bench.{run_id}"), REDIS_URL);
+    let service = spawn_service(
+        plan.service,
+        &prefix,
+        &format!("bench.{run_id}"),
+        plan.redis_url,
+    );
     let service_port = service.port();
     let ceiling_port = free_port();
     let exe = std::env::current_exe()?;
     let _ceiling_rest = KilledOnDrop(
         Command::new(&exe)
+            .args(["--redis-url", plan.redis_url])
             .args(["ceiling-rest", "--port", &ceiling_port.to_string()])
             .args(["--prefix", &ceiling_prefix])
             .spawn()?,
     );
     let _ceiling_amqp = KilledOnDrop(
         Command::new(&exe)
+            .args(["--redis-url", plan.redis_url])
             .args(["ceiling-amqp", "--queue", &ceiling_queue])
             .args(["--prefix", &ceiling_prefix])
             .spawn()?,
@@ -834,7 +872,7 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Fixture: sessions to read (in the service and the ceiling's keys), users with 10 each.
-    let mut redis = redis::Client::open(REDIS_URL)?
+    let mut redis = redis::Client::open(plan.redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     // Redis memory is measured around the service's creates alone.
@@ -858,6 +896,7 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
 
     let targets = Targets {
+        redis_url: plan.redis_url,
         service_port,
         ceiling_port,
         amqp: &amqp,
@@ -942,6 +981,7 @@ impl Front {
 
 /// Where the service and the ceilings listen.
 struct Targets<'a> {
+    redis_url: &'a str,
     service_port: u16,
     ceiling_port: u16,
     amqp: &'a Connection,
@@ -959,7 +999,7 @@ impl Targets<'_> {
         fixture: &Arc<Fixture>,
         round: Duration,
     ) -> anyhow::Result<Sample> {
-        let mut redis = redis::Client::open(REDIS_URL)?
+        let mut redis = redis::Client::open(self.redis_url)?
             .get_multiplexed_async_connection()
             .await?;
         let cpu_before = redis_cpu(&mut redis).await?;
@@ -1086,7 +1126,8 @@ fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds:
 /// Bytes of the client-set field values of each benchmark session (the session id and the
 /// service's three timestamps come on top).
 fn field_bytes() -> usize {
-    let body: HashMap<String, Value> = serde_json::from_str(BODY).unwrap_or_default();
+    let body: HashMap<String, Value> =
+        serde_json::from_str(&body_for("bench-user-0")).unwrap_or_default();
     body.values()
         .map(|value| match value {
             Value::String(text) => text.len(),

@@ -6,7 +6,7 @@
 use std::{fmt::Write as _, sync::Arc};
 
 use lapin::Connection;
-use session_manager_testkit::{free_port, Service, LOCAL_REDIS_URL as REDIS_URL};
+use session_manager_testkit::{free_port, Service};
 use tokio::sync::Mutex;
 
 use crate::{
@@ -53,7 +53,7 @@ pub(crate) async fn run(
                 plan.service,
                 &format!("bench-{run_id}-sealed"),
                 &names,
-                REDIS_URL,
+                plan.redis_url,
             )
             .env("SESSION_ENCRYPTION_KEY", KEY),
             free_port(),
