@@ -67,6 +67,7 @@ const NOTES_MARKER: &str = "<!-- notes: kept by session-bench --write -->";
 /// Sessions created before the run, read and updated by it.
 const FIXTURE_SESSIONS: usize = 10_000;
 
+mod idle;
 mod pairs;
 mod scale;
 
@@ -86,7 +87,7 @@ struct Cli {
     /// Also write the report to docs/BENCHMARKS.md, keeping its hand-written notes.
     #[arg(long)]
     write: bool,
-    /// Only the cases whose name starts so (e.g. "REST get", "AMQP"), or "scale".
+    /// Only the cases whose name starts so (e.g. "REST get", "AMQP"), or "scale", or "idle".
     #[arg(long)]
     only: Option<String>,
     /// Sessions in the large store of the scale part (default 1,000,000; 20,000 with --smoke).
@@ -153,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         rounds: if smoke { 1 } else { 3 },
         only: cli.only.as_deref(),
         scale: cli.only.as_deref().is_none_or(|only| only == "scale"),
+        idle: cli.only.as_deref().is_none_or(|only| only == "idle"),
         small: if smoke { 2_000 } else { 10_000 },
         large: cli.large.unwrap_or(if smoke { 20_000 } else { 1_000_000 }),
         big_user: if smoke {
@@ -762,6 +764,8 @@ struct Plan<'a> {
     only: Option<&'a str>,
     /// Whether to run the scale part (see `scale.rs`), and its sizes.
     scale: bool,
+    /// Whether to run the idle part (see `idle.rs`).
+    idle: bool,
     small: usize,
     large: usize,
     big_user: usize,
@@ -789,7 +793,9 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
 async fn clean_up(run_id: &str, redis_url: &str) -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
-    for names in ["", ".small", ".large", ".sealed"].map(|store| format!("bench.{run_id}{store}")) {
+    for names in
+        ["", ".small", ".large", ".sealed", ".idle"].map(|store| format!("bench.{run_id}{store}"))
+    {
         for queue in [
             format!("{names}.commands"),
             format!("{names}.commands.dead"),
@@ -952,7 +958,14 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
         true => scale::run(run_id, plan).await?,
         false => String::new(),
     };
-    Ok(render(&mut rows, rss, per_session, round, rounds) + &pairs_report + &scale_report)
+    let idle_report = match plan.idle {
+        true => idle::run(run_id, plan).await?,
+        false => String::new(),
+    };
+    Ok(render(&mut rows, rss, per_session, round, rounds)
+        + &pairs_report
+        + &scale_report
+        + &idle_report)
 }
 
 /// The front end a case loads.
