@@ -20,6 +20,17 @@ async fn page(app: &TestApp, query: &str) -> (u16, Value) {
         .await
 }
 
+/// Creates `count` sessions of `user_id` (devices `d0`, `d1`, …) one after the other and returns
+/// their ids in creation order (`TestApp::create_sessions` is concurrent: no order).
+async fn sessions_in_order(app: &TestApp, user_id: &str, count: usize) -> Vec<String> {
+    let mut created = Vec::with_capacity(count);
+    for n in 0..count {
+        let body = json!({"user_id": user_id, "device_id": format!("d{n}")});
+        created.push(app.create_session(body).await);
+    }
+    created
+}
+
 /// Every session of `user_id`, page by page of `limit`; the number of pages.
 async fn all_pages(app: &TestApp, user_id: &str, limit: u32) -> (Vec<String>, usize) {
     let (mut ids, mut pages, mut after) = (Vec::new(), 0, None::<String>);
@@ -46,13 +57,7 @@ async fn all_pages(app: &TestApp, user_id: &str, limit: u32) -> (Vec<String>, us
 #[tokio::test]
 async fn pages_follow_each_other_in_creation_order() {
     let app = spawn_app().await;
-    let mut created = Vec::new();
-    for n in 0..25 {
-        created.push(
-            app.create_session(json!({"user_id": "alice", "device_id": format!("d{n}")}))
-                .await,
-        );
-    }
+    let created = sessions_in_order(&app, "alice", 25).await;
     let (ids, pages) = all_pages(&app, "alice", 10).await;
     assert_eq!((ids.clone(), pages), (created.clone(), 3));
     // A limit that divides the count: the last full page says no more follow.
@@ -136,13 +141,7 @@ async fn a_cursor_is_bound_to_its_user_cannot_be_forged_and_limits_are_checked()
 #[tokio::test]
 async fn list_sessions_pages_over_amqp() {
     let app = spawn_app().await;
-    let mut created = Vec::new();
-    for n in 0..5 {
-        created.push(
-            app.create_session(json!({"user_id": "carol", "device_id": format!("d{n}")}))
-                .await,
-        );
-    }
+    let created = sessions_in_order(&app, "carol", 5).await;
     let first = app
         .amqp
         .call(&json!({"type": "ListSessions", "user_id": "carol", "limit": 3}))
@@ -168,13 +167,7 @@ async fn list_sessions_pages_over_amqp() {
 async fn except_keeps_one_session_and_closes_the_others_with_their_events() {
     let app = spawn_app().await;
     let mut events = app.amqp.subscribe(&app.settings.events_exchange).await;
-    let mut created = Vec::new();
-    for n in 0..4 {
-        created.push(
-            app.create_session(json!({"user_id": "erin", "device_id": format!("d{n}")}))
-                .await,
-        );
-    }
+    let created = sessions_in_order(&app, "erin", 4).await;
     let kept = created[1].clone();
     let (status, body) = app
         .rest(
@@ -296,13 +289,7 @@ async fn drop_hash(app: &TestApp, id: &str) {
 #[tokio::test]
 async fn entries_of_ended_sessions_neither_cut_a_list_short_nor_dangle() {
     let app = spawn_app().await;
-    let mut created = Vec::new();
-    for n in 0..6 {
-        created.push(
-            app.create_session(json!({"user_id": "ivan", "device_id": format!("d{n}")}))
-                .await,
-        );
-    }
+    let created = sessions_in_order(&app, "ivan", 6).await;
     // d1 gone in the first page, d5 gone after the last live one.
     drop_hash(&app, &created[1]).await;
     drop_hash(&app, &created[5]).await;
@@ -339,13 +326,7 @@ async fn entries_of_ended_sessions_neither_cut_a_list_short_nor_dangle() {
 #[tokio::test]
 async fn a_page_stops_at_its_bound_of_entries_and_the_next_goes_on() {
     let app = spawn_app().await;
-    let mut created = Vec::new();
-    for n in 0..42 {
-        created.push(
-            app.create_session(json!({"user_id": "judy", "device_id": format!("d{n}")}))
-                .await,
-        );
-    }
+    let created = sessions_in_order(&app, "judy", 42).await;
     for id in &created[1..41] {
         drop_hash(&app, id).await;
     }
