@@ -1064,6 +1064,9 @@ async fn a_retry_after_a_lost_answer_does_not_apply_the_command_again() {
     };
     let app = spawn_app_with(settings).await;
     let user = format!("retried-{}", uuid::Uuid::new_v4().simple());
+    // The connection to Redis is made at the first request: made now, so that its handshake is
+    // not among the held answers (the create would then wait for it and never be sent).
+    assert!(app.listed_ids(&user).await.is_empty());
     proxy.hold_answers(true);
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let properties = BasicProperties::default()
