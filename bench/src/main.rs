@@ -11,6 +11,10 @@
 //! cargo run --release -p session-bench -- --only "REST get"   # the cases starting so
 //! cargo run --release -p session-bench -- --only scale         # the scale part alone
 //! cargo run --release -p session-bench -- --only scale --large 10000   # both stores alike
+//! cargo run --release -p session-bench -- --only idle     # idle Redis CPU, 1 and 8 instances
+//! cargo run --release -p session-bench -- --only fleet    # 1, 2, 4 instances; a 3-master cluster
+//! cargo run --release -p session-bench -- --only wait     # the cost of REDIS_WAIT_REPLICAS=1
+//! cargo run --release -p session-bench -- --only churn    # expiry lateness, instances come and go
 //! ```
 //!
 //! The service runs as a child process (the `session-manager` binary next to this one, or
@@ -67,6 +71,7 @@ const NOTES_MARKER: &str = "<!-- notes: kept by session-bench --write -->";
 /// Sessions created before the run, read and updated by it.
 const FIXTURE_SESSIONS: usize = 10_000;
 
+mod fleet;
 mod idle;
 mod pairs;
 mod scale;
@@ -153,8 +158,6 @@ async fn main() -> anyhow::Result<()> {
         },
         rounds: if smoke { 1 } else { 3 },
         only: cli.only.as_deref(),
-        scale: cli.only.as_deref().is_none_or(|only| only == "scale"),
-        idle: cli.only.as_deref().is_none_or(|only| only == "idle"),
         small: if smoke { 2_000 } else { 10_000 },
         large: cli.large.unwrap_or(if smoke { 20_000 } else { 1_000_000 }),
         big_user: if smoke {
@@ -533,16 +536,20 @@ async fn rest_worker(
     Ok(sample)
 }
 
-/// Runs `connections` workers against `port` for `round`; throughput over the round.
+/// Runs [`HTTP_CONNECTIONS`] workers for `round`, spread evenly over the instances listening
+/// on `ports`; throughput over the round.
 async fn rest_load(
-    port: u16,
+    ports: &[u16],
     op: Op,
     fixture: &Arc<Fixture>,
     round: Duration,
 ) -> anyhow::Result<Sample> {
     let until = Instant::now() + round;
     let workers: Vec<_> = (0..HTTP_CONNECTIONS)
-        .map(|seed| tokio::spawn(rest_worker(port, op, fixture.clone(), until, seed)))
+        .map(|seed| {
+            let port = ports[seed % ports.len()];
+            tokio::spawn(rest_worker(port, op, fixture.clone(), until, seed))
+        })
         .collect();
     let mut total = Sample::default();
     let mut longest = Duration::ZERO;
@@ -762,16 +769,21 @@ struct Plan<'a> {
     rounds: usize,
     /// `--only`: the load cases whose name starts so.
     only: Option<&'a str>,
-    /// Whether to run the scale part (see `scale.rs`), and its sizes.
-    scale: bool,
-    /// Whether to run the idle part (see `idle.rs`).
-    idle: bool,
+    /// The scale part's sizes (see `scale.rs`).
     small: usize,
     large: usize,
     big_user: usize,
     probe_requests: usize,
     /// The sessions of the user whose list is paged at scale.
     many_sessions: usize,
+}
+
+impl Plan<'_> {
+    /// Whether to run the part named `part` (`scale`, `idle`, `fleet`, `wait`, `churn`): with no
+    /// `--only`, or with `--only <part>`.
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_none_or(|only| only == part)
+    }
 }
 
 struct Row {
@@ -793,8 +805,18 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
 async fn clean_up(run_id: &str, redis_url: &str) -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
-    for names in
-        ["", ".small", ".large", ".sealed", ".idle"].map(|store| format!("bench.{run_id}{store}"))
+    for names in [
+        "",
+        ".small",
+        ".large",
+        ".sealed",
+        ".idle",
+        ".fleet",
+        ".wait-nowait",
+        ".wait-wait",
+        ".churn",
+    ]
+    .map(|store| format!("bench.{run_id}{store}"))
     {
         for queue in [
             format!("{names}.commands"),
@@ -954,18 +976,23 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
 
     let per_session = (memory_after.saturating_sub(memory_before)) as f64 / FIXTURE_SESSIONS as f64;
     drop(amqp);
-    let scale_report = match plan.scale {
-        true => scale::run(run_id, plan).await?,
-        false => String::new(),
-    };
-    let idle_report = match plan.idle {
-        true => idle::run(run_id, plan).await?,
-        false => String::new(),
-    };
-    Ok(render(&mut rows, rss, per_session, round, rounds)
-        + &pairs_report
-        + &scale_report
-        + &idle_report)
+    let mut report = render(&mut rows, rss, per_session, round, rounds) + &pairs_report;
+    if plan.runs("scale") {
+        report += &scale::run(run_id, plan).await?;
+    }
+    if plan.runs("idle") {
+        report += &idle::run(run_id, plan).await?;
+    }
+    if plan.runs("fleet") {
+        report += &fleet::fleet(run_id, plan).await?;
+    }
+    if plan.runs("wait") {
+        report += &fleet::wait(run_id, plan).await?;
+    }
+    if plan.runs("churn") {
+        report += &fleet::churn(run_id, plan).await?;
+    }
+    Ok(report)
 }
 
 /// The front end a case loads.
@@ -1017,8 +1044,8 @@ impl Targets<'_> {
             .await?;
         let cpu_before = redis_cpu(&mut redis).await?;
         let mut sample = match (front, ceiling) {
-            (Front::Rest, false) => rest_load(self.service_port, op, fixture, round).await,
-            (Front::Rest, true) => rest_load(self.ceiling_port, op, fixture, round).await,
+            (Front::Rest, false) => rest_load(&[self.service_port], op, fixture, round).await,
+            (Front::Rest, true) => rest_load(&[self.ceiling_port], op, fixture, round).await,
             (Front::Amqp, false) => {
                 amqp_load(self.amqp, self.command_queue, op, fixture, round, false).await
             }

@@ -66,8 +66,8 @@ pub(crate) async fn run(
         for op in rest_cases {
             let (mut off, mut on) = (Sample::default(), Sample::default());
             for _ in 0..plan.rounds {
-                off.merge(rest_load(plain.port, op, plain.fixture, plan.round).await?);
-                on.merge(rest_load(sealed.port(), op, &sealed_fixture, plan.round).await?);
+                off.merge(rest_load(&[plain.port], op, plain.fixture, plan.round).await?);
+                on.merge(rest_load(&[sealed.port()], op, &sealed_fixture, plan.round).await?);
             }
             pairs.push(Pair {
                 case: if op == Op::Get {
