@@ -1,9 +1,10 @@
 //! Private Redis servers: one `redis-server` on a free port, or a Redis Cluster of three
-//! masters, either of them plain or speaking TLS only; each is killed when dropped. Never the
-//! machine's shared Redis.
+//! masters, either of them plain or speaking TLS only; each is killed when dropped, and a server
+//! can be killed and started again, empty, in its place. Never the machine's shared Redis.
 
 use std::{
     net::TcpListener,
+    ops::RangeInclusive,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -69,6 +70,8 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Child,
     dir: std::path::PathBuf,
+    /// All of `redis-server`'s arguments, to start it again as it was.
+    args: Vec<String>,
 }
 
 impl PrivateRedis {
@@ -105,12 +108,23 @@ impl PrivateRedis {
         let dir =
             std::env::temp_dir().join(format!("redis-{port}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut args = listen.to_vec();
+        args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from));
+        args.extend(["--dir".into(), dir.to_str().unwrap().into()]);
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let child = Self::run(port, &args);
+        Self {
+            port,
+            child,
+            dir,
+            args,
+        }
+    }
+
+    /// Runs `redis-server` with `args` and waits until it accepts connections on `port`.
+    fn run(port: u16, args: &[String]) -> Child {
         let child = Command::new("redis-server")
-            .args(listen)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", dir.to_str().unwrap()])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -120,7 +134,25 @@ impl PrivateRedis {
             assert!(Instant::now() < deadline, "private redis did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { port, child, dir }
+        child
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone; its directories stay, for
+    /// [`PrivateRedis::start_again`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a server killed by [`PrivateRedis::kill`] again, on its port with its arguments.
+    /// It comes back empty (it saves nothing), but a cluster node comes back as the same node
+    /// with the same slots, read from its cluster config file.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "the server still runs"
+        );
+        self.child = Self::run(self.port, &self.args);
     }
 }
 
@@ -148,7 +180,8 @@ impl PrivateCluster {
     }
 
     /// Three masters and `replicas` replicas of each, with a `cluster-node-timeout` of 2 s, so
-    /// that a replica takes over a few seconds after its master dies.
+    /// that a replica takes over a few seconds after its master dies. With none, the same as
+    /// [`PrivateCluster::start`] (a `cluster-node-timeout` of 15 s).
     pub fn start_with_replicas(replicas: usize) -> Self {
         Self::start_with(None, replicas)
     }
@@ -253,8 +286,27 @@ impl PrivateCluster {
         }
     }
 
-    /// The port of the master that serves `slot` now, by `CLUSTER SLOTS` asked of node `asked`.
+    /// The port of the master that serves `slot` now, by `CLUSTER NODES` asked of node `asked`.
     pub fn master_of_slot(&self, asked: usize, slot: u16) -> u16 {
+        self.masters(asked)
+            .into_iter()
+            .find(|(_, slots)| slots.iter().any(|range| range.contains(&slot)))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+            .0
+    }
+
+    /// The slots that the master on `port` serves now, by `CLUSTER NODES` asked of node `asked`.
+    pub fn slots_of(&self, asked: usize, port: u16) -> Vec<RangeInclusive<u16>> {
+        self.masters(asked)
+            .into_iter()
+            .find(|(master, _)| *master == port)
+            .unwrap_or_else(|| panic!("no master on port {port}"))
+            .1
+    }
+
+    /// The masters not known to have failed, by port, with the slot ranges each serves, by
+    /// `CLUSTER NODES` asked of node `asked`.
+    fn masters(&self, asked: usize) -> Vec<(u16, Vec<RangeInclusive<u16>>)> {
         let output = Command::new("redis-cli")
             .args([
                 "-p",
@@ -265,24 +317,23 @@ impl PrivateCluster {
             .output()
             .unwrap();
         // Each line: id address flags master ping pong epoch link slot ranges...
+        let mut masters = Vec::new();
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
                 continue;
             }
-            let serves = fields[8..].iter().any(|range| {
-                let (first, last) = range.split_once('-').unwrap_or((range, range));
-                match (first.parse::<u16>(), last.parse::<u16>()) {
-                    (Ok(first), Ok(last)) => (first..=last).contains(&slot),
-                    _ => false,
-                }
-            });
-            if serves {
-                let address = fields[1].split('@').next().unwrap();
-                return address.rsplit(':').next().unwrap().parse().unwrap();
-            }
+            let slots = fields[8..]
+                .iter()
+                .filter_map(|range| {
+                    let (first, last) = range.split_once('-').unwrap_or((range, range));
+                    Some(first.parse::<u16>().ok()?..=last.parse::<u16>().ok()?)
+                })
+                .collect();
+            let address = fields[1].split('@').next().unwrap();
+            masters.push((address.rsplit(':').next().unwrap().parse().unwrap(), slots));
         }
-        panic!("no master serves slot {slot}")
+        masters
     }
 
     /// The URL of the first node, from which a client learns the others (`rediss://` for a
