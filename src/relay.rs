@@ -151,7 +151,7 @@ impl<S: EventSink> Relay<S> {
                         // Said as a failed tick is: Redis cannot be reached.
                         Err(error) => {
                             if let Some(unlogged) = self.failures.failed() {
-                                tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis to renew its leases");
+                                tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis to renew its leases; once they lapse it visits every bucket");
                             }
                         }
                     }
@@ -175,13 +175,25 @@ impl<S: EventSink> Relay<S> {
         self.sink.close().await;
     }
 
-    /// Renews the leases and takes this relay's share of free ones, once a [`LEASE_EVERY`]; the
-    /// leases held are kept while Redis cannot be reached. `Ok(false)` when it was not time yet.
+    /// Renews the leases and takes this relay's share of free ones, once a [`LEASE_EVERY`];
+    /// `Ok(false)` when it was not time yet. While the lease hash cannot be reached, the leases
+    /// held are kept for [`LEASE_TTL`]; after that (or when none was ever had) the relay visits
+    /// every bucket, as each did before leases: on a cluster the hash lives on one master, and
+    /// losing it must not stop the events of the other shards. Visits of a bucket by several
+    /// relays are safe, only dearer.
     async fn renew_leases(&mut self) -> Result<bool, crate::store::StoreError> {
         if self.leased_at.is_some_and(|at| at.elapsed() < LEASE_EVERY) {
             return Ok(false);
         }
-        let held = self.store.lease_buckets(&self.consumer, LEASE_TTL).await?;
+        let held = match self.store.lease_buckets(&self.consumer, LEASE_TTL).await {
+            Ok(held) => held,
+            Err(error) => {
+                if self.leased_at.is_none_or(|at| at.elapsed() >= LEASE_TTL) {
+                    self.held = Bucket::all().collect();
+                }
+                return Err(error);
+            }
+        };
         if held.len() != self.held.len() {
             tracing::debug!(buckets = held.len(), "relay leases changed");
         }

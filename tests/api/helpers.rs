@@ -636,7 +636,6 @@ impl StoreAlone {
     }
 }
 
-/// The session ids of a list (a `SessionList` result).
 /// Every session id of `user_id` at the service at `base` (e.g. `http://127.0.0.1:8090`),
 /// following the list's pages.
 pub async fn every_session_id(base: &str, user_id: &str) -> Vec<String> {
@@ -663,6 +662,7 @@ pub async fn every_session_id(base: &str, user_id: &str) -> Vec<String> {
     }
 }
 
+/// The session ids of a list (a `SessionList` result).
 pub fn session_ids(list: &Value) -> Vec<String> {
     list["sessions"]
         .as_array()
