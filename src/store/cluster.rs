@@ -18,6 +18,7 @@ use redis::{
 };
 use tokio::time::Instant;
 
+use super::wait::Waits;
 use crate::telemetry::Chain;
 
 /// The number of hash slots of a Redis Cluster.
@@ -47,6 +48,8 @@ struct Master {
     host: String,
     port: u16,
     connection: ConnectionManager,
+    /// The `WAIT`s of that connection.
+    waits: Arc<Waits>,
 }
 
 /// Which master serves which slots.
@@ -153,9 +156,27 @@ impl Cluster {
         }
     }
 
-    /// Sends `cmd` (a keyless one, such as `WAIT`) to the master of `key`'s slot.
-    pub async fn send_by_key(self: &Arc<Self>, key: &[u8], cmd: &Cmd) -> RedisResult<Value> {
-        self.send_to_slot(slot(key), cmd).await
+    /// Sends `wait` (a `WAIT`) to the master of `key`'s slot, shared with the callers whose
+    /// writes that master's connection had made before it went out.
+    pub async fn wait_by_key(self: &Arc<Self>, key: &[u8], wait: &Cmd) -> RedisResult<i64> {
+        let slot = slot(key);
+        let Some(master) = self.map().master_of(slot).cloned() else {
+            self.learn_soon();
+            return Err(unreachable(format!("no master serves slot {slot}")));
+        };
+        let Master {
+            mut connection,
+            waits,
+            ..
+        } = master;
+        let answer = waits
+            .wait(|| async move {
+                let answer = connection.req_packed_command(wait).await?;
+                Ok(redis::from_redis_value(answer)?)
+            })
+            .await;
+        self.learn_soon_if_unreachable(&answer);
+        answer
     }
 
     async fn send_to_slot(self: &Arc<Self>, slot: u16, cmd: &Cmd) -> RedisResult<Value> {
@@ -173,12 +194,18 @@ impl Cluster {
                 self.learn_again().await;
                 continue;
             }
-            if answer.as_ref().is_err_and(|error| {
-                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
-            }) {
-                self.learn_soon();
-            }
+            self.learn_soon_if_unreachable(&answer);
             return answer;
+        }
+    }
+
+    /// Learns the slot map again in the background when `answer` says that its node could not
+    /// be reached.
+    fn learn_soon_if_unreachable<T>(self: &Arc<Self>, answer: &RedisResult<T>) {
+        if answer.as_ref().is_err_and(|error| {
+            error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+        }) {
+            self.learn_soon();
         }
     }
 
@@ -276,14 +303,18 @@ impl Cluster {
                         .masters
                         .iter()
                         .find(|m| m.host == host && m.port == port);
-                    let connection = match reused {
-                        Some(master) => master.connection.clone(),
-                        None => self.connection_to(&self.node_info(&host, port))?,
+                    let (connection, waits) = match reused {
+                        Some(master) => (master.connection.clone(), master.waits.clone()),
+                        None => (
+                            self.connection_to(&self.node_info(&host, port))?,
+                            Arc::default(),
+                        ),
                     };
                     map.masters.push(Master {
                         host,
                         port,
                         connection,
+                        waits,
                     });
                     map.masters.len() - 1
                 }

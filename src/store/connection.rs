@@ -20,7 +20,7 @@ use redis::{
     ServerErrorKind, TlsCertificates, Value,
 };
 
-use super::cluster::Cluster;
+use super::{cluster::Cluster, wait::Waits};
 use crate::{
     telemetry::Chain,
     tls::{self, TlsSettings, Transport},
@@ -56,6 +56,8 @@ pub enum RedisConnection {
         connection: ConnectionManager,
         /// Set once the server answered `MOVED`: it is a cluster node.
         moved: Arc<AtomicBool>,
+        /// Its `WAIT`s.
+        waits: Arc<Waits>,
     },
     /// A cluster, routing by hash slot.
     Cluster(Arc<Cluster>),
@@ -170,7 +172,8 @@ impl RedisConnection {
     }
 
     /// `WAIT replicas timeout` on the master that holds `key` (the connection its writes went
-    /// over): how many replicas have every write made so far.
+    /// over), shared with the callers whose writes were done before it went out: how many
+    /// replicas have every write made so far.
     pub(super) async fn wait(
         &self,
         key: &str,
@@ -180,9 +183,15 @@ impl RedisConnection {
         wait.arg(replication.replicas)
             .arg(replication.timeout.as_millis() as u64);
         match self.decided().await? {
-            Self::Cluster(cluster) => {
-                let answer = cluster.send_by_key(key.as_bytes(), &wait).await?;
-                Ok(redis::from_redis_value(answer)?)
+            Self::Cluster(cluster) => cluster.wait_by_key(key.as_bytes(), &wait).await,
+            Self::Standalone {
+                mut connection,
+                waits,
+                ..
+            } => {
+                waits
+                    .wait(|| async move { wait.query_async(&mut connection).await })
+                    .await
             }
             mut connection => wait.query_async(&mut connection).await,
         }
@@ -232,6 +241,7 @@ async fn connect(
     Ok(RedisConnection::Standalone {
         connection: ConnectionManager::new_lazy_with_config(client, config)?,
         moved: Arc::default(),
+        waits: Arc::default(),
     })
 }
 
@@ -343,7 +353,9 @@ fn note_moved<'v>(
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Standalone { connection, moved } => Box::pin(async move {
+            Self::Standalone {
+                connection, moved, ..
+            } => Box::pin(async move {
                 let result = connection.req_packed_command(cmd).await;
                 note_moved(moved, result.as_ref().map(std::iter::once));
                 result
@@ -363,7 +375,9 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Standalone { connection, moved } => Box::pin(async move {
+            Self::Standalone {
+                connection, moved, ..
+            } => Box::pin(async move {
                 let result = connection
                     .req_packed_commands(pipeline, offset, count)
                     .await;

@@ -39,6 +39,7 @@ mod ops;
 mod outbox;
 mod rewrap;
 mod script;
+mod wait;
 
 use std::time::Duration;
 
