@@ -5,7 +5,8 @@
 //! to at once, so Redis's idle work does not grow with the number of instances. An entry that a
 //! relay took but never acknowledged (it crashed, or RabbitMQ was down) is taken over after
 //! [`STALE_AFTER`], and the buckets of a relay that died once its leases lapse
-//! ([`LEASE_TTL`]). The same periodic tick ends the sessions whose moment has passed.
+//! ([`LEASE_TTL`]). A relay that cannot reach the lease hash visits every bucket once its
+//! leases have lapsed. The same periodic tick ends the sessions whose moment has passed.
 //! It publishes through an [`EventSink`], which the AMQP transport implements; it knows nothing
 //! of RabbitMQ.
 
@@ -23,7 +24,7 @@ use crate::{
     backoff::{Backoff, LogThrottle},
     domain::{Command, SessionClosed},
     metrics::Metrics,
-    store::{Bucket, OutboxEntry, Store},
+    store::{Bucket, OutboxEntry, Store, StoreError},
     telemetry::Chain,
 };
 
@@ -63,6 +64,12 @@ pub const FLUSH_FOR: Duration = Duration::from_secs(5);
 /// While every tick fails to reach Redis, the time between two log lines saying why.
 const REDIS_FAILURE_LINES: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
+/// Whether `error` says that Redis (or the node holding the leases) cannot be reached at all.
+fn unreachable(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(error)
+        if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal())
+}
+
 /// Buckets whose outbox just received events; the relay visits them at once.
 #[derive(Default)]
 pub struct RelayWake {
@@ -99,9 +106,11 @@ pub struct Relay<S> {
     consumer: String,
     /// Spaces out the lines about ticks that fail.
     failures: LogThrottle,
-    /// The buckets this relay holds a lease on, and when it last renewed them.
+    /// The buckets this relay holds a lease on (or all, see [`Relay::renewed`]), when it last
+    /// renewed them, and when it last tried.
     held: Vec<Bucket>,
     leased_at: Option<tokio::time::Instant>,
+    lease_tried_at: Option<tokio::time::Instant>,
 }
 
 impl<S: EventSink> Relay<S> {
@@ -116,6 +125,7 @@ impl<S: EventSink> Relay<S> {
             failures: LogThrottle::new(REDIS_FAILURE_LINES),
             held: Vec::new(),
             leased_at: None,
+            lease_tried_at: None,
         }
     }
 
@@ -138,31 +148,31 @@ impl<S: EventSink> Relay<S> {
                 _ = ticks.tick() => None,
                 () = self.wake.notify.notified() => Some(self.wake.take()),
             };
-            let buckets = match woken {
-                Some(dirty) => dirty,
-                None => {
-                    match self.renew_leases().await {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            if self.failures.succeeded() {
-                                tracing::info!("outbox relay reaches Redis again");
-                            }
-                        }
-                        // Said as a failed tick is: Redis cannot be reached.
-                        Err(error) => {
-                            if let Some(unlogged) = self.failures.failed() {
-                                tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis to renew its leases; once they lapse it visits every bucket");
-                            }
-                        }
-                    }
-                    self.held.clone()
-                }
-            };
             let forget = (last_forget.elapsed() >= FORGET_EVERY).then_some(FORGET_CONSUMERS_AFTER);
             if forget.is_some() {
                 last_forget = tokio::time::Instant::now();
             }
-            self.tick(&buckets, forget).await;
+            match woken {
+                Some(dirty) => {
+                    self.tick(&dirty, forget).await;
+                }
+                None => {
+                    // The leases are renewed beside the visits, so that a lease hash that is
+                    // slow to answer delays no visit.
+                    let renewal = self.renewal_due().then(|| {
+                        let (store, consumer) = (self.store.clone(), self.consumer.clone());
+                        async move { store.lease_buckets(&consumer, LEASE_TTL).await }
+                    });
+                    let held = self.held.clone();
+                    let (renewed, _) = tokio::join!(
+                        futures_util::future::OptionFuture::from(renewal),
+                        self.tick(&held, forget)
+                    );
+                    if let Some(renewed) = renewed {
+                        self.renewed(renewed);
+                    }
+                }
+            }
         }
         let held = self.held.clone();
         let flush = async { while self.tick(&held, None).await > 0 {} };
@@ -175,31 +185,49 @@ impl<S: EventSink> Relay<S> {
         self.sink.close().await;
     }
 
-    /// Renews the leases and takes this relay's share of free ones, once a [`LEASE_EVERY`];
-    /// `Ok(false)` when it was not time yet. While the lease hash cannot be reached, the leases
-    /// held are kept for [`LEASE_TTL`]; after that (or when none was ever had) the relay visits
-    /// every bucket, as each did before leases: on a cluster the hash lives on one master, and
-    /// losing it must not stop the events of the other shards. Visits of a bucket by several
-    /// relays are safe, only dearer.
-    async fn renew_leases(&mut self) -> Result<bool, crate::store::StoreError> {
-        if self.leased_at.is_some_and(|at| at.elapsed() < LEASE_EVERY) {
-            return Ok(false);
+    /// Whether it is time to renew the leases (and take this relay's share of free ones): once
+    /// a [`LEASE_EVERY`], whether the last try succeeded or not.
+    fn renewal_due(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .lease_tried_at
+            .is_some_and(|at| now.duration_since(at) < LEASE_EVERY)
+        {
+            return false;
         }
-        let held = match self.store.lease_buckets(&self.consumer, LEASE_TTL).await {
-            Ok(held) => held,
+        self.lease_tried_at = Some(now);
+        true
+    }
+
+    /// Takes the outcome of a renewal. While the lease hash cannot be reached, the leases held
+    /// are kept for [`LEASE_TTL`]; after that (or when none was ever had) the relay visits every
+    /// bucket, as each did before leases: on a cluster the hash lives on one master, and losing
+    /// that master must not stop the events of the other shards. Visits of a bucket by several
+    /// relays are safe, only dearer. Other failures (a timeout, a script error) keep what is
+    /// held: a slow Redis must not get four times the visits.
+    fn renewed(&mut self, renewed: Result<Vec<Bucket>, StoreError>) {
+        match renewed {
+            Ok(held) => {
+                if held.len() != self.held.len() {
+                    tracing::debug!(buckets = held.len(), "relay leases changed");
+                }
+                self.held = held;
+                self.leased_at = Some(tokio::time::Instant::now());
+                if self.failures.succeeded() {
+                    tracing::info!("outbox relay reaches Redis again");
+                }
+            }
             Err(error) => {
-                if self.leased_at.is_none_or(|at| at.elapsed() >= LEASE_TTL) {
+                let lapsed = self.leased_at.is_none_or(|at| at.elapsed() >= LEASE_TTL);
+                if lapsed && unreachable(&error) {
                     self.held = Bucket::all().collect();
                 }
-                return Err(error);
+                // Said as a failed tick is: Redis cannot be reached.
+                if let Some(unlogged) = self.failures.failed() {
+                    tracing::warn!(error = %Chain(&error), unlogged_failures = unlogged, "outbox relay cannot reach Redis to renew its leases; once they lapse it visits every bucket");
+                }
             }
-        };
-        if held.len() != self.held.len() {
-            tracing::debug!(buckets = held.len(), "relay leases changed");
         }
-        self.held = held;
-        self.leased_at = Some(tokio::time::Instant::now());
-        Ok(true)
     }
 
     /// Visits `buckets`, each on its own: a bucket whose Redis node cannot be reached holds up no

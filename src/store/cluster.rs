@@ -18,7 +18,7 @@ use redis::{
 };
 use tokio::time::Instant;
 
-use super::wait::Waits;
+use super::wait::{connection_lost, Waits};
 use crate::telemetry::Chain;
 
 /// The number of hash slots of a Redis Cluster.
@@ -52,6 +52,15 @@ struct Master {
     waits: Arc<Waits>,
 }
 
+impl Master {
+    /// Sends `cmd` over this master's connection, noting a lost connection for its `WAIT`s.
+    async fn request(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let answer = self.connection.req_packed_command(cmd).await;
+        self.waits.note(&answer);
+        answer
+    }
+}
+
 /// Which master serves which slots.
 #[derive(Default)]
 struct SlotMap {
@@ -61,6 +70,17 @@ struct SlotMap {
 }
 
 impl SlotMap {
+    /// Which address serves which slots.
+    fn layout(&self) -> Vec<(u16, u16, &str, u16)> {
+        self.ranges
+            .iter()
+            .map(|&(first, last, at)| {
+                let master = &self.masters[at];
+                (first, last, master.host.as_str(), master.port)
+            })
+            .collect()
+    }
+
     fn master_of(&self, slot: u16) -> Option<&Master> {
         let at = self.ranges.partition_point(|(_, last, _)| *last < slot);
         let (first, _, master) = self.ranges.get(at)?;
@@ -78,6 +98,10 @@ pub struct Cluster {
     learned: tokio::sync::Mutex<Option<Instant>>,
     /// Whether a background task is about to learn the map (one is enough).
     learning_soon: std::sync::atomic::AtomicBool,
+    /// Lost connections to any master, and changes of the slot map, counted for the `WAIT`s of
+    /// every master: a `WAIT` sent to a slot's master after either may not be on the connection
+    /// that made the writes it is to cover.
+    losses: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Cluster {
@@ -94,6 +118,7 @@ impl Cluster {
             map: RwLock::default(),
             learned: tokio::sync::Mutex::new(None),
             learning_soon: std::sync::atomic::AtomicBool::new(false),
+            losses: Arc::default(),
         });
         let map = cluster.learn().await?;
         *cluster.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
@@ -124,7 +149,7 @@ impl Cluster {
         let Some(mut master) = master else {
             return Err(unreachable(format!("{host}:{port} is no master now")));
         };
-        master.connection.req_packed_command(cmd).await
+        master.request(cmd).await
     }
 
     /// Sends `cmd` where its key's slot lives (or to every or any master).
@@ -133,9 +158,11 @@ impl Cluster {
             Target::Slot(slot) => self.send_to_slot(slot, cmd).await,
             target @ (Target::EveryMaster | Target::EveryReachableMaster) => {
                 let masters = self.map().masters.clone();
-                let answers = futures_util::future::join_all(masters.into_iter().map(
-                    |mut master| async move { master.connection.req_packed_command(cmd).await },
-                ))
+                let answers = futures_util::future::join_all(
+                    masters
+                        .into_iter()
+                        .map(|mut master| async move { master.request(cmd).await }),
+                )
                 .await;
                 let (answered, failed): (Vec<_>, Vec<_>) =
                     answers.into_iter().partition(Result::is_ok);
@@ -151,7 +178,7 @@ impl Cluster {
                 let Some(mut master) = master else {
                     return Err(unreachable("the cluster has no master".into()));
                 };
-                master.connection.req_packed_command(cmd).await
+                master.request(cmd).await
             }
         }
     }
@@ -159,19 +186,11 @@ impl Cluster {
     /// Sends `wait` (a `WAIT`) to the master of `key`'s slot, shared with the callers whose
     /// writes that master's connection had made before it went out.
     pub async fn wait_by_key(self: &Arc<Self>, key: &[u8], wait: &Cmd) -> RedisResult<i64> {
-        let slot = slot(key);
-        let Some(master) = self.map().master_of(slot).cloned() else {
-            self.learn_soon();
-            return Err(unreachable(format!("no master serves slot {slot}")));
-        };
-        let Master {
-            mut connection,
-            waits,
-            ..
-        } = master;
+        let mut master = self.master_for(slot(key))?;
+        let waits = master.waits.clone();
         let answer = waits
             .wait(|| async move {
-                let answer = connection.req_packed_command(wait).await?;
+                let answer = master.connection.req_packed_command(wait).await?;
                 Ok(redis::from_redis_value(answer)?)
             })
             .await;
@@ -179,15 +198,18 @@ impl Cluster {
         answer
     }
 
+    /// The master of `slot`, as the slot map has it.
+    fn master_for(self: &Arc<Self>, slot: u16) -> RedisResult<Master> {
+        self.map().master_of(slot).cloned().ok_or_else(|| {
+            self.learn_soon();
+            unreachable(format!("no master serves slot {slot}"))
+        })
+    }
+
     async fn send_to_slot(self: &Arc<Self>, slot: u16, cmd: &Cmd) -> RedisResult<Value> {
         let mut moved_once = false;
         loop {
-            let master = self.map().master_of(slot).cloned();
-            let Some(mut master) = master else {
-                self.learn_soon();
-                return Err(unreachable(format!("no master serves slot {slot}")));
-            };
-            let answer = master.connection.req_packed_command(cmd).await;
+            let answer = self.master_for(slot)?.request(cmd).await;
             if moved(&answer) && !moved_once {
                 // The slot has another master now (a failover or resharding): learn, send again.
                 moved_once = true;
@@ -202,9 +224,7 @@ impl Cluster {
     /// Learns the slot map again in the background when `answer` says that its node could not
     /// be reached.
     fn learn_soon_if_unreachable<T>(self: &Arc<Self>, answer: &RedisResult<T>) {
-        if answer.as_ref().is_err_and(|error| {
-            error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
-        }) {
+        if answer.as_ref().is_err_and(connection_lost) {
             self.learn_soon();
         }
     }
@@ -241,8 +261,13 @@ impl Cluster {
                     addresses
                 };
                 let masters = addresses(&map);
-                if masters != addresses(&self.map()) {
+                let known = self.map();
+                if masters != addresses(&known) {
                     tracing::info!(?masters, "the Redis Cluster's masters changed");
+                }
+                if map.layout() != known.layout() {
+                    self.losses
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             }
@@ -307,7 +332,7 @@ impl Cluster {
                         Some(master) => (master.connection.clone(), master.waits.clone()),
                         None => (
                             self.connection_to(&self.node_info(&host, port))?,
-                            Arc::default(),
+                            Arc::new(Waits::counting_losses_in(self.losses.clone())),
                         ),
                     };
                     map.masters.push(Master {

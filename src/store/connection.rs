@@ -193,7 +193,7 @@ impl RedisConnection {
                     .wait(|| async move { wait.query_async(&mut connection).await })
                     .await
             }
-            mut connection => wait.query_async(&mut connection).await,
+            Self::Undecided(_) => Err((ErrorKind::Client, "the connection is not decided").into()),
         }
     }
 
@@ -354,10 +354,13 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Standalone {
-                connection, moved, ..
+                connection,
+                moved,
+                waits,
             } => Box::pin(async move {
                 let result = connection.req_packed_command(cmd).await;
                 note_moved(moved, result.as_ref().map(std::iter::once));
+                waits.note(&result);
                 result
             }),
             Self::Cluster(cluster) => Box::pin(cluster.send(cmd)),
@@ -376,12 +379,15 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Standalone {
-                connection, moved, ..
+                connection,
+                moved,
+                waits,
             } => Box::pin(async move {
                 let result = connection
                     .req_packed_commands(pipeline, offset, count)
                     .await;
                 note_moved(moved, result.as_ref());
+                waits.note(&result);
                 result
             }),
             // The store sends no pipelines to a cluster.
