@@ -153,6 +153,13 @@ impl PrivateRedis {
             "the server still runs"
         );
         self.child = Self::run(self.port, &self.args);
+        // Another process may have taken the port while it was free: then this one exits.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "redis-server could not start again on port {}",
+            self.port
+        );
     }
 }
 

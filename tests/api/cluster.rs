@@ -395,7 +395,8 @@ async fn a_master_killed_without_replicas_loses_the_sessions_it_held() {
     }
     // What the killed master had answered before it died is gone, all of it: a real loss (REST
     // creates have their time; an AMQP create published before the kill may have been held
-    // instead of applied).
+    // instead of applied). This is what a master without persistence does; the assertions on
+    // the service are those above (nothing lost elsewhere) and below (nothing held is lost).
     let answered_by_it_before: Vec<&String> = seen
         .rest_created
         .iter()
