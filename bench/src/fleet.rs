@@ -1,8 +1,8 @@
 //! The fleet parts (issue 10): several instances side by side.
 //!
 //! - `fleet`: the REST and AMQP mix on 1, 2 and 4 instances over one private Redis and the
-//!   local broker, then over a private three-master Redis Cluster: aggregate throughput and
-//!   Redis CPU per operation (per node on the cluster).
+//!   local broker, then over a private three-master Redis Cluster, and once more in the
+//!   reverse order: aggregate throughput and Redis CPU per operation (per node on the cluster).
 //! - `wait`: what `REDIS_WAIT_REPLICAS=1` costs creates, on a private master with one replica.
 //! - `churn`: how late expiry events are published while instances come and go (a graceful
 //!   stop and a fresh start every few seconds), and after one is killed (its bucket leases then
@@ -31,85 +31,149 @@ use crate::{
     spawn_service, Fixture, Op, Plan, Sample, AMQP_URL, FIXTURE_SESSIONS,
 };
 
-/// The instance counts of the `fleet` part.
-const INSTANCES: [usize; 3] = [1, 2, 4];
+/// The configurations of the `fleet` part, in the first pass's order: whether on a cluster, and
+/// how many instances.
+const CONFIGURATIONS: [(bool, usize); 6] = [
+    (false, 1),
+    (false, 2),
+    (false, 4),
+    (true, 1),
+    (true, 2),
+    (true, 4),
+];
 
-/// One measured configuration of the `fleet` part.
+/// The passes over [`CONFIGURATIONS`]: forward, then backward, so that the machine's drift
+/// during a run weighs on both ends alike.
+const PASSES: usize = 2;
+
+/// The configurations merged over the passes.
 struct FleetRow {
     redis: &'static str,
     instances: usize,
     rest: Sample,
     amqp: Sample,
-    /// Redis CPU seconds per node over the REST and the AMQP rounds, by node port.
+    /// REST ops/s of each pass, in pass order.
+    rest_per_pass: Vec<f64>,
+    /// Redis CPU seconds per node over the REST and the AMQP rounds, by position in the node
+    /// list.
     cpu_per_node: Vec<f64>,
+}
+
+/// The suffixes of the names (`bench.{run_id}{suffix}`) of the `fleet` part's queues and
+/// exchanges: one per configuration and pass, so that a command left in a queue (its answer
+/// timed out) is never consumed in another configuration, against another Redis.
+pub fn names_suffixes() -> Vec<String> {
+    (1..=PASSES)
+        .flat_map(|pass| {
+            CONFIGURATIONS
+                .iter()
+                .map(move |&(cluster, instances)| names_suffix(cluster, instances, pass))
+        })
+        .collect()
+}
+
+fn names_suffix(cluster: bool, instances: usize, pass: usize) -> String {
+    let redis = if cluster { "cluster" } else { "one" };
+    format!(".fleet-{redis}-{instances}-pass{pass}")
 }
 
 /// Runs the `fleet` part and returns its section of the report.
 pub async fn fleet(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
-    let names = format!("bench.{run_id}.fleet");
-    let prefix = format!("bench-{run_id}-fleet");
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
-    let mut rows = Vec::new();
-    for cluster in [false, true] {
-        for instances in INSTANCES {
+    let mut rows: Vec<FleetRow> = CONFIGURATIONS
+        .iter()
+        .map(|&(cluster, instances)| FleetRow {
+            redis: if cluster { "cluster of 3" } else { "one" },
+            instances,
+            rest: Sample::default(),
+            amqp: Sample::default(),
+            rest_per_pass: Vec::new(),
+            cpu_per_node: Vec::new(),
+        })
+        .collect();
+    for pass in 1..=PASSES {
+        let mut order: Vec<usize> = (0..CONFIGURATIONS.len()).collect();
+        if pass % 2 == 0 {
+            order.reverse();
+        }
+        for at in order {
+            let (cluster, instances) = CONFIGURATIONS[at];
             eprintln!(
-                "fleet: {instances} instance(s) on {}",
+                "fleet, pass {pass}: {instances} instance(s) on {}",
                 if cluster { "a cluster" } else { "one Redis" }
             );
-            // A fresh store each time: the same fixture, no lease of the configuration before.
-            // Kept (running) until the configuration is measured.
-            let (nodes, url, _store): (Vec<u16>, String, Box<dyn Any + Send>) = match cluster {
-                false => {
-                    let redis = PrivateRedis::start(&[]);
-                    let url = format!("redis://127.0.0.1:{}/", redis.port);
-                    (vec![redis.port], url, Box::new(redis))
-                }
-                true => {
-                    let cluster = tokio::task::spawn_blocking(PrivateCluster::start).await?;
-                    let nodes = cluster.nodes.iter().map(|node| node.port).collect();
-                    (nodes, cluster.seed_url(), Box::new(cluster))
-                }
-            };
-            let services: Vec<Service> = (0..instances)
-                .map(|_| spawn_service(plan.service, &prefix, &names, &url))
-                .collect();
-            let ports: Vec<u16> = services.iter().map(Service::port).collect();
-            let fixture = Arc::new(Fixture {
-                ids: create_sessions(ports[0], FIXTURE_SESSIONS, create_body).await?,
-                users: (0..1000).map(|n| format!("bench-user-{n}")).collect(),
-                deletable: Mutex::new(Vec::new()),
-            });
-            let mut row = FleetRow {
-                redis: if cluster { "cluster of 3" } else { "one" },
-                instances,
-                rest: Sample::default(),
-                amqp: Sample::default(),
-                cpu_per_node: vec![0.0; nodes.len()],
-            };
-            for _ in 0..plan.rounds {
-                refill(&fixture, ports[0], Op::Mix).await?;
-                let before = cpu_of(&nodes).await?;
-                let mut rest = rest_load(&ports, Op::Mix, &fixture, plan.round).await?;
-                let middle = cpu_of(&nodes).await?;
-                refill(&fixture, ports[0], Op::Mix).await?;
-                let middle_after_refill = cpu_of(&nodes).await?;
-                let queue = format!("{names}.commands");
-                let mut amqp_sample =
-                    amqp_load(&amqp, &queue, Op::Mix, &fixture, plan.round, false).await?;
-                let after = cpu_of(&nodes).await?;
-                rest.redis_cpu = sum_between(&before, &middle);
-                amqp_sample.redis_cpu = sum_between(&middle_after_refill, &after);
-                for (at, node) in row.cpu_per_node.iter_mut().enumerate() {
-                    *node += middle[at] - before[at] + after[at] - middle_after_refill[at];
-                }
-                row.rest.merge(rest);
-                row.amqp.merge(amqp_sample);
+            let names = format!("bench.{run_id}{}", names_suffix(cluster, instances, pass));
+            let (rest, amqp_sample, cpu) =
+                measure_configuration(run_id, plan, &amqp, &names, cluster, instances).await?;
+            let row = &mut rows[at];
+            row.rest_per_pass.push(rest.rate());
+            row.rest.merge(rest);
+            row.amqp.merge(amqp_sample);
+            row.cpu_per_node.resize(cpu.len(), 0.0);
+            for (sum, node) in row.cpu_per_node.iter_mut().zip(cpu) {
+                *sum += node;
             }
-            rows.push(row);
-            drop(services);
         }
     }
     Ok(render_fleet(&mut rows, plan))
+}
+
+/// Measures one configuration on a fresh store (the same fixture, no lease of a configuration
+/// before), its instances' queue and exchange named after `names`: the REST sample, the AMQP
+/// sample and each node's Redis CPU seconds over both.
+async fn measure_configuration(
+    run_id: &str,
+    plan: &Plan<'_>,
+    amqp: &Connection,
+    names: &str,
+    cluster: bool,
+    instances: usize,
+) -> anyhow::Result<(Sample, Sample, Vec<f64>)> {
+    let prefix = format!("bench-{run_id}-fleet");
+    // Kept (running) until the configuration is measured; dropped after the instances.
+    let (nodes, url, _store): (Vec<u16>, String, Box<dyn Any + Send>) = match cluster {
+        false => {
+            let redis = PrivateRedis::start(&[]);
+            let url = format!("redis://127.0.0.1:{}/", redis.port);
+            (vec![redis.port], url, Box::new(redis))
+        }
+        true => {
+            let cluster = tokio::task::spawn_blocking(PrivateCluster::start).await?;
+            let nodes = cluster.nodes.iter().map(|node| node.port).collect();
+            (nodes, cluster.seed_url(), Box::new(cluster))
+        }
+    };
+    let services: Vec<Service> = (0..instances)
+        .map(|_| spawn_service(plan.service, &prefix, names, &url))
+        .collect();
+    let ports: Vec<u16> = services.iter().map(Service::port).collect();
+    let fixture = Arc::new(Fixture {
+        ids: create_sessions(ports[0], FIXTURE_SESSIONS, create_body).await?,
+        users: (0..1000).map(|n| format!("bench-user-{n}")).collect(),
+        deletable: Mutex::new(Vec::new()),
+    });
+    let queue = format!("{names}.commands");
+    let (mut rest, mut amqp_sample) = (Sample::default(), Sample::default());
+    let mut cpu_per_node = vec![0.0; nodes.len()];
+    for _ in 0..plan.rounds {
+        refill(&fixture, ports[0], Op::Mix).await?;
+        let before = cpu_of(&nodes).await?;
+        let mut rest_round = rest_load(&ports, Op::Mix, &fixture, plan.round).await?;
+        let middle = cpu_of(&nodes).await?;
+        refill(&fixture, ports[0], Op::Mix).await?;
+        let middle_after_refill = cpu_of(&nodes).await?;
+        let mut amqp_round = amqp_load(amqp, &queue, Op::Mix, &fixture, plan.round, false).await?;
+        let after = cpu_of(&nodes).await?;
+        rest_round.redis_cpu = sum_between(&before, &middle);
+        amqp_round.redis_cpu = sum_between(&middle_after_refill, &after);
+        for (at, node) in cpu_per_node.iter_mut().enumerate() {
+            *node += middle[at] - before[at] + after[at] - middle_after_refill[at];
+        }
+        rest.merge(rest_round);
+        amqp_sample.merge(amqp_round);
+    }
+    drop(services);
+    Ok((rest, amqp_sample, cpu_per_node))
 }
 
 /// Redis CPU seconds so far of each node.
@@ -132,12 +196,14 @@ fn render_fleet(rows: &mut [FleetRow], plan: &Plan<'_>) -> String {
     let mut out = format!(
         "\n## Several instances\n\nThe mix (70% get, 10% create, 10% list, 5% update, 5% delete) \
          over REST ({} connections spread evenly over the instances) and over AMQP (one command \
-         queue that every instance consumes), {} round(s) of {:.1} s each, on a private Redis \
+         queue that every instance consumes), {} round(s) of {:.1} s each per pass, on a private Redis \
          and on a private Redis Cluster of three masters, each with {FIXTURE_SESSIONS} sessions; \
-         the load generator, the instances and Redis share the machine's cores. Redis CPU per \
-         operation is the sum over the nodes.\n\n\
-         | Redis | instances | REST ops/s | REST p99 ms | REST Redis µs/op | AMQP ops/s | AMQP p99 ms | AMQP Redis µs/op | errors | Redis CPU per node, % of a core |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         the load generator, the instances and Redis share the machine's cores. The \
+         configurations run in {PASSES} passes, the second in the reverse order, each on a \
+         fresh store; the figures merge both passes, and the REST ops/s of each pass show \
+         their spread. Redis CPU per operation is the sum over the nodes.\n\n\
+         | Redis | instances | REST ops/s | REST ops/s, pass 1 / pass 2 | REST p99 ms | REST Redis µs/op | AMQP ops/s | AMQP p99 ms | AMQP Redis µs/op | errors | Redis CPU per node, % of a core |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         crate::HTTP_CONNECTIONS,
         plan.rounds,
         plan.round.as_secs_f64()
@@ -149,12 +215,18 @@ fn render_fleet(rows: &mut [FleetRow], plan: &Plan<'_>) -> String {
             .iter()
             .map(|cpu| format!("{:.0}", cpu * 100.0 / elapsed.max(1e-9)))
             .collect();
+        let per_pass: Vec<String> = row
+            .rest_per_pass
+            .iter()
+            .map(|rate| format!("{rate:.0}"))
+            .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {} | {} |",
             row.redis,
             row.instances,
             row.rest.rate(),
+            per_pass.join(" / "),
             row.rest.percentile_ms(0.99),
             row.rest.redis_us_per_op(),
             row.amqp.rate(),
@@ -255,6 +327,16 @@ pub async fn wait(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The `churn` part's subscriber task, aborted when dropped: on any path out of `churn`, as its
+/// connection is closed (lapin closes a connection when its last handle, or channel, is dropped).
+struct Subscriber(tokio::task::JoinHandle<()>);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the `churn` part: sessions with a lifetime of [`LIFETIME`] are created steadily while,
 /// of four instances, one after another is stopped and a fresh one started; then one is killed.
 /// Each expiry event's lateness is the time it arrived at a subscriber minus the session's
@@ -322,7 +404,7 @@ pub async fn churn(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
             FieldTable::default(),
         )
         .await?;
-    let subscriber = tokio::spawn({
+    let subscriber = Subscriber(tokio::spawn({
         let arrived = arrived.clone();
         async move {
             while let Some(Ok(delivery)) = consumer.next().await {
@@ -335,7 +417,7 @@ pub async fn churn(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
         }
-    });
+    }));
 
     // Creates at `rate` a second over both phases, each with its expires_at.
     let created: Arc<std::sync::Mutex<Vec<(String, SystemTime)>>> = Arc::default();
@@ -363,7 +445,7 @@ pub async fn churn(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
                 created.lock().unwrap().push((id, expires_at.into()));
                 n += 1;
             }
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, anyhow::Error>(started.elapsed())
         }
     });
 
@@ -396,12 +478,14 @@ pub async fn churn(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || killed.kill()).await?;
     tokio::time::sleep(phase).await;
     let phase_end = SystemTime::now();
-    creator.await??;
+    let creating_time = creator.await??;
     // The last sessions' events, then the count.
     tokio::time::sleep(Duration::from_secs(LIFETIME + 2)).await;
-    subscriber.abort();
+    drop((subscriber, channel, amqp));
 
     let created = created.lock().unwrap().clone();
+    // Each create is a POST and then a GET, in turn: the target rate may not be reached.
+    let achieved_rate = created.len() as f64 / creating_time.as_secs_f64();
     let arrived = arrived.lock().unwrap().clone();
     let lateness_ms = |from: SystemTime, until: SystemTime| -> (Vec<f64>, usize) {
         let mut late = Vec::new();
@@ -425,7 +509,8 @@ pub async fn churn(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     };
     let mut out = format!(
         "\n## Expiry while instances come and go\n\nFour instances on a private Redis \
-         (`SESSION_EXP_SEC={LIFETIME}`); {rate} sessions created a second through the first. \
+         (`SESSION_EXP_SEC={LIFETIME}`); sessions created through the first, {rate} a second \
+         wanted, {achieved_rate:.0} a second reached (a create and a read of it, in turn). \
          While they expire, every {:.0} s another instance is stopped (SIGTERM, which frees its \
          bucket leases) and a fresh one started ({replaced} replaced in {:.0} s); then one \
          instance is killed (SIGKILL: its leases run out after 3 s). Lateness: when the \
@@ -438,10 +523,16 @@ pub async fn churn(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     // Sessions are counted by when they expired. A relay publishes what is due at its next
     // tick (every 250 ms): those expiring in the last half second before the kill may be the
     // killed relay's to publish, and count with the kill.
+    // Until 5 s after the kill, the killed relay's buckets wait for its leases to lapse.
     let kill_from = killed_at - Duration::from_millis(500);
     for (what, from, until) in [
         ("while instances come and go", churn_from, kill_from),
         ("after one is killed", kill_from, phase_end),
+        (
+            "after one is killed, its first 5 s",
+            kill_from,
+            killed_at + Duration::from_secs(5),
+        ),
     ] {
         let (late, missing) = lateness_ms(from, until);
         let _ = writeln!(

@@ -805,19 +805,20 @@ async fn run(plan: &Plan<'_>) -> anyhow::Result<String> {
 async fn clean_up(run_id: &str, redis_url: &str) -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
-    for names in [
+    let suffixes = [
         "",
         ".small",
         ".large",
         ".sealed",
         ".idle",
-        ".fleet",
         ".wait-nowait",
         ".wait-wait",
         ".churn",
     ]
-    .map(|store| format!("bench.{run_id}{store}"))
-    {
+    .map(str::to_owned)
+    .into_iter()
+    .chain(fleet::names_suffixes());
+    for names in suffixes.map(|suffix| format!("bench.{run_id}{suffix}")) {
         for queue in [
             format!("{names}.commands"),
             format!("{names}.commands.dead"),
