@@ -155,17 +155,29 @@ async fn measure_configuration(
     let queue = format!("{names}.commands");
     let (mut rest, mut amqp_sample) = (Sample::default(), Sample::default());
     let mut cpu_per_node = vec![0.0; nodes.len()];
+    let pids: Vec<u32> = services.iter().map(Service::id).collect();
+    let broker = rabbitmq_pid();
+    let processes_cpu = || {
+        (
+            pids.iter().copied().map(process_cpu).sum::<f64>(),
+            broker.map_or(0.0, process_cpu),
+        )
+    };
     for _ in 0..plan.rounds {
         refill(&fixture, ports[0], Op::Mix).await?;
-        let before = cpu_of(&nodes).await?;
+        let (before, processes_before) = (cpu_of(&nodes).await?, processes_cpu());
         let mut rest_round = rest_load(&ports, Op::Mix, &fixture, plan.round).await?;
-        let middle = cpu_of(&nodes).await?;
+        let (middle, processes_middle) = (cpu_of(&nodes).await?, processes_cpu());
         refill(&fixture, ports[0], Op::Mix).await?;
-        let middle_after_refill = cpu_of(&nodes).await?;
+        let (middle_after_refill, processes_after_refill) =
+            (cpu_of(&nodes).await?, processes_cpu());
         let mut amqp_round = amqp_load(amqp, &queue, Op::Mix, &fixture, plan.round, false).await?;
-        let after = cpu_of(&nodes).await?;
+        let (after, processes_after) = (cpu_of(&nodes).await?, processes_cpu());
         rest_round.redis_cpu = sum_between(&before, &middle);
         amqp_round.redis_cpu = sum_between(&middle_after_refill, &after);
+        rest_round.service_cpu = processes_middle.0 - processes_before.0;
+        amqp_round.service_cpu = processes_after.0 - processes_after_refill.0;
+        amqp_round.broker_cpu = processes_after.1 - processes_after_refill.1;
         for (at, node) in cpu_per_node.iter_mut().enumerate() {
             *node += middle[at] - before[at] + after[at] - middle_after_refill[at];
         }
@@ -174,6 +186,39 @@ async fn measure_configuration(
     }
     drop(services);
     Ok((rest, amqp_sample, cpu_per_node))
+}
+
+/// The process id of the local RabbitMQ node (`rabbitmqctl eval 'os:getpid().'`), if it can be
+/// asked.
+fn rabbitmq_pid() -> Option<u32> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["eval", "os:getpid()."])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user and system) that process `pid` has used so far; 0 when it cannot be read.
+fn process_cpu(pid: u32) -> f64 {
+    // /proc/<pid>/stat: after the command name in parentheses, utime and stime are the 12th and
+    // 13th fields, in clock ticks (100 a second on Linux).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Redis CPU seconds so far of each node.
@@ -201,8 +246,9 @@ fn render_fleet(rows: &mut [FleetRow], plan: &Plan<'_>) -> String {
          the load generator, the instances and Redis share the machine's cores. The \
          configurations run in {PASSES} passes, the second in the reverse order, each on a \
          fresh store; the figures merge both passes, and the REST ops/s of each pass show \
-         their spread. Redis CPU per operation is the sum over the nodes.\n\n\
-         | Redis | instances | REST ops/s | REST ops/s, pass 1 / pass 2 | REST p99 ms | REST Redis µs/op | AMQP ops/s | AMQP p99 ms | AMQP Redis µs/op | errors | Redis CPU per node, % of a core |\n\
+         their spread. CPU per operation: of all instances together, of Redis (the sum over \
+         the nodes) and of RabbitMQ.\n\n\
+         | Redis | instances | REST ops/s | REST ops/s, pass 1 / pass 2 | REST p99 ms | REST CPU µs/op: service / Redis | AMQP ops/s | AMQP p99 ms | AMQP CPU µs/op: service / Redis / RabbitMQ | errors | Redis CPU per node, % of a core |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         crate::HTTP_CONNECTIONS,
         plan.rounds,
@@ -222,16 +268,19 @@ fn render_fleet(rows: &mut [FleetRow], plan: &Plan<'_>) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {:.2} | {:.1} / {:.1} | {:.0} | {:.2} | {:.1} / {:.1} / {:.1} | {} | {} |",
             row.redis,
             row.instances,
             row.rest.rate(),
             per_pass.join(" / "),
             row.rest.percentile_ms(0.99),
+            row.rest.us_per_op(row.rest.service_cpu),
             row.rest.redis_us_per_op(),
             row.amqp.rate(),
             row.amqp.percentile_ms(0.99),
+            row.amqp.us_per_op(row.amqp.service_cpu),
             row.amqp.redis_us_per_op(),
+            row.amqp.us_per_op(row.amqp.broker_cpu),
             row.rest.errors + row.amqp.errors,
             per_node.join(" / ")
         );

@@ -252,6 +252,10 @@ struct Sample {
     errors: usize,
     /// Redis CPU seconds while the sample was taken.
     redis_cpu: f64,
+    /// CPU seconds of the service's instances, and of RabbitMQ, while it was taken (measured by
+    /// the fleet part only).
+    service_cpu: f64,
+    broker_cpu: f64,
 }
 
 impl Sample {
@@ -261,11 +265,18 @@ impl Sample {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
         self.redis_cpu += other.redis_cpu;
+        self.service_cpu += other.service_cpu;
+        self.broker_cpu += other.broker_cpu;
+    }
+
+    /// `cpu` seconds per operation, in microseconds.
+    fn us_per_op(&self, cpu: f64) -> f64 {
+        cpu * 1e6 / self.ops.max(1) as f64
     }
 
     /// Redis CPU time per operation, in microseconds.
     fn redis_us_per_op(&self) -> f64 {
-        self.redis_cpu * 1e6 / self.ops.max(1) as f64
+        self.us_per_op(self.redis_cpu)
     }
 
     /// The share of one core Redis used.

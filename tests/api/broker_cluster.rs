@@ -19,6 +19,12 @@ use crate::helpers::{isolated_settings, AmqpClient, Http};
 async fn a_killed_broker_node_loses_no_command_and_no_event() {
     const COMMANDS: usize = 3_000;
     const MASS: usize = 200;
+    // The instance's warnings, shown if the test fails (a reply that never came, once, on a
+    // loaded machine: they say what the worker did meanwhile).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("session_manager=warn")
+        .with_test_writer()
+        .try_init();
     let mut cluster = tokio::task::spawn_blocking(PrivateRabbitCluster::start)
         .await
         .unwrap();
