@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use futures_util::StreamExt;
@@ -293,25 +293,8 @@ fn render_fleet(rows: &mut [FleetRow], plan: &Plan<'_>) -> String {
 pub async fn wait(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
     eprintln!("wait: a master with one replica");
     let master = PrivateRedis::start(&[]);
-    let master_port = master.port.to_string();
-    let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &master_port]);
+    let _replica = PrivateRedis::start_replica_on(free_port(), &master);
     let url = format!("redis://127.0.0.1:{}/", master.port);
-    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{}/", replica.port))?
-        .get_multiplexed_async_connection()
-        .await?;
-    // The replica has synced before the load starts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut connection)
-            .await?;
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the replica did not sync");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let start = |name: &str, wait: bool| {
         let names = format!("bench.{run_id}.wait-{name}");
         let mut command = service_command(

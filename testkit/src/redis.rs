@@ -12,6 +12,34 @@ use std::{
 
 use crate::{free_port, tls::Identity};
 
+/// Asks the server on `port` `question` through `redis-cli` (with `cli_args`, e.g. for TLS)
+/// every 100 ms until `ok` holds for its answer; fails with the last answer at `deadline`.
+fn await_answer(
+    cli_args: &[&std::ffi::OsStr],
+    port: u16,
+    question: &[&str],
+    deadline: Instant,
+    ok: impl Fn(&str) -> bool,
+) {
+    loop {
+        let output = Command::new("redis-cli")
+            .args(cli_args)
+            .args(["-p", &port.to_string()])
+            .args(question)
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&output.stdout);
+        if ok(&answer) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} answered {question:?} with {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// How a `redis-server` speaks TLS: its certificate, the CA it verifies clients against, and
 /// whether a client must show a certificate.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +111,25 @@ impl PrivateRedis {
     /// Starts a server on `port` (e.g. again, after stopping one there).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
         Self::spawn(port, &plain_args(port), extra)
+    }
+
+    /// Starts a replica of `master` on `port` and waits until it has synced and `master` counts
+    /// it online (so that a `WAIT` on the master is answered by it).
+    pub fn start_replica_on(port: u16, master: &PrivateRedis) -> Self {
+        let master_port = master.port.to_string();
+        let replica = Self::start_on(port, &["--replicaof", "127.0.0.1", &master_port]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        await_answer(&[], port, &["info", "replication"], deadline, |info| {
+            info.contains("master_link_status:up")
+        });
+        await_answer(
+            &[],
+            master.port,
+            &["info", "replication"],
+            deadline,
+            |info| info.contains("connected_slaves:1") && info.contains("state=online"),
+        );
+        replica
     }
 
     /// Starts a server that speaks TLS only (`--port 0`), on a free port.
@@ -257,34 +304,23 @@ impl PrivateCluster {
         assert!(created.success(), "redis-cli --cluster create failed");
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &nodes {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(&cli_tls)
-                    .args(["-p", &node.port.to_string(), "cluster", "info"])
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "the cluster did not become ok");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            await_answer(
+                &cli_tls,
+                node.port,
+                &["cluster", "info"],
+                deadline,
+                |info| info.contains("cluster_state:ok"),
+            );
         }
         // Every replica has synced with its master (only then can it take over).
         for node in &nodes[3..] {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(&cli_tls)
-                    .args(["-p", &node.port.to_string(), "info", "replication"])
-                    .output()
-                    .unwrap();
-                let info = String::from_utf8_lossy(&info.stdout);
-                if info.contains("role:slave") && info.contains("master_link_status:up") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "a replica did not sync: {info}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            await_answer(
+                &cli_tls,
+                node.port,
+                &["info", "replication"],
+                deadline,
+                |info| info.contains("role:slave") && info.contains("master_link_status:up"),
+            );
         }
         Self {
             nodes,

@@ -18,7 +18,8 @@ use session_manager_testkit::{free_port, Instance, Service};
 
 use crate::api_docs::Http;
 use crate::helpers::{
-    isolated_settings, service_with_settings, spawn_app_with, TestApp, AMQP_URL, REDIS_URL, WAIT,
+    isolated_settings, service_on_local_servers, service_with_settings, spawn_app_with, TestApp,
+    REDIS_URL, WAIT,
 };
 
 /// `<id>:<fresh random key>`.
@@ -327,10 +328,7 @@ async fn a_value_under_a_key_the_ring_lacks_fails_that_request_alone_named_in_th
 
     let port = free_port();
     let service = Service::start(
-        service_with_settings(&app.settings)
-            .env("REDIS_URL", REDIS_URL)
-            .env("AMQP_URL", AMQP_URL)
-            .env("SESSION_ENCRYPTION_KEY", &new),
+        service_on_local_servers(&app.settings).env("SESSION_ENCRYPTION_KEY", &new),
         port,
     );
     let http = Http::new();

@@ -19,8 +19,8 @@ use tokio::{
 
 use crate::api_docs::{self, Http};
 use crate::helpers::{
-    assert_valid, clean_up, eventually, isolated_settings, service_with_settings, AmqpClient,
-    AMQP_URL, REDIS_URL,
+    assert_valid, clean_up, eventually, isolated_settings, service_on_local_servers, AmqpClient,
+    REDIS_URL,
 };
 
 const REST_REQUESTS: usize = 3000;
@@ -260,10 +260,7 @@ async fn thousands_of_mutated_requests_and_messages_break_nothing() {
     let settings = isolated_settings();
     let port = free_port();
     let service = Service::start(
-        service_with_settings(&settings)
-            .env("REDIS_URL", REDIS_URL)
-            .env("AMQP_URL", AMQP_URL)
-            .env("RUST_LOG", "warn"),
+        service_on_local_servers(&settings).env("RUST_LOG", "warn"),
         port,
     );
     wait_for_consumer(&settings.command_queue).await;

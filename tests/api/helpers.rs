@@ -706,6 +706,15 @@ pub fn service_binary() -> std::process::Command {
     command
 }
 
+/// The binary with the settings of `settings`, on the local Redis and RabbitMQ.
+pub fn service_on_local_servers(settings: &Settings) -> std::process::Command {
+    let mut command = service_with_settings(settings);
+    command
+        .env("REDIS_URL", REDIS_URL)
+        .env("AMQP_URL", AMQP_URL);
+    command
+}
+
 /// The binary with the settings of `settings` (prefix, queue, exchange, lifetime).
 pub fn service_with_settings(settings: &Settings) -> std::process::Command {
     let mut command = service_binary();

@@ -8,8 +8,7 @@ use session_manager::store::Keys;
 use session_manager_testkit::{free_port, Service};
 
 use crate::helpers::{
-    clean_up, eventually, isolated_settings, service_with_settings, spawn_app_with, AMQP_URL,
-    REDIS_URL,
+    clean_up, eventually, isolated_settings, service_on_local_servers, spawn_app_with, REDIS_URL,
 };
 
 /// How many buckets each relay holds now, by the leases hash.
@@ -46,10 +45,7 @@ async fn two_instances_share_the_buckets_and_one_takes_over_when_the_other_dies(
         .unwrap();
     let port = free_port();
     let dying = Service::start(
-        service_with_settings(&settings)
-            .env("REDIS_URL", REDIS_URL)
-            .env("AMQP_URL", AMQP_URL)
-            .env("SESSION_EXP_SEC", "6"),
+        service_on_local_servers(&settings).env("SESSION_EXP_SEC", "6"),
         port,
     );
     let staying = spawn_app_with(settings.clone()).await;

@@ -10,37 +10,13 @@ use session_manager::{
 };
 use session_manager_testkit::PrivateRedis;
 
-use crate::helpers::{eventually, isolated_settings, spawn_app_with};
-
-/// Starts a replica of `master` on `port` and waits until the master counts it.
-async fn replica_of(master: &PrivateRedis, port: u16) -> PrivateRedis {
-    let master_port = master.port.to_string();
-    let replica = PrivateRedis::start_on(port, &["--replicaof", "127.0.0.1", &master_port]);
-    let mut redis = redis::Client::open(format!("redis://127.0.0.1:{}/", master.port))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    eventually(async || {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        match info.contains("connected_slaves:1") && info.contains("state=online") {
-            true => Ok(()),
-            false => Err(format!("the replica is not online: {info}")),
-        }
-    })
-    .await;
-    replica
-}
+use crate::helpers::{isolated_settings, spawn_app_with};
 
 #[tokio::test]
 async fn changes_wait_for_a_replica_and_are_unavailable_until_one_has_them() {
     let master = PrivateRedis::start(&[]);
     let replica_port = session_manager_testkit::free_port();
-    let replica = replica_of(&master, replica_port).await;
+    let replica = PrivateRedis::start_replica_on(replica_port, &master);
     let settings = Settings {
         redis_url: SecretString::new(format!("redis://127.0.0.1:{}/", master.port)),
         // Long enough for a replica's acknowledgement on a busy machine (CI runs every test at
@@ -91,7 +67,7 @@ async fn changes_wait_for_a_replica_and_are_unavailable_until_one_has_them() {
         .publish(command.to_string().as_bytes(), properties)
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _replica = replica_of(&master, replica_port).await;
+    let _replica = PrivateRedis::start_replica_on(replica_port, &master);
     // Each retry waits for the replica up to 1.5 s: the answer may take a while on a busy
     // machine, which created_session_ids allows for.
     let created = app.amqp.created_session_ids(&["held".to_owned()]).await;
