@@ -157,30 +157,20 @@ async fn measure_configuration(
     let mut cpu_per_node = vec![0.0; nodes.len()];
     let pids: Vec<u32> = services.iter().map(Service::id).collect();
     let broker = rabbitmq_pid();
-    let processes_cpu = || {
-        (
-            pids.iter().copied().map(process_cpu).sum::<f64>(),
-            broker.map_or(0.0, process_cpu),
-        )
-    };
+    let reading = || CpuReading::take(&nodes, &pids, broker);
     for _ in 0..plan.rounds {
         refill(&fixture, ports[0], Op::Mix).await?;
-        let (before, processes_before) = (cpu_of(&nodes).await?, processes_cpu());
+        let before = reading().await?;
         let mut rest_round = rest_load(&ports, Op::Mix, &fixture, plan.round).await?;
-        let (middle, processes_middle) = (cpu_of(&nodes).await?, processes_cpu());
+        reading()
+            .await?
+            .charge_since(&before, &mut rest_round, &mut cpu_per_node);
         refill(&fixture, ports[0], Op::Mix).await?;
-        let (middle_after_refill, processes_after_refill) =
-            (cpu_of(&nodes).await?, processes_cpu());
+        let before = reading().await?;
         let mut amqp_round = amqp_load(amqp, &queue, Op::Mix, &fixture, plan.round, false).await?;
-        let (after, processes_after) = (cpu_of(&nodes).await?, processes_cpu());
-        rest_round.redis_cpu = sum_between(&before, &middle);
-        amqp_round.redis_cpu = sum_between(&middle_after_refill, &after);
-        rest_round.service_cpu = processes_middle.0 - processes_before.0;
-        amqp_round.service_cpu = processes_after.0 - processes_after_refill.0;
-        amqp_round.broker_cpu = processes_after.1 - processes_after_refill.1;
-        for (at, node) in cpu_per_node.iter_mut().enumerate() {
-            *node += middle[at] - before[at] + after[at] - middle_after_refill[at];
-        }
+        reading()
+            .await?
+            .charge_since(&before, &mut amqp_round, &mut cpu_per_node);
         rest.merge(rest_round);
         amqp_sample.merge(amqp_round);
     }
@@ -221,20 +211,40 @@ fn process_cpu(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Redis CPU seconds so far of each node.
-async fn cpu_of(nodes: &[u16]) -> anyhow::Result<Vec<f64>> {
-    let mut cpu = Vec::with_capacity(nodes.len());
-    for port in nodes {
-        let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
-            .get_multiplexed_async_connection()
-            .await?;
-        cpu.push(redis_cpu(&mut connection).await?);
-    }
-    Ok(cpu)
+/// CPU seconds used so far by each Redis node, by the instances together, and by RabbitMQ.
+struct CpuReading {
+    nodes: Vec<f64>,
+    service: f64,
+    broker: f64,
 }
 
-fn sum_between(before: &[f64], after: &[f64]) -> f64 {
-    before.iter().zip(after).map(|(b, a)| a - b).sum()
+impl CpuReading {
+    /// Reads Redis's `INFO cpu` on each node in `nodes`, and `/proc` of the instances' `pids`
+    /// and of the `broker`'s.
+    async fn take(nodes: &[u16], pids: &[u32], broker: Option<u32>) -> anyhow::Result<Self> {
+        let mut cpu = Vec::with_capacity(nodes.len());
+        for port in nodes {
+            let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
+                .get_multiplexed_async_connection()
+                .await?;
+            cpu.push(redis_cpu(&mut connection).await?);
+        }
+        Ok(Self {
+            nodes: cpu,
+            service: pids.iter().copied().map(process_cpu).sum(),
+            broker: broker.map_or(0.0, process_cpu),
+        })
+    }
+
+    /// Charges what was used since `earlier` to `sample`, and each node's to `per_node`.
+    fn charge_since(&self, earlier: &Self, sample: &mut Sample, per_node: &mut [f64]) {
+        for ((total, now), then) in per_node.iter_mut().zip(&self.nodes).zip(&earlier.nodes) {
+            *total += now - then;
+            sample.redis_cpu += now - then;
+        }
+        sample.service_cpu += self.service - earlier.service;
+        sample.broker_cpu += self.broker - earlier.broker;
+    }
 }
 
 fn render_fleet(rows: &mut [FleetRow], plan: &Plan<'_>) -> String {
