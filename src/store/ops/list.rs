@@ -2,7 +2,7 @@
 //! shows of each (device, address, user agent, creation, last use) and the cursor of the next
 //! page; index entries of sessions that ended are dropped on the way.
 
-use super::{run, session_id, strings, CommandCall};
+use super::{session_id, CommandCall};
 use crate::{
     domain::{DeviceId, IpAddress, ListPage, Outcome, Position, SessionSummary, UserAgent, UserId},
     store::{
@@ -52,7 +52,7 @@ pub(in crate::store) async fn apply(
             "after",
             after.map_or(String::new(), |Position(at)| at.to_string()),
         );
-    let mut pairs = strings(run(&call, store).await?)?.into_iter();
+    let mut pairs = call.invoke::<Vec<String>>(&store.connection).await?.into_iter();
     let next = match pairs.next().as_deref() {
         None | Some("") => None,
         Some(score) => {
