@@ -6,7 +6,7 @@ use std::fmt;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
 use serde::{Serialize, Serializer};
-use time::{macros::format_description, OffsetDateTime};
+use time::OffsetDateTime;
 
 use super::{
     fields::{Field, Fields},
@@ -275,19 +275,40 @@ impl Timestamp {
     /// RFC 3339 in UTC with exactly three fractional digits, so that the text of two
     /// timestamps sorts like the moments they stand for.
     pub fn to_rfc3339(self) -> String {
-        const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
-            .ok()
-            .and_then(|moment| moment.format(FORMAT).ok())
-            .expect("a moment from 1970 to 9999 has an RFC 3339 form (checked at construction)")
+        self.write_rfc3339(&mut [0; RFC3339_LEN]).to_owned()
+    }
+
+    /// [`Self::to_rfc3339`] written into `out`, without allocating (every answer holds several).
+    fn write_rfc3339(self, out: &mut [u8; RFC3339_LEN]) -> &str {
+        let moment = OffsetDateTime::from_unix_timestamp(self.0.div_euclid(1000))
+            .expect("a moment from 1970 to 9999 (checked at construction)");
+        let (year, month, day) = moment.to_calendar_date();
+        let parts = [
+            (0, 4, year as u32),
+            (5, 2, u32::from(u8::from(month))),
+            (8, 2, u32::from(day)),
+            (11, 2, u32::from(moment.hour())),
+            (14, 2, u32::from(moment.minute())),
+            (17, 2, u32::from(moment.second())),
+            (20, 3, self.0.rem_euclid(1000) as u32),
+        ];
+        *out = *b"0000-00-00T00:00:00.000Z";
+        for (at, digits, mut value) in parts {
+            for place in (at..at + digits).rev() {
+                out[place] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        std::str::from_utf8(out).expect("ASCII digits and separators")
     }
 }
 
+/// The length of a [`Timestamp`]'s RFC 3339 form.
+const RFC3339_LEN: usize = 24;
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_rfc3339())
+        serializer.serialize_str(self.write_rfc3339(&mut [0; RFC3339_LEN]))
     }
 }
 
@@ -612,5 +633,28 @@ mod tests {
         );
         assert!(Timestamp::from_unix_millis(Timestamp::LAST_MILLIS + 1).is_none());
         assert!(Timestamp::from_unix_millis(-1).is_none());
+    }
+
+    #[test]
+    fn timestamps_are_written_as_the_time_crate_formats_them() {
+        const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        // Moments spread over the whole range (a step prime to every calendar period), and its
+        // ends and leap days.
+        let spread = (0..Timestamp::LAST_MILLIS).step_by(7_919_843_561);
+        let edges = [0, 951_782_400_000, 951_868_799_999, 4_107_542_399_999];
+        for millis in spread.chain(edges).chain([Timestamp::LAST_MILLIS]) {
+            let expected = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+                .unwrap()
+                .format(FORMAT)
+                .unwrap();
+            let written = Timestamp::from_unix_millis(millis).unwrap();
+            assert_eq!(written.to_rfc3339(), expected, "{millis}");
+            assert_eq!(
+                serde_json::to_string(&written).unwrap(),
+                format!("\"{expected}\"")
+            );
+        }
     }
 }
