@@ -208,15 +208,52 @@ pub(super) fn session(
     pairs: Vec<String>,
     keyring: &Keyring,
 ) -> Result<Session, StoreError> {
+    let mut pairs = pairs.into_iter();
+    let fields = std::iter::from_fn(|| Some((pairs.next()?, pairs.next()?)))
+        .filter_map(|(code, value)| Some((of_code(&HashField::TABLE, &code)?, value)));
+    session_of(id, fields, keyring)
+}
+
+/// The codes of every field, in the order of [`HashField::TABLE`]: an `HMGET` of them reads the
+/// whole hash with half the answer of an `HGETALL` (no names), for [`session_of_values`].
+pub(super) const EVERY_CODE: [&str; HashField::TABLE.len()] = {
+    let mut codes = [""; HashField::TABLE.len()];
+    let mut at = 0;
+    while at < codes.len() {
+        codes[at] = HashField::TABLE[at].2;
+        at += 1;
+    }
+    codes
+};
+
+/// The session of id `id` from the values of [`EVERY_CODE`] (as `HMGET` returns them); `None`
+/// when it has none (no such hash).
+pub(super) fn session_of_values(
+    id: &SessionId,
+    values: Vec<Option<String>>,
+    keyring: &Keyring,
+) -> Result<Option<Session>, StoreError> {
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let fields = HashField::TABLE
+        .iter()
+        .zip(values)
+        .filter_map(|((field, _, _), value)| Some((*field, value?)));
+    session_of(id, fields, keyring).map(Some)
+}
+
+/// The session of id `id` from its stored fields, its secret fields opened.
+fn session_of(
+    id: &SessionId,
+    stored: impl Iterator<Item = (HashField, String)>,
+    keyring: &Keyring,
+) -> Result<Session, StoreError> {
     let (mut user_id, mut device_id) = (None, None);
     let (mut created_at, mut updated_at, mut expires_at) = (None, None, None);
     let (mut ip_address, mut user_agent, mut last_seen_at) = (None, None, None);
     let mut fields = MutableFields::default();
-    let mut pairs = pairs.into_iter();
-    while let (Some(code), Some(value)) = (pairs.next(), pairs.next()) {
-        let Some(field) = of_code(&HashField::TABLE, &code) else {
-            continue;
-        };
+    for (field, value) in stored {
         let value = if field.is_sealed() {
             open(keyring, id, field, value)?
         } else {

@@ -1,5 +1,5 @@
 //! GetSession. Without idle expiry a read changes nothing (reads are not recorded, and there is no
-//! idle deadline to move), so it is one `HGETALL` without a script, unless the session ends
+//! idle deadline to move), so it is one `HMGET` of every field without a script, unless the session ends
 //! within [`CLOCK_SLACK`] by this host's clock: the script then judges by Redis's clock, and ends
 //! it if its moment has passed. A read counts as use (`last_seen_at`) at most once every
 //! [`SEEN_EVERY`]: then a small script writes the moment, so most reads write nothing.
@@ -49,18 +49,17 @@ pub(in crate::store) async fn apply(
     Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?))
 }
 
-/// The session read with one `HGETALL`; `None` when the script must answer instead. Without idle
+/// The session read with one `HMGET` of every field; `None` when the script must answer instead. Without idle
 /// expiry a session ends at its `expires_at`.
 async fn read(store: &Store, id: &SessionId) -> Result<Option<Outcome>, StoreError> {
     let mut connection = store.connection.clone();
-    let pairs: Vec<String> = redis::cmd("HGETALL")
+    let values: Vec<Option<String>> = redis::cmd("HMGET")
         .arg(store.keys.session(id))
+        .arg(&hash::EVERY_CODE)
         .query_async(&mut connection)
         .await?;
-    if pairs.is_empty() {
-        return Err(StoreError::NotFound);
-    }
-    let mut session = hash::session(id, pairs, &store.keyring)?;
+    let mut session =
+        hash::session_of_values(id, values, &store.keyring)?.ok_or(StoreError::NotFound)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64);
