@@ -27,7 +27,7 @@ use session_manager_testkit::{free_port, PrivateCluster, PrivateRedis, Service};
 use tokio::sync::Mutex;
 
 use crate::{
-    amqp_load, create_body, create_sessions, redis_cpu, refill, rest_load, service_command,
+    amqp_load, create_body, create_sessions, process_cpu, redis_cpu, refill, rest_load, service_command,
     spawn_service, Fixture, Op, Plan, Sample, AMQP_URL, FIXTURE_SESSIONS,
 };
 
@@ -190,25 +190,6 @@ fn rabbitmq_pid() -> Option<u32> {
         .trim_matches('"')
         .parse()
         .ok()
-}
-
-/// CPU seconds (user and system) that process `pid` has used so far; 0 when it cannot be read.
-fn process_cpu(pid: u32) -> f64 {
-    // /proc/<pid>/stat: after the command name in parentheses, utime and stime are the 12th and
-    // 13th fields, in clock ticks (100 a second on Linux).
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |at: usize| {
-        fields
-            .get(at)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// CPU seconds used so far by each Redis node, by the instances together, and by RabbitMQ.

@@ -227,6 +227,25 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// CPU seconds (user and system) that process `pid` has used so far; 0 when it cannot be read.
+pub(crate) fn process_cpu(pid: u32) -> f64 {
+    // /proc/<pid>/stat: after the command name in parentheses, utime and stime are the 12th and
+    // 13th fields, in clock ticks (100 a second on Linux).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Peak resident set size of a process, in MiB (VmHWM).
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -252,8 +271,8 @@ struct Sample {
     errors: usize,
     /// Redis CPU seconds while the sample was taken.
     redis_cpu: f64,
-    /// CPU seconds of the service's instances, and of RabbitMQ, while it was taken (measured by
-    /// the fleet part only).
+    /// CPU seconds of the service's instances (or of the ceiling) while it was taken, and of
+    /// RabbitMQ (measured by the fleet part only).
     service_cpu: f64,
     broker_cpu: f64,
 }
@@ -272,6 +291,11 @@ impl Sample {
     /// `cpu` seconds per operation, in microseconds.
     fn us_per_op(&self, cpu: f64) -> f64 {
         cpu * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// CPU time of the service (or the ceiling) per operation, in microseconds.
+    fn service_us_per_op(&self) -> f64 {
+        self.us_per_op(self.service_cpu)
     }
 
     /// Redis CPU time per operation, in microseconds.
@@ -894,14 +918,14 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
     let service_port = service.port();
     let ceiling_port = free_port();
     let exe = std::env::current_exe()?;
-    let _ceiling_rest = KilledOnDrop(
+    let ceiling_rest = KilledOnDrop(
         Command::new(&exe)
             .args(["--redis-url", plan.redis_url])
             .args(["ceiling-rest", "--port", &ceiling_port.to_string()])
             .args(["--prefix", &ceiling_prefix])
             .spawn()?,
     );
-    let _ceiling_amqp = KilledOnDrop(
+    let ceiling_amqp = KilledOnDrop(
         Command::new(&exe)
             .args(["--redis-url", plan.redis_url])
             .args(["ceiling-amqp", "--queue", &ceiling_queue])
@@ -939,6 +963,9 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
         redis_url: plan.redis_url,
         service_port,
         ceiling_port,
+        service_pid: service.id(),
+        ceiling_rest_pid: ceiling_rest.0.id(),
+        ceiling_amqp_pid: ceiling_amqp.0.id(),
         amqp: &amqp,
         command_queue: &command_queue,
         ceiling_queue: &ceiling_queue,
@@ -1036,6 +1063,10 @@ struct Targets<'a> {
     redis_url: &'a str,
     service_port: u16,
     ceiling_port: u16,
+    /// The processes of the service and of the REST and AMQP ceilings.
+    service_pid: u32,
+    ceiling_rest_pid: u32,
+    ceiling_amqp_pid: u32,
     amqp: &'a Connection,
     command_queue: &'a str,
     ceiling_queue: &'a str,
@@ -1054,7 +1085,12 @@ impl Targets<'_> {
         let mut redis = redis::Client::open(self.redis_url)?
             .get_multiplexed_async_connection()
             .await?;
-        let cpu_before = redis_cpu(&mut redis).await?;
+        let pid = match (front, ceiling) {
+            (_, false) => self.service_pid,
+            (Front::Rest, true) => self.ceiling_rest_pid,
+            (Front::Amqp, true) => self.ceiling_amqp_pid,
+        };
+        let (cpu_before, process_before) = (redis_cpu(&mut redis).await?, process_cpu(pid));
         let mut sample = match (front, ceiling) {
             (Front::Rest, false) => rest_load(&[self.service_port], op, fixture, round).await,
             (Front::Rest, true) => rest_load(&[self.ceiling_port], op, fixture, round).await,
@@ -1066,6 +1102,7 @@ impl Targets<'_> {
             }
         }?;
         sample.redis_cpu = redis_cpu(&mut redis).await? - cpu_before;
+        sample.service_cpu = process_cpu(pid) - process_before;
         Ok(sample)
     }
 }
@@ -1140,28 +1177,30 @@ fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds:
     );
     let _ = writeln!(
         out,
-        "| case | ops/s | p50 ms | p99 ms | errors | Redis CPU µs/op | Redis busy | ceiling ops/s | ceiling Redis CPU µs/op | service/ceiling |"
+        "| case | ops/s | p50 ms | p99 ms | errors | service CPU µs/op | Redis CPU µs/op | Redis busy | ceiling ops/s | ceiling CPU µs/op | ceiling Redis CPU µs/op | service/ceiling |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows.iter_mut() {
         let rate = row.sample.rate();
         let (p50, p99) = (
             row.sample.percentile_ms(0.50),
             row.sample.percentile_ms(0.99),
         );
-        let (ceiling, ceiling_redis, ratio) = match &row.ceiling {
+        let (ceiling, ceiling_cpu, ceiling_redis, ratio) = match &row.ceiling {
             Some(ceiling) => (
                 format!("{:.0}", ceiling.rate()),
+                format!("{:.1}", ceiling.service_us_per_op()),
                 format!("{:.1}", ceiling.redis_us_per_op()),
                 format!("{:.2}", rate / ceiling.rate().max(1e-9)),
             ),
-            None => ("".into(), "".into(), "".into()),
+            None => ("".into(), "".into(), "".into(), "".into()),
         };
         let _ = writeln!(
             out,
-            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {} | {:.1} | {:.0}% | {ceiling} | {ceiling_redis} | {ratio} |",
+            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {} | {:.1} | {:.1} | {:.0}% | {ceiling} | {ceiling_cpu} | {ceiling_redis} | {ratio} |",
             row.case,
             row.sample.errors,
+            row.sample.service_us_per_op(),
             row.sample.redis_us_per_op(),
             row.sample.redis_busy() * 100.0
         );
