@@ -27,8 +27,8 @@ use session_manager_testkit::{free_port, PrivateCluster, PrivateRedis, Service};
 use tokio::sync::Mutex;
 
 use crate::{
-    amqp_load, create_body, create_sessions, process_cpu, redis_cpu, refill, rest_load, service_command,
-    spawn_service, Fixture, Op, Plan, Sample, AMQP_URL, FIXTURE_SESSIONS,
+    amqp_load, create_body, create_sessions, process_cpu, redis_cpu, refill, rest_load,
+    service_command, spawn_service, Fixture, Op, Plan, Sample, AMQP_URL, FIXTURE_SESSIONS,
 };
 
 /// The configurations of the `fleet` part, in the first pass's order: whether on a cluster, and

@@ -1179,7 +1179,10 @@ fn render(rows: &mut [Row], rss: f64, per_session: f64, round: Duration, rounds:
         out,
         "| case | ops/s | p50 ms | p99 ms | errors | service CPU µs/op | Redis CPU µs/op | Redis busy | ceiling ops/s | ceiling CPU µs/op | ceiling Redis CPU µs/op | service/ceiling |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for row in rows.iter_mut() {
         let rate = row.sample.rate();
         let (p50, p99) = (

@@ -209,7 +209,12 @@ async fn list_at_scale(store: &Store, many: usize, requests: usize) -> anyhow::R
     let ten = store.users[0].clone();
     let mut users = vec![
         (10, ten.clone(), LIST_LIMIT, Sample::default()),
-        (LIST_LIMIT as usize, hundred.to_owned(), LIST_LIMIT, Sample::default()),
+        (
+            LIST_LIMIT as usize,
+            hundred.to_owned(),
+            LIST_LIMIT,
+            Sample::default(),
+        ),
         (many, lots.to_owned(), LIST_LIMIT, Sample::default()),
         (10, ten, SMALL_LIMIT, Sample::default()),
         (many, lots.to_owned(), SMALL_LIMIT, Sample::default()),

@@ -645,10 +645,11 @@ mod tests {
         let spread = (0..Timestamp::LAST_MILLIS).step_by(7_919_843_561);
         let edges = [0, 951_782_400_000, 951_868_799_999, 4_107_542_399_999];
         for millis in spread.chain(edges).chain([Timestamp::LAST_MILLIS]) {
-            let expected = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-                .unwrap()
-                .format(FORMAT)
-                .unwrap();
+            let expected =
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+                    .unwrap()
+                    .format(FORMAT)
+                    .unwrap();
             let written = Timestamp::from_unix_millis(millis).unwrap();
             assert_eq!(written.to_rfc3339(), expected, "{millis}");
             assert_eq!(

@@ -52,7 +52,10 @@ pub(in crate::store) async fn apply(
             "after",
             after.map_or(String::new(), |Position(at)| at.to_string()),
         );
-    let mut pairs = call.invoke::<Vec<String>>(&store.connection).await?.into_iter();
+    let mut pairs = call
+        .invoke::<Vec<String>>(&store.connection)
+        .await?
+        .into_iter();
     let next = match pairs.next().as_deref() {
         None | Some("") => None,
         Some(score) => {
