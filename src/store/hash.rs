@@ -310,4 +310,48 @@ mod tests {
             assert_eq!(of_code(&HashField::TABLE, code), Some(*field));
         }
     }
+
+    #[test]
+    fn values_of_every_code_read_as_the_pairs_of_the_same_hash() {
+        let id = SessionId::parse("6bkppTcakqIU-QJk3FxZZDOgA6bBsDARH9cozyah23YGk").unwrap();
+        let keyring = Keyring::default();
+        let stored = [
+            ("u", "ann"),
+            ("d", "phone"),
+            ("at", "token"),
+            ("c", "1700000000000"),
+            ("m", "1700000000001"),
+            ("x", "1700003600000"),
+            ("ua", "Firefox"),
+        ];
+        let values = |stored: &[(&str, &str)]| -> Vec<Option<String>> {
+            EVERY_CODE
+                .iter()
+                .map(|code| {
+                    let found = stored.iter().find(|(stored, _)| stored == code);
+                    found.map(|(_, value)| (*value).to_owned())
+                })
+                .collect()
+        };
+        let pairs = stored
+            .iter()
+            .flat_map(|(code, value)| [(*code).to_owned(), (*value).to_owned()])
+            .collect();
+        let read = session_of_values(&id, values(&stored), &keyring).unwrap();
+        let json = |session: &Session| serde_json::to_value(session).unwrap();
+        assert_eq!(
+            read.as_ref().map(json),
+            Some(json(&session(&id, pairs, &keyring).unwrap()))
+        );
+        assert_eq!(read.unwrap().access_token.unwrap().expose(), "token");
+        // No hash: nothing at all.
+        assert!(session_of_values(&id, values(&[]), &keyring)
+            .unwrap()
+            .is_none());
+        // A hash without a required field is corrupt.
+        assert!(matches!(
+            session_of_values(&id, values(&stored[1..]), &keyring),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

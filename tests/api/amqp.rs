@@ -775,7 +775,7 @@ async fn delete_session_repeated_with_the_same_message_id_repeats_its_outcome() 
 
 /// Reads are not recorded (contract §7.4): a GetSession or ListSessions repeated with its
 /// `message_id` answers the state of now, and no record is written. With idle expiry a read runs
-/// the script (it moves the deadline), without it a plain `HGETALL`: both are checked.
+/// the script (it moves the deadline), without it a plain `HMGET`: both are checked.
 #[tokio::test]
 async fn reads_repeated_with_the_same_message_id_answer_the_current_state() {
     for idle in [None, Some(Duration::from_secs(600))] {

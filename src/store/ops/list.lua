@@ -15,15 +15,13 @@ local from = '-inf'
 if after ~= '' then
   from = '(' .. after
 end
--- Live sessions looked at stay on the index and ended ones leave it, so the entries not yet
--- looked at start after the `kept` live ones from `from`.
-local kept = 0
 local function before(score)
   return string.format('%d', tonumber(score) - 1)
 end
 while budget > 0 do
   local wanted = math.min(limit - count + 1, budget)
-  local batch = redis.call('ZRANGE', index_key, from, '+inf', 'BYSCORE', 'LIMIT', kept, wanted)
+  local batch = redis.call('ZRANGE', index_key, from, '+inf', 'BYSCORE', 'LIMIT', 0, wanted)
+  local last_kept = nil
   for i = 1, #batch do
     local stored = live_fields(batch[i], user_id, codes)
     if stored and count == limit then
@@ -33,7 +31,7 @@ while budget > 0 do
     end
     budget = budget - 1
     if stored then
-      kept = kept + 1
+      last_kept = batch[i]
       listed[#listed + 1] = batch[i]
       listed[#listed + 1] = stored[1]
       for at = 3, 6 do
@@ -46,9 +44,15 @@ while budget > 0 do
     -- The index has no more entries.
     return listed
   end
+  -- The ended entries of the batch have left the index and its live ones stay: the next batch
+  -- starts after the last live one (still on the index, so it has a score), or where this one
+  -- did if it had none, so that no read skips entries by an offset.
+  if last_kept then
+    from = '(' .. redis.call('ZSCORE', index_key, last_kept)
+  end
 end
 -- The bound was reached: the next page starts with the first entry not looked at, if any.
-local following = redis.call('ZRANGE', index_key, from, '+inf', 'BYSCORE', 'LIMIT', kept, 1,
+local following = redis.call('ZRANGE', index_key, from, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
   'WITHSCORES')
 if following[2] then
   listed[1] = before(following[2])

@@ -59,7 +59,7 @@ pub(in crate::store) async fn apply(
     let next = match pairs.next().as_deref() {
         None | Some("") => None,
         Some(score) => {
-            // Scores are whole microseconds, which Redis writes without a fraction.
+            // The script writes the cursor's score as a whole number of microseconds.
             let at = score
                 .parse::<i64>()
                 .map_err(|_| StoreError::Corrupt(format!("index score {score:?}")))?;

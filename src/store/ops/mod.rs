@@ -5,7 +5,8 @@
 //! Every command script starts with the same keys and arguments (its idempotency record, its
 //! bucket's schedule and outbox; the record's TTL and the bucket's key base), which [`CommandCall`]
 //! adds, and answers one JSON document, `{"s": "ok", "v": …}` or `{"s": "<error>", "f": …}`,
-//! which [`answer`] reads.
+//! which [`answer`] reads; except the list's, which is never recorded and cannot fail, and
+//! answers its page as a plain array.
 
 pub(super) mod create;
 pub(super) mod delete;
