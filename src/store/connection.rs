@@ -234,6 +234,7 @@ async fn connect(
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(100))
         .set_max_delay(Duration::from_millis(500));
+    tokio::spawn(advise_on_hash_encoding(client.clone()));
     if cluster {
         let cluster = Cluster::connect(url, certificates, config).await?;
         return Ok(RedisConnection::Cluster(cluster));
@@ -331,6 +332,42 @@ async fn is_cluster(client: &redis::Client) -> RedisResult<bool> {
             )
             .into())
         })
+}
+
+/// The `hash-max-listpack-value` (bytes) from which a session hash with a user agent or sealed
+/// values stays a compact listpack; the README and docker-compose set it.
+const ADVISED_LISTPACK_VALUE: u64 = 512;
+
+/// Warns when the server keeps a hash as a compact listpack only while its values are shorter
+/// than [`ADVISED_LISTPACK_VALUE`] (Redis's default is 64 bytes): a user agent, or any sealed
+/// value, then turns a session hash into a hash table, with about twice the memory and slower
+/// reads. Asked once, beside the connection being made; says nothing when the server cannot be
+/// reached then or will not tell (`CONFIG` disabled, as some hosted Redis services do).
+async fn advise_on_hash_encoding(client: redis::Client) {
+    let ask = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        // The old name, which Redis 7 still answers to, so that Redis 6 answers too.
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("hash-max-ziplist-value")
+            .query_async::<Vec<String>>(&mut connection)
+            .await
+    };
+    let answer = match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => {
+            tracing::debug!(error = %Chain(&error), "Redis does not tell its hash-max-listpack-value");
+            return;
+        }
+        Err(_) => return,
+    };
+    let value = answer.get(1).and_then(|value| value.parse::<u64>().ok());
+    if let Some(value) = value.filter(|value| *value < ADVISED_LISTPACK_VALUE) {
+        tracing::warn!(
+            hash_max_listpack_value = value,
+            "Redis keeps a session hash compact only while every value is at most {value} bytes; a user agent or a sealed token is longer, and turns it into a hash table with about twice the memory and slower reads. Set hash-max-listpack-value {ADVISED_LISTPACK_VALUE} in Redis's configuration (see the README's storage section)."
+        );
+    }
 }
 
 /// Notes a `MOVED` answer of a server talked to as a standalone one (an error, or a server

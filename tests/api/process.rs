@@ -268,3 +268,42 @@ async fn the_log_shows_no_more_than_rust_log_asks_and_a_client_hanging_up_is_no_
     assert_eq!(printed, "", "with RUST_LOG=error the service printed");
     crate::helpers::clean_up(&settings).await;
 }
+
+/// A Redis that keeps a hash compact only while its values are at most 64 bytes (its default)
+/// is named in a warning when the service first reaches it, with the setting to raise; one set
+/// as the README says is not.
+#[tokio::test]
+async fn a_redis_that_would_keep_session_hashes_as_hash_tables_is_warned_of() {
+    for (extra, warned) in [
+        (&[][..], true),
+        (&["--hash-max-listpack-value", "512"][..], false),
+    ] {
+        let redis = PrivateRedis::start(extra);
+        let settings = isolated_settings();
+        let service = Service::start(
+            service_with_settings(&settings)
+                .env("RUST_LOG", "warn")
+                .env("REDIS_URL", format!("redis://127.0.0.1:{}/", redis.port))
+                .env("AMQP_URL", AMQP_URL),
+            free_port(),
+        );
+        let http = Http::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let ready = http.get(service.url("/readyz")).send().await;
+            if ready.is_ok_and(|ready| ready.status() == 200) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, printed) = service.terminate();
+        assert!(status.success(), "{status:?}: {printed}");
+        assert_eq!(
+            printed.contains("Set hash-max-listpack-value 512"),
+            warned,
+            "{extra:?}: {printed}"
+        );
+        crate::helpers::clean_up(&settings).await;
+    }
+}
