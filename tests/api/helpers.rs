@@ -413,10 +413,14 @@ impl AmqpClient {
 
     /// Number of messages in the dead-letter queue now.
     pub async fn dead_letter_count(&self) -> u32 {
-        let queue = format!("{}.dead", self.queue);
+        self.ready_count(&format!("{}.dead", self.queue)).await
+    }
+
+    /// Number of messages ready in `queue` now (not those delivered and not yet acknowledged).
+    pub async fn ready_count(&self, queue: &str) -> u32 {
         self.channel
             .queue_declare(
-                queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()

@@ -307,3 +307,46 @@ async fn a_redis_that_would_keep_session_hashes_as_hash_tables_is_warned_of() {
         crate::helpers::clean_up(&settings).await;
     }
 }
+
+/// A reply whose queue is gone (its client went away) is logged, naming the queue, instead of
+/// vanishing unseen; the command is applied once and taken off the queue all the same.
+#[tokio::test]
+async fn a_reply_that_no_queue_takes_is_logged_and_the_command_applied() {
+    let settings = isolated_settings();
+    let service = Service::start(
+        service_with_settings(&settings)
+            .env("RUST_LOG", "warn")
+            .env("AMQP_URL", AMQP_URL),
+        free_port(),
+    );
+    let client = AmqpClient::connect(&settings).await;
+    client.wait_for_consumer().await;
+    let gone = format!("{}.gone-replies", settings.command_queue);
+    let properties = lapin::BasicProperties::default()
+        .with_reply_to(gone.as_str().into())
+        .with_correlation_id("c1".into())
+        .with_message_id("m1".into());
+    let command = json!({"type": "CreateSession", "user_id": "ulla", "device_id": "d"});
+    client
+        .publish(command.to_string().as_bytes(), properties)
+        .await;
+    crate::helpers::eventually(async || {
+        match crate::helpers::every_session_id(&service.url(""), "ulla")
+            .await
+            .len()
+        {
+            1 => Ok(()),
+            n => Err(format!("{n} sessions")),
+        }
+    })
+    .await;
+    let (status, printed) = service.terminate();
+    assert!(status.success(), "{status:?}: {printed}");
+    // Acknowledged: a command left unacknowledged would be ready again once the service stopped.
+    assert_eq!(client.ready_count(&settings.command_queue).await, 0);
+    assert!(
+        printed.contains("a reply could not be delivered") && printed.contains(&gone),
+        "{printed}"
+    );
+    crate::helpers::clean_up(&settings).await;
+}

@@ -365,8 +365,13 @@ impl Handler {
                 .replies
                 .basic_publish(
                     "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
+                    reply_to.clone(),
+                    // Mandatory, so that a reply no queue takes comes back and is logged below
+                    // instead of vanishing unseen.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &Reply::encode(outcome),
                     properties,
                 )
@@ -378,6 +383,15 @@ impl Handler {
             Ok(Ok(Confirmation::Nack(_))) => {
                 tracing::error!("the broker refused a reply");
                 false
+            }
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                // The reply queue is gone (its client went away): nobody waits for the reply.
+                tracing::warn!(
+                    reply_to = reply_to.as_str(),
+                    reason = returned.reply_text.as_str(),
+                    "a reply could not be delivered: no queue of that name; it is dropped"
+                );
+                true
             }
             Ok(Ok(_)) => true,
             Ok(Err(error)) => {
