@@ -315,20 +315,26 @@ fn certificates(tls: &TlsSettings) -> Option<TlsCertificates> {
 /// Asks the server whether it is a cluster node; `Err` when it cannot be asked now (down, or its
 /// certificate does not verify).
 async fn is_cluster(client: &redis::Client) -> RedisResult<bool> {
-    let probe = async {
+    let info: String = ask(client, &["INFO", "cluster"]).await?;
+    Ok(info.contains("cluster_enabled:1"))
+}
+
+/// The answer of the server to the command of words `command`, over a connection of its own
+/// made for it; `Err` when it cannot be asked now, or does not answer within [`PROBE_TIMEOUT`].
+async fn ask<T: redis::FromRedisValue>(client: &redis::Client, command: &[&str]) -> RedisResult<T> {
+    let asked = async {
         let mut connection = client.get_multiplexed_async_connection().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("cluster")
+        redis::cmd(command[0])
+            .arg(&command[1..])
             .query_async(&mut connection)
-            .await?;
-        Ok(info.contains("cluster_enabled:1"))
+            .await
     };
-    tokio::time::timeout(PROBE_TIMEOUT, probe)
+    tokio::time::timeout(PROBE_TIMEOUT, asked)
         .await
         .unwrap_or_else(|_| {
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "Redis did not answer INFO cluster within 2 s",
+                format!("Redis did not answer {} within 2 s", command.join(" ")),
             )
             .into())
         })
@@ -344,22 +350,14 @@ const ADVISED_LISTPACK_VALUE: u64 = 512;
 /// reads. Asked once, beside the connection being made; says nothing when the server cannot be
 /// reached then or will not tell (`CONFIG` disabled, as some hosted Redis services do).
 async fn advise_on_hash_encoding(client: redis::Client) {
-    let ask = async {
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        // The old name, which Redis 7 still answers to, so that Redis 6 answers too.
-        redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("hash-max-ziplist-value")
-            .query_async::<Vec<String>>(&mut connection)
-            .await
-    };
-    let answer = match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(error)) => {
+    // The old name, which Redis 7 still answers to, so that Redis 6 answers too.
+    let asked = ask::<Vec<String>>(&client, &["CONFIG", "GET", "hash-max-ziplist-value"]);
+    let answer = match asked.await {
+        Ok(answer) => answer,
+        Err(error) => {
             tracing::debug!(error = %Chain(&error), "Redis does not tell its hash-max-listpack-value");
             return;
         }
-        Err(_) => return,
     };
     let value = answer.get(1).and_then(|value| value.parse::<u64>().ok());
     if let Some(value) = value.filter(|value| *value < ADVISED_LISTPACK_VALUE) {

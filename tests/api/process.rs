@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::api_docs::Http;
 use crate::helpers::{
-    isolated_settings, service_binary, service_with_settings, AmqpClient, AMQP_URL,
+    isolated_settings, service_binary, service_on_local_servers, service_with_settings, AmqpClient,
+    AMQP_URL,
 };
 use session_manager_testkit::{free_port, PrivateRedis, Service};
 
@@ -288,15 +289,13 @@ async fn a_redis_that_would_keep_session_hashes_as_hash_tables_is_warned_of() {
             free_port(),
         );
         let http = Http::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let ready = http.get(service.url("/readyz")).send().await;
-            if ready.is_ok_and(|ready| ready.status() == 200) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::helpers::eventually(
+            async || match http.get(service.url("/readyz")).send().await {
+                Ok(ready) if ready.status() == 200 => Ok(()),
+                other => Err(format!("/readyz: {other:?}")),
+            },
+        )
+        .await;
         let (status, printed) = service.terminate();
         assert!(status.success(), "{status:?}: {printed}");
         assert_eq!(
@@ -314,9 +313,7 @@ async fn a_redis_that_would_keep_session_hashes_as_hash_tables_is_warned_of() {
 async fn a_reply_that_no_queue_takes_is_logged_and_the_command_applied() {
     let settings = isolated_settings();
     let service = Service::start(
-        service_with_settings(&settings)
-            .env("RUST_LOG", "warn")
-            .env("AMQP_URL", AMQP_URL),
+        service_on_local_servers(&settings).env("RUST_LOG", "warn"),
         free_port(),
     );
     let client = AmqpClient::connect(&settings).await;

@@ -1,7 +1,7 @@
 //! GetSession. Without idle expiry a read changes nothing (reads are not recorded, and there is no
-//! idle deadline to move), so it is one `HMGET` of every field without a script, unless the session ends
-//! within [`CLOCK_SLACK`] by this host's clock: the script then judges by Redis's clock, and ends
-//! it if its moment has passed. A read counts as use (`last_seen_at`) at most once every
+//! idle deadline to move), so it is one `HMGET` of every field without a script, unless the
+//! session ends within [`CLOCK_SLACK`] by this host's clock: the script then judges by Redis's
+//! clock, and ends it if its moment has passed. A read counts as use (`last_seen_at`) at most once every
 //! [`SEEN_EVERY`]: then a small script writes the moment, so most reads write nothing.
 
 use super::{run, strings, CommandCall, ONE_SESSION};
@@ -49,8 +49,8 @@ pub(in crate::store) async fn apply(
     Ok(Outcome::Session(hash::session(id, pairs, &store.keyring)?))
 }
 
-/// The session read with one `HMGET` of every field; `None` when the script must answer instead. Without idle
-/// expiry a session ends at its `expires_at`.
+/// The session read with one `HMGET` of every field; `None` when the script must answer
+/// instead. Without idle expiry a session ends at its `expires_at`.
 async fn read(store: &Store, id: &SessionId) -> Result<Option<Outcome>, StoreError> {
     let mut connection = store.connection.clone();
     let values: Vec<Option<String>> = redis::cmd("HMGET")
