@@ -2,11 +2,17 @@
 //! flag, and validated once at start. A bad value is a [`ConfigError`] naming the variable.
 //! Secrets (passwords in URLs, the API token) never appear in `Debug` output.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 
 use crate::{
+    callers::Callers,
     keyring::Keyring,
     store::{RedisConnection, RedisMode, Replication},
     tls::{TlsFile, TlsSettings, Transport},
@@ -104,9 +110,25 @@ pub struct Cli {
     )]
     pub session_events_exchange: String,
     /// When set, /a01/* requires `Authorization: Bearer <token>`; several tokens,
-    /// comma-separated, are all accepted (for rotation).
+    /// comma-separated, are all accepted (for rotation). Each is a caller with every scope
+    /// (`token-1`, `token-2`, …) and must be at least 32 characters long.
     #[arg(long, env = "SESSION_API_TOKEN", hide_env_values = true)]
     pub session_api_token: Option<String>,
+    /// A JSON file of callers: their names, the SHA-256 of their REST tokens, their AMQP users
+    /// and their scopes.
+    #[arg(long, env = "SESSION_CALLERS_FILE")]
+    pub session_callers_file: Option<PathBuf>,
+    /// The address the REST front end listens on; default 127.0.0.1 when no caller is
+    /// configured (protected mode), else 0.0.0.0.
+    #[arg(long, env = "SERVICE_LISTEN_ADDR")]
+    pub service_listen_addr: Option<IpAddr>,
+    /// Prefixes of the queue names a reply may go to besides server-named queues (amq.gen-…)
+    /// and Direct Reply-to; comma-separated.
+    #[arg(long, env = "SESSION_REPLY_TO_PREFIXES", default_value = "")]
+    pub session_reply_to_prefixes: String,
+    /// How long the dead-letter queue keeps a message, in seconds.
+    #[arg(long, env = "SESSION_DEAD_LETTER_TTL_SEC", default_value_t = 604_800)]
+    pub session_dead_letter_ttl_sec: u64,
     /// Seals tokens and e-mail at rest: one key (32 bytes, standard base64) or a keyring
     /// `<id>:<key>,…` whose first key seals and every key opens.
     #[arg(long, env = "SESSION_ENCRYPTION_KEY", hide_env_values = true)]
@@ -179,6 +201,8 @@ impl fmt::Debug for SecretString {
 pub struct Settings {
     /// REST port; 0 lets the OS choose (tests).
     pub port: u16,
+    /// The address the REST front end listens on.
+    pub listen_addr: IpAddr,
     /// May carry a password, hence secret.
     pub redis_url: SecretString,
     /// Standalone, cluster, or ask the server.
@@ -205,8 +229,12 @@ pub struct Settings {
     pub command_queue: String,
     /// The topic exchange of the events.
     pub events_exchange: String,
-    /// When not empty, `/a01/*` requires one of them as bearer token.
-    pub api_tokens: Vec<SecretString>,
+    /// Who may call, and what each may do; none: protected mode, anyone may do everything.
+    pub callers: Callers,
+    /// Prefixes of the queue names a reply may go to, besides `amq.gen-…` and Direct Reply-to.
+    pub reply_to_prefixes: Vec<String>,
+    /// How long the dead-letter queue keeps a message.
+    pub dead_letter_ttl: Duration,
     /// Seals the secret fields at rest; empty: stored as given. Its `Debug` shows key ids only.
     pub keyring: Keyring,
     /// Commands taken at once and applied concurrently.
@@ -218,6 +246,7 @@ impl Settings {
     pub fn local_defaults() -> Self {
         Self {
             port: 8090,
+            listen_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             redis_url: SecretString::new("redis://127.0.0.1:6379/"),
             redis_mode: RedisMode::Auto,
             redis_wait: None,
@@ -231,7 +260,9 @@ impl Settings {
             key_prefix: "session-manager".into(),
             command_queue: "session.commands".into(),
             events_exchange: "session.events".into(),
-            api_tokens: Vec::new(),
+            callers: Callers::default(),
+            reply_to_prefixes: Vec::new(),
+            dead_letter_ttl: Duration::from_secs(604_800),
             keyring: Keyring::default(),
             prefetch: 64,
         }
@@ -419,7 +450,7 @@ impl TryFrom<Cli> for Settings {
         if cli.amqp_prefetch == 0 {
             return Err(invalid("AMQP_PREFETCH", "must be at least 1"));
         }
-        let api_tokens = match cli.session_api_token {
+        let api_tokens: Vec<SecretString> = match cli.session_api_token {
             None => Vec::new(),
             Some(tokens) => tokens
                 .split(',')
@@ -432,8 +463,46 @@ impl TryFrom<Cli> for Settings {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let mut callers = match &cli.session_callers_file {
+            None => Callers::default(),
+            Some(path) => {
+                Callers::read(path).map_err(|why| invalid("SESSION_CALLERS_FILE", why))?
+            }
+        };
+        callers
+            .add_api_tokens(&api_tokens)
+            .map_err(|why| invalid("SESSION_API_TOKEN", why))?;
+        let listen_addr = cli.service_listen_addr.unwrap_or(if callers.is_empty() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        });
+        let reply_to_prefixes = cli
+            .session_reply_to_prefixes
+            .split(',')
+            .map(str::trim)
+            .filter(|prefix| !prefix.is_empty())
+            .map(|prefix| match prefix.starts_with("amq.") {
+                // amq.* names are the broker's; the two it has for replies are always allowed.
+                true => Err(invalid(
+                    "SESSION_REPLY_TO_PREFIXES",
+                    "a prefix must not start with amq. (server-named queues and Direct \
+                     Reply-to are always allowed)",
+                )),
+                false => Ok(prefix.to_owned()),
+            })
+            .collect::<Result<_, _>>()?;
+        if cli.session_dead_letter_ttl_sec == 0
+            || cli.session_dead_letter_ttl_sec > u32::MAX as u64 / 1000
+        {
+            return Err(invalid(
+                "SESSION_DEAD_LETTER_TTL_SEC",
+                "must be 1 to 4294967 (about 49 days)",
+            ));
+        }
         Ok(Self {
             port: cli.service_port,
+            listen_addr,
             redis_url: SecretString::new(redis_url),
             redis_mode,
             redis_wait,
@@ -451,7 +520,9 @@ impl TryFrom<Cli> for Settings {
                 "SESSION_EVENTS_EXCHANGE",
                 cli.session_events_exchange,
             )?,
-            api_tokens,
+            callers,
+            reply_to_prefixes,
+            dead_letter_ttl: Duration::from_secs(cli.session_dead_letter_ttl_sec),
             keyring,
             prefetch: cli.amqp_prefetch,
         })
@@ -501,15 +572,30 @@ mod tests {
 
     #[test]
     fn several_api_tokens_are_read_and_trimmed() {
-        let s = settings(&["--session-api-token", "old-one, new-one"]).unwrap();
-        let tokens: Vec<&str> = s.api_tokens.iter().map(SecretString::expose).collect();
-        assert_eq!(tokens, ["old-one", "new-one"]);
+        let (old, new) = ("old-one".repeat(5), "new-one".repeat(5));
+        let s = settings(&["--session-api-token", &format!("{old}, {new}")]).unwrap();
+        assert_eq!(s.callers.len(), 2);
+        assert_eq!(
+            s.callers.by_token(new.as_bytes()).unwrap().shown(),
+            "token-2"
+        );
         assert!(!format!("{s:?}").contains("old-one"));
+        // With callers, the REST front end listens on every interface.
+        assert_eq!(s.listen_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+
+    #[test]
+    fn without_callers_the_rest_front_end_listens_on_localhost_only() {
+        let s = settings(&[]).unwrap();
+        assert!(s.callers.is_empty());
+        assert_eq!(s.listen_addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let s = settings(&["--service-listen-addr", "::"]).unwrap();
+        assert_eq!(s.listen_addr, "::".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 15] = [
             (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
             (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
             (&["--redis-url", "nope://x"], "REDIS_URL"),
@@ -518,6 +604,19 @@ mod tests {
             (&["--amqp-url", " , "], "AMQP_URL"),
             (&["--session-api-token", " "], "SESSION_API_TOKEN"),
             (&["--session-api-token", "a,,b"], "SESSION_API_TOKEN"),
+            (&["--session-api-token", "short"], "SESSION_API_TOKEN"),
+            (
+                &["--session-callers-file", "/nonexistent/callers.json"],
+                "SESSION_CALLERS_FILE",
+            ),
+            (
+                &["--session-reply-to-prefixes", "replies.,amq.gen-"],
+                "SESSION_REPLY_TO_PREFIXES",
+            ),
+            (
+                &["--session-dead-letter-ttl-sec", "0"],
+                "SESSION_DEAD_LETTER_TTL_SEC",
+            ),
             (&["--redis-cluster", "maybe"], "REDIS_CLUSTER"),
             (&["--redis-wait-timeout-ms", "0"], "REDIS_WAIT_TIMEOUT_MS"),
             (

@@ -51,7 +51,12 @@ pub struct Keyring {
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// Keys the digests of idempotency records ([`Keyring::digests`]), derived from the key.
+    digests: ring::hmac::Key,
 }
+
+/// The length of a [`Keyring::digests`] digest: 128 bits, as unpadded base64url (22 characters).
+pub const DIGEST_BYTES: usize = 16;
 
 /// Why a keyring cannot be used. The message never quotes a key.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +156,7 @@ impl Keyring {
                 id: id.to_owned(),
                 cipher: XChaCha20Poly1305::new_from_slice(&bytes)
                     .expect("the length was checked just above"),
+                digests: digest_key(&bytes),
             });
         }
         Ok(Self { keys })
@@ -247,6 +253,24 @@ impl Keyring {
         String::from_utf8(bytes).map_err(|_| OpenError::Forged)
     }
 
+    /// The digests of `bytes` (the fingerprint of a command, kept in its idempotency record so
+    /// that a key used again can be told apart from a repetition), the one to record first: an
+    /// HMAC under a key derived from each key of the ring, so that no digest in Redis lets a
+    /// reader test guesses of an e-mail address; then its plain SHA-256, which is recorded only
+    /// without a key (Redis then holds the values in plain text anyway). A record written under
+    /// any key of the ring, or before a key was set, still matches. Each is [`DIGEST_BYTES`]
+    /// long, in unpadded base64url.
+    pub fn digests(&self, bytes: &[u8]) -> Vec<String> {
+        let short = |digest: &[u8]| URL_SAFE_NO_PAD.encode(&digest[..DIGEST_BYTES]);
+        self.keys
+            .iter()
+            .map(|key| short(ring::hmac::sign(&key.digests, bytes).as_ref()))
+            .chain([short(
+                ring::digest::digest(&ring::digest::SHA256, bytes).as_ref(),
+            )])
+            .collect()
+    }
+
     /// How `stored` is kept, read from its header alone.
     pub fn sealing(stored: &str) -> Sealing<'_> {
         split(stored).map_or(Sealing::Plain, |(id, _)| Sealing::Sealed(id))
@@ -269,6 +293,16 @@ impl fmt::Debug for Keyring {
             .entries(self.keys.iter().map(|key| &key.id))
             .finish()
     }
+}
+
+/// The HMAC key of the digests, derived from a ring key with HKDF-SHA256 for that purpose alone,
+/// so that the digests tell nothing about the key that seals.
+fn digest_key(key: &[u8]) -> ring::hmac::Key {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"session-manager");
+    salt.extract(key)
+        .expand(&[b"idempotency record digest"], ring::hmac::HMAC_SHA256)
+        .expect("HMAC-SHA256's key length is within HKDF-SHA256's output limit")
+        .into()
 }
 
 /// The key id and the encoded bytes of a sealed value; `None` for plain text.
@@ -363,6 +397,28 @@ mod tests {
         let none = Keyring::default();
         assert_eq!(none.seal("s", "f", "v"), "v");
         assert!(none.is_current("v"));
+    }
+
+    #[test]
+    fn digests_depend_on_every_key_and_match_across_a_rotation() {
+        let (old, new) = (
+            ring(&format!("a:{}", key(1))),
+            ring(&format!("b:{},a:{}", key(2), key(1))),
+        );
+        let print = b"the fingerprint of a command";
+        let under_old = old.digests(print);
+        let under_new = new.digests(print);
+        assert_eq!(under_old.len(), 2);
+        assert_eq!(under_new.len(), 3);
+        // The new ring writes its first key's, and still knows the old one's and the plain one.
+        assert_ne!(under_new[0], under_old[0]);
+        assert_eq!(under_new[1], under_old[0]);
+        assert_eq!(under_old[0].len(), 22);
+        assert_ne!(old.digests(b"another command"), under_old);
+        let plain = Keyring::default().digests(print);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0], under_new[2]);
+        assert!(!under_old[..1].contains(&plain[0]));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! them use the domain; the domain and the core import nothing from the transports or Redis.
 //!
 //! - [`config`]: settings from the environment, validated at start.
+//! - [`callers`]: who may call (the callers file, API tokens), found by token or AMQP user.
 //! - [`domain`]: session types that parse their rules, commands, outcomes, events, errors.
 //! - [`service`]: the core; both front ends call it.
 //! - [`store`]: the only module that knows Redis (keys, buckets, Lua scripts).
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod callers;
 pub mod config;
 pub mod domain;
 pub mod keyring;

@@ -135,6 +135,12 @@ fn print_report(report: &RewrapReport) {
             report.read_records_deleted
         );
     }
+    if report.session_copies_deleted > 0 {
+        eprintln!(
+            "rewrap: copies of a session deleted from update records (older versions kept them): {}",
+            report.session_copies_deleted
+        );
+    }
     if report.keys_skipped > 0 {
         eprintln!(
             "rewrap: keys changed by instances through every attempt: {}",

@@ -88,9 +88,17 @@ impl Application {
         let events = AmqpEvents::new(amqp.clone(), settings.events_exchange.clone());
         let relay = Relay::new(store.clone(), events, wake.clone(), metrics.clone());
         let service = SessionService::new(store, wake, metrics.clone());
-        let listener = TcpListener::bind(("0.0.0.0", settings.port))
+        let listener = TcpListener::bind((settings.listen_addr, settings.port))
             .await
             .map_err(StartupError::Bind)?;
+        if settings.callers.is_empty() {
+            tracing::warn!(
+                address = %settings.listen_addr,
+                "no caller is configured (SESSION_CALLERS_FILE, SESSION_API_TOKEN): every \
+                 caller may do everything, read every token included; protected mode: the REST \
+                 front end listens on 127.0.0.1 unless SERVICE_LISTEN_ADDR says otherwise"
+            );
+        }
         let port = listener.local_addr().map_err(StartupError::Bind)?.port();
         Ok(Self {
             listener,
@@ -122,7 +130,7 @@ impl Application {
         let state = Arc::new(HttpState {
             service: self.service.clone(),
             metrics: self.metrics.clone(),
-            api_tokens: self.settings.api_tokens.clone(),
+            callers: self.settings.callers.clone(),
             readiness: Arc::new(move || {
                 let store = store.clone();
                 let amqp_ready = link.is_connected() && ready.get();
@@ -139,7 +147,7 @@ impl Application {
         let front_ends = CancellationToken::new();
         let relay = CancellationToken::new();
         let connection = CancellationToken::new();
-        tracing::info!(port = self.port, "REST front end listening");
+        tracing::info!(address = %self.settings.listen_addr, port = self.port, "REST front end listening");
         let stages = vec![
             Stage::new(
                 front_ends.clone(),
@@ -162,6 +170,9 @@ impl Application {
                                 queue: self.settings.command_queue.clone(),
                                 events_exchange: self.settings.events_exchange.clone(),
                                 prefetch: self.settings.prefetch,
+                                dead_letter_ttl: self.settings.dead_letter_ttl,
+                                callers: self.settings.callers.clone(),
+                                reply_to_prefixes: self.settings.reply_to_prefixes.clone(),
                             },
                             consuming,
                             front_ends,
@@ -216,17 +227,18 @@ impl Stage {
     }
 }
 
-/// Why a task ended: its panic's message, or that it returned although nothing stopped it.
+/// Why a task ended: its panic's message, or that it returned although nothing stopped it. A
+/// message formatted at run time is not shown (it could carry what the task held); the panic
+/// hook has logged where it happened.
 fn cause(ended: Result<(), tokio::task::JoinError>) -> Option<String> {
     match ended {
         Ok(()) => None,
         Err(error) if error.is_panic() => {
             let panic = error.into_panic();
             let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without message".into());
+                .downcast_ref::<&'static str>()
+                .copied()
+                .unwrap_or("a message formatted at run time (not shown)");
             Some(format!("panicked: {message}"))
         }
         Err(error) => Some(error.to_string()),

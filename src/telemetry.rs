@@ -1,6 +1,7 @@
 //! Logging: `tracing` to stdout, filtered by `RUST_LOG` (default `info`), and [`Chain`] to log
 //! an error with its causes. Nothing in the service logs a request body, a token or a URL with
-//! credentials.
+//! credentials, at any level; what other crates log is capped (see [`libraries_capped`]), and a
+//! panic is logged by its place, not its message (see [`log_panics`]).
 
 use std::{
     fmt,
@@ -27,20 +28,46 @@ pub fn init() -> Result<(), crate::config::ConfigError> {
             tracing_subscriber::fmt::layer()
                 .with_ansi(stdout().is_terminal())
                 .with_target(true)
-                .with_filter(asked.and(frames_capped())),
+                .with_filter(asked.and(libraries_capped())),
         )
         .init();
+    log_panics();
     Ok(())
 }
 
-/// lapin logs every AMQP frame at trace level, message bodies (and so tokens) included: its
-/// events pass only up to debug, whatever `RUST_LOG` asks. Both filters must let an event pass,
-/// so the cap only ever lowers lapin's level, never raises it above what `RUST_LOG` asks.
-fn frames_capped() -> Targets {
+/// The cap on what other crates log, whatever `RUST_LOG` asks: their events pass up to `warn`
+/// only, and two of lapin's not at all. At lower levels they print what passes through them:
+/// lapin every AMQP frame and RPC (message bodies, and so tokens), h2 and hyper headers (bearer
+/// tokens), redis-rs values it could not convert, rustls handshake messages. At `warn`, lapin
+/// prints a message the broker returned (`lapin::returned_messages`: the whole reply, tokens
+/// included; the worker logs its own line naming the queue, correlation id and command type)
+/// and a delivery it could not hand to a dropped consumer (`lapin::consumer`, at `error`). Both
+/// filters must let an event pass, so the cap only ever lowers a level, never raises one above
+/// what `RUST_LOG` asks; the service's own events (`session_manager`) are not capped.
+pub fn libraries_capped() -> Targets {
     Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("lapin", LevelFilter::DEBUG)
-        .with_target("amq_protocol", LevelFilter::DEBUG)
+        .with_default(LevelFilter::WARN)
+        .with_target("session_manager", LevelFilter::TRACE)
+        .with_target("lapin::returned_messages", LevelFilter::OFF)
+        .with_target("lapin::consumer", LevelFilter::OFF)
+}
+
+/// Replaces the default panic hook, which prints the panic's message to stderr: a message made
+/// with `format!` (an `expect` on an error, an assertion) can carry what the code held, a
+/// session's tokens included. The hook logs where the panic happened, and its message only when
+/// it is a literal of the code (a `&'static str` payload), which holds nothing from run time.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|place| format!("{}:{}", place.file(), place.line()));
+        let message = info.payload().downcast_ref::<&'static str>().copied();
+        tracing::error!(
+            location = location.as_deref().unwrap_or("unknown"),
+            message = message.unwrap_or("(formatted at run time; not shown)"),
+            "panicked"
+        );
+    }));
 }
 
 /// Displays an error followed by each of its sources: `outer: inner: innermost`. A source whose
@@ -68,6 +95,28 @@ impl fmt::Display for Chain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_crates_are_capped_at_warn_and_the_payload_printing_targets_are_off() {
+        use tracing::Level;
+        let cap = libraries_capped();
+        let passes = |target: &str, level: Level| cap.would_enable(target, &level);
+        assert!(passes("session_manager::transport::amqp", Level::TRACE));
+        assert!(passes("session_manager::audit", Level::INFO));
+        for library in [
+            "lapin::channels",
+            "redis::aio",
+            "h2::codec",
+            "hyper",
+            "rustls::conn",
+        ] {
+            assert!(!passes(library, Level::INFO), "{library}");
+            assert!(passes(library, Level::WARN), "{library}");
+        }
+        for silenced in ["lapin::returned_messages", "lapin::consumer"] {
+            assert!(!passes(silenced, Level::ERROR), "{silenced}");
+        }
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("{text}")]

@@ -250,6 +250,9 @@ pub struct AmqpClient {
     calls: AtomicU64,
     timeout: Duration,
     retries: u32,
+    /// The `user_id` of every command: the AMQP user the client publishes as, by which the
+    /// service knows the caller (the broker refuses a `user_id` that is not the connection's).
+    amqp_user: Option<String>,
     dispatcher: JoinHandle<()>,
 }
 
@@ -277,7 +280,16 @@ impl AmqpClient {
     pub async fn connect(amqp_url: &str, command_queue: &str) -> Result<Self, Error> {
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
         // The client's channels keep the connection open; it closes when they are dropped.
-        Self::with_connection(&connection, command_queue).await
+        let client = Self::with_connection(&connection, command_queue).await?;
+        // The URL's user is the one the connection publishes as.
+        let user = amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.authority.userinfo.username)
+            .ok();
+        Ok(match user {
+            Some(user) => client.with_amqp_user(user),
+            None => client,
+        })
     }
 
     /// A client on channels of its own over an open `connection`.
@@ -320,7 +332,17 @@ impl AmqpClient {
             calls: AtomicU64::new(0),
             timeout: DEFAULT_TIMEOUT,
             retries: DEFAULT_RETRIES,
+            amqp_user: None,
         })
+    }
+
+    /// Sets `user_id` to `user` on every command: the RabbitMQ user of the connection, which
+    /// the service maps to a caller (`amqp_user` in its callers file). [`AmqpClient::connect`]
+    /// sets it from the URL; a client made [`AmqpClient::with_connection`] needs it when the
+    /// service has callers configured.
+    pub fn with_amqp_user(mut self, user: impl Into<String>) -> Self {
+        self.amqp_user = Some(user.into());
+        self
     }
 
     /// How long a call waits for its reply before it publishes the command again
@@ -536,7 +558,8 @@ impl AmqpClient {
     }
 
     /// Publishes `body` to the command queue with the caller's `properties` (adding
-    /// `content_type: application/json` and `delivery_mode: 2` when they are not set) and
+    /// `content_type: application/json`, `delivery_mode: 2` and the client's AMQP user as
+    /// `user_id` when they are not set) and
     /// waits for the broker's confirm. Nothing else is added: without `reply_to` the service
     /// does not answer.
     ///
@@ -577,6 +600,9 @@ impl AmqpClient {
         }
         if properties.delivery_mode().is_none() {
             properties = properties.with_delivery_mode(2);
+        }
+        if let (None, Some(user)) = (properties.user_id(), &self.amqp_user) {
+            properties = properties.with_user_id(user.as_str().into());
         }
         let confirmation = self
             .channel

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::{
     fields::{Field, Fields},
-    DeviceId, Error, IpAddress, ListPage, NewSession, Session, SessionId, SessionPatch, Timestamp,
-    UserAgent, UserId,
+    Caller, DeviceId, Error, IpAddress, ListPage, NewSession, Scope, Secret, Session, SessionId,
+    SessionPatch, Timestamp, UserAgent, UserEmail, UserId,
 };
 
 /// One operation on the sessions.
@@ -98,6 +98,16 @@ impl Command {
         !matches!(self, Self::GetSession(_) | Self::ListSessions(..))
     }
 
+    /// The scope a caller needs for it (contract §8.1).
+    pub fn scope(&self) -> Scope {
+        match self {
+            Self::CreateSession(_) => Scope::SessionsCreate,
+            Self::GetSession(_) | Self::ListSessions(..) => Scope::SessionsRead,
+            Self::UpdateSession(..) => Scope::SessionsUpdate,
+            Self::DeleteSession(_) | Self::DeleteUserSessions(..) => Scope::SessionsDelete,
+        }
+    }
+
     /// The command's `type`, also used as a metrics label.
     pub fn name(&self) -> &'static str {
         match self {
@@ -149,6 +159,9 @@ pub struct SessionSummary {
 /// The result of a successful command: the same JSON as the REST success body.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+// The whole session is the most common answer (every read): boxing it would cost an allocation
+// per read for an enum that lives only until it is serialized.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// A session was created.
     SessionCreated {
@@ -170,6 +183,10 @@ pub enum Outcome {
     SessionDeleted {
         /// Its id.
         session_id: SessionId,
+        /// Its user, for the audit line (not in the answer); `None` when the store did not
+        /// say (a repeat recorded by an older version).
+        #[serde(skip)]
+        user_id: Option<UserId>,
     },
     /// A user's sessions were ended.
     UserSessionsDeleted {
@@ -249,22 +266,45 @@ mod tests {
     }
 }
 
-/// The idempotency key of an AMQP command: its `message_id` property (1–255 bytes), or, for a
-/// command without one, a key of its delivery's own, under which the worker's retries of that
-/// delivery find what an earlier try may have done.
+/// The idempotency key of a changing command: an AMQP command's `message_id` property (1–255
+/// bytes), a REST request's `Idempotency-Key` header (1–255 visible ASCII characters), or, for an
+/// AMQP command without `message_id`, a key of its delivery's own, under which the worker's
+/// retries of that delivery find what an earlier try may have done. Both kinds a client gives
+/// share one namespace: a key given over REST and over AMQP is the same key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageId {
+pub struct IdempotencyKey {
     id: String,
     of_delivery: bool,
 }
 
-impl MessageId {
-    /// `None` for an empty id, which identifies nothing.
-    pub fn parse(id: &str) -> Option<Self> {
-        (!id.is_empty() && id.len() <= 255).then(|| Self {
+impl IdempotencyKey {
+    /// The key of an AMQP `message_id`; `None` for an empty id, which identifies nothing.
+    pub fn from_message_id(id: &str) -> Option<Self> {
+        (!id.is_empty() && id.len() <= 255).then(|| Self::given(id))
+    }
+
+    /// The key of an `Idempotency-Key` header: 1–255 visible ASCII characters, optionally in
+    /// the double quotes of a structured-field string (the IETF draft's form).
+    pub fn from_header(value: &[u8]) -> Result<Self, Error> {
+        let inner = match value {
+            [b'"', inner @ .., b'"'] => inner,
+            other => other,
+        };
+        let visible =
+            (1..=255).contains(&inner.len()) && inner.iter().all(|b| b.is_ascii_graphic());
+        match std::str::from_utf8(inner) {
+            Ok(key) if visible => Ok(Self::given(key)),
+            _ => Err(Error::InvalidArgument(
+                "Idempotency-Key: must be 1 to 255 visible ASCII characters".into(),
+            )),
+        }
+    }
+
+    fn given(id: &str) -> Self {
+        Self {
             id: id.to_owned(),
             of_delivery: false,
-        })
+        }
     }
 
     /// A fresh key for the retries of one delivery of a command without `message_id`.
@@ -275,14 +315,100 @@ impl MessageId {
         }
     }
 
-    /// Whether this is a delivery's own key rather than a client's `message_id`: its record is
-    /// kept only as long as the delivery's retries need it.
+    /// Whether this is a delivery's own key rather than a client's: its record is kept only as
+    /// long as the delivery's retries need it.
     pub fn is_of_delivery(&self) -> bool {
         self.of_delivery
     }
 
-    /// The id.
+    /// The key.
     pub fn as_str(&self) -> &str {
         &self.id
+    }
+}
+
+/// The bytes that identify a command and its caller, for an idempotency record: a key used
+/// again is the same request only when these are the same (contract §8.3). Each part is
+/// length-prefixed, so no two commands share them.
+#[derive(Default)]
+struct Fingerprint(Vec<u8>);
+
+impl Fingerprint {
+    fn text(&mut self, text: &str) -> &mut Self {
+        self.0.extend_from_slice(&(text.len() as u64).to_be_bytes());
+        self.0.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    fn tag(&mut self, tag: u8) -> &mut Self {
+        self.0.push(tag);
+        self
+    }
+
+    fn optional(&mut self, text: Option<&str>) -> &mut Self {
+        match text {
+            None => self.tag(0),
+            Some(text) => self.tag(1).text(text),
+        }
+    }
+
+    fn field(&mut self, field: Field<&str>) -> &mut Self {
+        match field {
+            Field::Absent => self.tag(0),
+            Field::Null => self.tag(1),
+            Field::Value(text) => self.tag(2).text(text),
+        }
+    }
+}
+
+impl Command {
+    /// The fingerprint of this command asked by `caller` (see [`Fingerprint`]).
+    pub fn fingerprint(&self, caller: &Caller) -> Vec<u8> {
+        let mut print = Fingerprint::default();
+        print
+            .optional(caller.name().map(|name| name.as_str()))
+            .text(self.name());
+        let number = |n: Option<u64>| n.map(|n| n.to_string());
+        match self {
+            Self::CreateSession(new) => {
+                let fields = &new.fields;
+                print
+                    .text(new.user_id.as_str())
+                    .text(new.device_id.as_str())
+                    .optional(new.ip_address.as_ref().map(IpAddress::as_str))
+                    .optional(new.user_agent.as_ref().map(UserAgent::as_str))
+                    .optional(fields.auth_code.as_ref().map(Secret::expose))
+                    .optional(fields.access_token.as_ref().map(Secret::expose))
+                    .optional(fields.refresh_token.as_ref().map(Secret::expose))
+                    .optional(number(fields.expiration_time).as_deref())
+                    .optional(fields.user_email.as_ref().map(UserEmail::as_str));
+            }
+            Self::GetSession(id) | Self::DeleteSession(id) => {
+                print.text(id.as_str());
+            }
+            Self::ListSessions(user_id, _) => {
+                print.text(user_id.as_str());
+            }
+            Self::UpdateSession(id, patch) => {
+                let expiration = patch.expiration_time.as_ref().map(u64::to_string);
+                print
+                    .text(id.as_str())
+                    .optional(patch.user_id.as_ref().map(UserId::as_str))
+                    .optional(patch.device_id.as_ref().map(DeviceId::as_str))
+                    .optional(patch.ip_address.as_ref().map(IpAddress::as_str))
+                    .optional(patch.user_agent.as_ref().map(UserAgent::as_str))
+                    .field(patch.auth_code.as_ref().map(Secret::expose))
+                    .field(patch.access_token.as_ref().map(Secret::expose))
+                    .field(patch.refresh_token.as_ref().map(Secret::expose))
+                    .field(expiration.as_ref().map(String::as_str))
+                    .field(patch.user_email.as_ref().map(UserEmail::as_str));
+            }
+            Self::DeleteUserSessions(user_id, except) => {
+                print
+                    .text(user_id.as_str())
+                    .optional(except.as_ref().map(SessionId::as_str));
+            }
+        }
+        print.0
     }
 }

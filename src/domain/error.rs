@@ -1,9 +1,11 @@
 //! The one error type of the core. Its variants are the contract's error codes (§2) that an
 //! operation can end with; both transports map it to their wire form (an HTTP status or an AMQP
-//! error reply) in one place each. Errors of one transport alone (a missing API token, a wrong
-//! HTTP method) belong to that transport.
+//! error reply) in one place each. Errors of one transport alone (a wrong HTTP method, a body
+//! that is not JSON) belong to that transport.
 
 use serde::Serialize;
+
+use super::Scope;
 
 /// The contract's error codes that an operation can end with, as they appear on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,8 +14,13 @@ pub enum ErrorCode {
     InvalidArgument,
     /// No such session (or route).
     NotFound,
-    /// The input contradicts what is stored (an update naming another user or device).
+    /// The input contradicts what is stored (an update naming another user or device), or an
+    /// idempotency key is used again for another request.
     Conflict,
+    /// No caller could be recognised (contract §8.1).
+    Unauthorized,
+    /// The caller lacks the scope the operation needs.
+    PermissionDenied,
     /// The store cannot be reached now; the same request may succeed later.
     Unavailable,
     /// Anything else; the cause is logged, not sent.
@@ -27,6 +34,8 @@ impl ErrorCode {
             Self::InvalidArgument => "invalid_argument",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::Unauthorized => "unauthorized",
+            Self::PermissionDenied => "permission_denied",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -46,6 +55,12 @@ pub enum Error {
     /// The input contradicts what is stored.
     #[error("{0}")]
     Conflict(String),
+    /// No caller could be recognised: no token or AMQP user, or one no caller has.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The caller lacks this scope.
+    #[error("this needs the scope {0}")]
+    PermissionDenied(Scope),
     /// The store cannot be reached now.
     #[error("the session store cannot be reached now")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -61,6 +76,8 @@ impl Error {
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -69,6 +86,11 @@ impl Error {
     /// The one `not_found` answer for a session, whether it never existed or has ended.
     pub fn session_not_found() -> Self {
         Self::NotFound("no such session".into())
+    }
+
+    /// The `conflict` of an idempotency key used again for another request (contract §8.3).
+    pub fn key_reused() -> Self {
+        Self::Conflict("this key was used for another request".into())
     }
 
     /// An internal error with a cause written here.

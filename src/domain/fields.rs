@@ -37,6 +37,24 @@ impl<T> Field<T> {
         matches!(self, Field::Absent)
     }
 
+    /// The field with a reference to its value.
+    pub fn as_ref(&self) -> Field<&T> {
+        match self {
+            Field::Absent => Field::Absent,
+            Field::Null => Field::Null,
+            Field::Value(value) => Field::Value(value),
+        }
+    }
+
+    /// Maps the value, keeping `Absent` and `Null`.
+    pub fn map<U>(self, map: impl FnOnce(T) -> U) -> Field<U> {
+        match self {
+            Field::Absent => Field::Absent,
+            Field::Null => Field::Null,
+            Field::Value(value) => Field::Value(map(value)),
+        }
+    }
+
     /// Applies a fallible parser to the value, keeping `Absent` and `Null`.
     pub fn try_map<U>(self, parse: impl FnOnce(T) -> Result<U, Error>) -> Result<Field<U>, Error> {
         Ok(match self {

@@ -2,6 +2,7 @@
 //! the `SessionClosed` event and the one error type. No I/O here: nothing in this module knows
 //! Redis, RabbitMQ or HTTP.
 
+mod caller;
 mod command;
 mod error;
 mod event;
@@ -11,7 +12,8 @@ mod page;
 mod properties;
 mod session;
 
-pub use command::{Command, MessageId, Outcome, SessionSummary};
+pub use caller::{Caller, CallerName, Scope, Scopes};
+pub use command::{Command, IdempotencyKey, Outcome, SessionSummary};
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
 pub use fields::{shown_name, Field, Fields};

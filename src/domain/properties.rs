@@ -7,7 +7,7 @@
 use proptest::{collection, prelude::*, sample};
 use serde_json::{json, Map, Value};
 
-use super::{Command, Error, Fields, MessageId, NewSession, SessionPatch};
+use super::{Command, Error, Fields, IdempotencyKey, NewSession, SessionPatch};
 
 /// Member names the parsers know, and some they do not.
 const NAMES: &[&str] = &[
@@ -142,10 +142,24 @@ proptest! {
 
     #[test]
     fn any_message_id_property_is_taken_or_refused(id in ".{0,300}") {
-        let parsed = MessageId::parse(&id);
+        let parsed = IdempotencyKey::from_message_id(&id);
         prop_assert_eq!(parsed.is_some(), !id.is_empty() && id.len() <= 255);
         if let Some(parsed) = parsed {
             prop_assert_eq!(parsed.as_str(), id.as_str());
+        }
+    }
+
+    #[test]
+    fn any_idempotency_key_header_is_taken_or_refused(key in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let parsed = IdempotencyKey::from_header(&key);
+        let inner = match key.as_slice() {
+            [b'"', inner @ .., b'"'] => inner,
+            other => other,
+        };
+        let visible = (1..=255).contains(&inner.len()) && inner.iter().all(u8::is_ascii_graphic);
+        prop_assert_eq!(parsed.is_ok(), visible);
+        if let Ok(parsed) = parsed {
+            prop_assert_eq!(parsed.as_str().as_bytes(), inner);
         }
     }
 

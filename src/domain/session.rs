@@ -166,8 +166,9 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A user's e-mail address: at most 320 bytes and containing `@`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A user's e-mail address: at most 320 bytes and containing `@`. Its `Debug` never shows the
+/// value.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct UserEmail(String);
 
@@ -190,6 +191,12 @@ impl UserEmail {
     /// A value read back from the store, where only checked values are written.
     pub(crate) fn from_stored(value: String) -> Self {
         Self(value)
+    }
+}
+
+impl fmt::Debug for UserEmail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserEmail([redacted])")
     }
 }
 
@@ -327,8 +334,10 @@ pub struct MutableFields {
     pub user_email: Option<UserEmail>,
 }
 
-/// A session as stored and returned: every field of §1.
-#[derive(Debug, Clone, Serialize)]
+/// A session as stored and returned: every field of §1. Serialized with every member, unset
+/// optional ones as `null`; once [`Session::withhold_secrets`] has run, without the four
+/// sealed members (contract §8.1).
+#[derive(Debug, Clone)]
 pub struct Session {
     /// Its id.
     pub session_id: SessionId,
@@ -359,6 +368,47 @@ pub struct Session {
     /// When it was last used: created, updated, or read (reads count at most once a minute).
     /// `None` for sessions written before the service kept it.
     pub last_seen_at: Option<Timestamp>,
+    /// Whether the sealed fields were taken out for a caller that may not read them.
+    pub secrets_withheld: bool,
+}
+
+impl Session {
+    /// Takes out the sealed fields (`auth_code`, `access_token`, `refresh_token`,
+    /// `user_email`), which its answer then leaves out.
+    pub fn withhold_secrets(&mut self) {
+        self.auth_code = None;
+        self.access_token = None;
+        self.refresh_token = None;
+        self.user_email = None;
+        self.secrets_withheld = true;
+    }
+}
+
+impl Serialize for Session {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let shown = !self.secrets_withheld;
+        let mut out = serializer.serialize_struct("Session", if shown { 14 } else { 10 })?;
+        out.serialize_field("session_id", &self.session_id)?;
+        out.serialize_field("user_id", &self.user_id)?;
+        out.serialize_field("device_id", &self.device_id)?;
+        if shown {
+            out.serialize_field("auth_code", &self.auth_code)?;
+            out.serialize_field("access_token", &self.access_token)?;
+            out.serialize_field("refresh_token", &self.refresh_token)?;
+        }
+        out.serialize_field("expiration_time", &self.expiration_time)?;
+        if shown {
+            out.serialize_field("user_email", &self.user_email)?;
+        }
+        out.serialize_field("ip_address", &self.ip_address)?;
+        out.serialize_field("user_agent", &self.user_agent)?;
+        out.serialize_field("created_at", &self.created_at)?;
+        out.serialize_field("updated_at", &self.updated_at)?;
+        out.serialize_field("expires_at", &self.expires_at)?;
+        out.serialize_field("last_seen_at", &self.last_seen_at)?;
+        out.end()
+    }
 }
 
 /// The input of a create: who, on which device, and the optional fields.

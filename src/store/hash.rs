@@ -296,6 +296,7 @@ fn session_of(
         updated_at: updated_at.ok_or_else(missing)?,
         expires_at: expires_at.ok_or_else(missing)?,
         last_seen_at,
+        secrets_withheld: false,
     })
 }
 

@@ -7,11 +7,12 @@
 //! ```text
 //! <prefix>:{<bucket>}:s:<session_id>   hash: the session (fields: see `hash.rs`)
 //! <prefix>:{<bucket>}:u:<user_id>      sorted set: the user's session ids by creation
-//! <prefix>:{<bucket>}:r:<type>:<n>:<target>:<message_id>
-//!                                       string: recorded outcome of a command (its target is
-//!                                       the session or user id, n its length in bytes), kept
+//! <prefix>:{<bucket>}:r:<type>:<n>:<target>:<key>
+//!                                       string: recorded outcome of a command and the digest of
+//!                                       its fingerprint (its target is the session or user id,
+//!                                       n its length in bytes, key its idempotency key), kept
 //!                                       SESSION_IDEMPOTENCY_SEC
-//! <prefix>:{<bucket>}:p:<type>:<n>:<target>:<message_id>, or without message id
+//! <prefix>:{<bucket>}:p:<type>:<n>:<target>:<key>, or without idempotency key
 //! <prefix>:{<bucket>}:p:<uuid>          list: progress of a DeleteUserSessions that takes more
 //!                                       than one step, deleted by its last step
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
@@ -24,7 +25,7 @@
 //! ```
 
 use super::Bucket;
-use crate::domain::{Command, MessageId, SessionId, UserId};
+use crate::domain::{Command, IdempotencyKey, SessionId, UserId};
 
 /// The kind of a key, the part after its bucket. The scripts derive session and index keys with
 /// the same kinds (`KIND.session`, `KIND.index` in their generated header).
@@ -97,12 +98,30 @@ impl Keys {
     }
 
     /// The idempotency record of a command, by command type, target (session or user id) and
-    /// message id: an id reused for another command is another command, and can never return
-    /// another session's outcome. For a command without message id, a key of the same slot
-    /// that the scripts never read.
-    pub fn record(&self, command: &Command, message_id: Option<&MessageId>) -> String {
-        match message_id {
-            Some(id) => self.of_command(kind::RECORD, command, id),
+    /// key: a key used for a command about another session or user can never return that
+    /// session's outcome. For a command without key, a key of the same slot that the scripts
+    /// never read.
+    pub fn record(&self, command: &Command, key: Option<&IdempotencyKey>) -> String {
+        match key {
+            Some(key) => self.of_command(kind::RECORD, command.name(), command, key),
+            None => self.of_kind(Bucket::of_command(command), kind::RECORD),
+        }
+    }
+
+    /// The record that the other changing command about the same target would have under the
+    /// same key (an UpdateSession's DeleteSession, a CreateSession's DeleteUserSessions, and the
+    /// other way round), which the script reads to refuse the key used again for it. A read
+    /// has none: the key of its own record stands in.
+    pub fn other_record(&self, command: &Command, key: Option<&IdempotencyKey>) -> String {
+        let other = match command {
+            Command::CreateSession(_) => "DeleteUserSessions",
+            Command::DeleteUserSessions(..) => "CreateSession",
+            Command::UpdateSession(..) => "DeleteSession",
+            Command::DeleteSession(_) => UPDATE_SESSION,
+            Command::GetSession(_) | Command::ListSessions(..) => command.name(),
+        };
+        match key {
+            Some(key) => self.of_command(kind::RECORD, other, command, key),
             None => self.of_kind(Bucket::of_command(command), kind::RECORD),
         }
     }
@@ -110,9 +129,9 @@ impl Keys {
     /// Where a DeleteUserSessions keeps its progress between steps: under its command type,
     /// target and message id like its record, so that a redelivery resumes it; without message
     /// id, under a key of its own.
-    pub fn progress(&self, command: &Command, message_id: Option<&MessageId>) -> String {
-        match message_id {
-            Some(id) => self.of_command(kind::PROGRESS, command, id),
+    pub fn progress(&self, command: &Command, key: Option<&IdempotencyKey>) -> String {
+        match key {
+            Some(key) => self.of_command(kind::PROGRESS, command.name(), command, key),
             None => {
                 self.of_kind(Bucket::of_command(command), kind::PROGRESS)
                     + &uuid::Uuid::new_v4().to_string()
@@ -120,15 +139,20 @@ impl Keys {
         }
     }
 
-    /// `<kind><type>:<n>:<target>:<message_id>` in the command's bucket.
-    fn of_command(&self, kind: &str, command: &Command, message_id: &MessageId) -> String {
+    /// `<kind><type>:<n>:<target>:<key>` in the command's bucket, with `command`'s target.
+    fn of_command(
+        &self,
+        kind: &str,
+        type_name: &str,
+        command: &Command,
+        key: &IdempotencyKey,
+    ) -> String {
         let target = command.target();
         format!(
-            "{}{}:{}:{target}:{}",
+            "{}{type_name}:{}:{target}:{}",
             self.of_kind(Bucket::of_command(command), kind),
-            command.name(),
             target.len(),
-            message_id.as_str()
+            key.as_str()
         )
     }
 }
@@ -215,11 +239,15 @@ mod tests {
         let tag = format!("{{{bucket}}}");
         assert!(keys.index(&user).starts_with(&format!("p:{tag}:u:")));
         assert!(keys.session(&session).starts_with(&format!("p:{tag}:s:")));
-        let message_id = MessageId::parse("m-1").unwrap();
+        let message_id = IdempotencyKey::from_message_id("m-1").unwrap();
         let delete = Command::DeleteSession(session.clone());
         assert_eq!(
             keys.record(&delete, Some(&message_id)),
             format!("p:{tag}:r:DeleteSession:45:{}:m-1", session.as_str())
+        );
+        assert_eq!(
+            keys.other_record(&delete, Some(&message_id)),
+            format!("p:{tag}:r:UpdateSession:45:{}:m-1", session.as_str())
         );
     }
 
@@ -227,7 +255,7 @@ mod tests {
     fn kind_of_reads_back_sessions_and_update_records() {
         let keys = Keys::new("p");
         let session = Bucket::of_user(&UserId::parse("bob".into()).unwrap()).new_session_id();
-        let message_id = MessageId::parse("m:1").unwrap();
+        let message_id = IdempotencyKey::from_message_id("m:1").unwrap();
         let update = Command::parse(
             format!(
                 r#"{{"type":"UpdateSession","session_id":"{}","auth_code":"c"}}"#,

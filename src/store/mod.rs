@@ -14,9 +14,10 @@
 //!
 //! Each command is one script call, so it is one round trip and every multi-key change is
 //! atomic; only a DeleteUserSessions of more than [`DELETE_STEP`] sessions takes one call per
-//! step, each atomic. A changing command with a `message_id` is recorded by the same script (the
-//! last step's) for `SESSION_IDEMPOTENCY_SEC`, and a repetition answers the recorded outcome;
-//! reads are not recorded (contract §7.4).
+//! step, each atomic. A changing command with an idempotency key is recorded by the same script
+//! (the last step's) for `SESSION_IDEMPOTENCY_SEC`, with the digest of its fingerprint; a
+//! repetition answers the recorded outcome, the key used again for another command is refused;
+//! reads are not recorded (contract §7.4, §8.3).
 //!
 //! # Keys a script derives
 //!
@@ -59,9 +60,20 @@ use self::{
     script::Constants,
 };
 use crate::{
-    domain::{Command, Error, MessageId, Outcome},
+    domain::{Command, Error, IdempotencyKey, Outcome},
     keyring::Keyring,
 };
+
+/// What makes a changing command apply at most once: its idempotency key, and the fingerprint
+/// of the command and its caller ([`Command::fingerprint`]), whose digest the record keeps so
+/// that the key used again for another request is told apart from a repetition.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    /// The client's key (`message_id`, `Idempotency-Key`) or a delivery's own.
+    pub key: &'a IdempotencyKey,
+    /// The command's fingerprint.
+    pub fingerprint: &'a [u8],
+}
 
 /// Why the store could not apply a command.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +107,9 @@ pub enum StoreError {
     /// A script failed; the message names the piece and its line.
     #[error("a script failed: {0}")]
     Script(String),
+    /// An idempotency key was used before for another command, or by another caller.
+    #[error("the idempotency key was used for another request")]
+    KeyReused,
     /// A list's `after` is not a cursor the service issued for this user.
     #[error("after: is not a cursor of this user's list")]
     BadCursor,
@@ -111,8 +126,29 @@ pub enum StoreError {
     },
 }
 
+/// A JSON error of something Redis answered, without the text serde_json would quote from it
+/// (an "invalid type: string \"…\"" quotes the value, which could be a secret).
+pub(super) fn json_error(error: &serde_json::Error) -> String {
+    let what = match error.classify() {
+        serde_json::error::Category::Io => "cannot be read",
+        serde_json::error::Category::Syntax => "is not JSON",
+        serde_json::error::Category::Data => "is JSON of another shape",
+        serde_json::error::Category::Eof => "ends early",
+    };
+    format!("{what} (line {}, column {})", error.line(), error.column())
+}
+
 impl From<RedisError> for StoreError {
     fn from(error: RedisError) -> Self {
+        // redis-rs puts the value it could not convert into the error's text: it is not kept.
+        if matches!(
+            error.kind(),
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+        ) {
+            return Self::Corrupt(
+                "Redis answered a value of another type than expected (not shown)".into(),
+            );
+        }
         let unavailable = error.is_io_error()
             || error.is_timeout()
             || error.is_connection_dropped()
@@ -146,6 +182,7 @@ impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound => Error::session_not_found(),
+            StoreError::KeyReused => Error::key_reused(),
             StoreError::BadCursor => crate::domain::Cursor::refused(),
             StoreError::Conflict(_) => Error::Conflict(error.to_string()),
             StoreError::Unavailable(_)
@@ -253,16 +290,18 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Applies one command. A changing command is applied once per `message_id`: a repetition
-    /// answers the first outcome. A read is not recorded: it always answers the current state.
+    /// Applies one command. A changing command is applied once per idempotency key: a
+    /// repetition (the same fingerprint) answers the first outcome, another command under the
+    /// key is [`StoreError::KeyReused`]. A read is not recorded: it always answers the current
+    /// state.
     pub async fn apply(
         &self,
         command: &Command,
-        message_id: Option<&MessageId>,
+        idempotency: Option<Idempotency<'_>>,
     ) -> Result<Outcome, StoreError> {
         let record = CommandCall {
             command,
-            message_id: message_id.filter(|_| command.changes()),
+            idempotency: idempotency.filter(|_| command.changes()),
         };
         let outcome = match command {
             Command::CreateSession(new) => ops::create::apply(self, record, new).await,
@@ -302,5 +341,32 @@ impl Store {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Chain;
+
+    #[test]
+    fn a_value_redis_rs_could_not_convert_is_not_kept_in_the_error() {
+        let answer = redis::Value::BulkString(b"access-token-4d3c2b".to_vec());
+        let error = redis::from_redis_value::<i64>(answer).unwrap_err();
+        assert!(
+            error.to_string().contains("access-token-4d3c2b"),
+            "redis-rs quotes it: {error}"
+        );
+        let error = Error::from(StoreError::from(RedisError::from(error)));
+        let logged = Chain(&error).to_string();
+        assert!(!logged.contains("access-token"), "{logged}");
+        assert!(logged.contains("another type"), "{logged}");
+    }
+
+    #[test]
+    fn json_errors_of_answers_do_not_quote_them() {
+        let error = serde_json::from_str::<u64>(r#""refresh-token-1a2b""#).unwrap_err();
+        assert!(error.to_string().contains("refresh-token-1a2b"), "{error}");
+        assert!(!json_error(&error).contains("refresh-token"));
     }
 }

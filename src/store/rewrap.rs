@@ -2,14 +2,16 @@
 //! text or sealed under a key other than the keyring's first, while instances keep serving.
 //!
 //! It walks every key under the prefix with `SCAN` (on each master of a cluster). For a session
-//! hash, and for the recorded outcome of an UpdateSession (which holds the session's fields), it
-//! reads the values, re-seals them here, and writes them back with a compare-and-set script: one
-//! small atomic call per key, so that Redis is never blocked for long, and a value that an
-//! instance wrote in between (already sealed under its first key) is left as it is and read
-//! again. Stopping it at any point leaves every value readable; running it again finishes the
-//! work. Values under a key id the ring does not hold, and values in the sealed form that do
-//! not open, are counted and left alone. Records of reads, which versions before reads went
-//! unrecorded (contract §7.4) wrote with a copy of the session, are deleted: nothing reads them.
+//! hash it reads the values, re-seals them here, and writes them back with a compare-and-set
+//! script: one small atomic call per key, so that Redis is never blocked for long, and a value
+//! that an instance wrote in between (already sealed under its first key) is left as it is and
+//! read again. Stopping it at any point leaves every value readable; running it again finishes
+//! the work. Values under a key id the ring does not hold, and values in the sealed form that do
+//! not open, are counted and left alone. What older versions kept in idempotency records is
+//! taken out: records of reads, which versions before reads went unrecorded (contract §7.4)
+//! wrote with a copy of the session, are deleted (nothing reads them), and the copy of the
+//! session in an UpdateSession's record, which versions before records were bound to their
+//! command (contract §8.3) kept, is deleted from it (the same compare-and-set).
 
 use std::collections::BTreeMap;
 
@@ -79,6 +81,9 @@ pub struct RewrapReport {
     /// Records of reads (`GetSession`, `ListSessions`) deleted: versions before reads went
     /// unrecorded kept a copy of the session in them, and nothing reads them any more.
     pub read_records_deleted: u64,
+    /// Copies of a session taken out of UpdateSession records, which versions before records
+    /// were bound to their command kept (contract §8.3).
+    pub session_copies_deleted: u64,
 }
 
 impl RewrapReport {
@@ -88,6 +93,7 @@ impl RewrapReport {
         self.keys_skipped += other.keys_skipped;
         self.broken += other.broken;
         self.read_records_deleted += other.read_records_deleted;
+        self.session_copies_deleted += other.session_copies_deleted;
         for (into, from) in [
             (&mut self.by_key, other.by_key),
             (&mut self.unknown_keys, other.unknown_keys),
@@ -187,9 +193,8 @@ impl Store {
         match self.keys.kind_of(&key) {
             KeyKind::Session(id) => self.rewrap_session(scripts, &key, &id).await,
             KeyKind::Record {
-                update_of: Some(id),
-                ..
-            } => self.rewrap_record(scripts, &key, &id).await,
+                update_of: Some(_), ..
+            } => self.rewrap_record(scripts, &key).await,
             KeyKind::Record { read: true, .. } => {
                 let deleted: u64 = redis::cmd("DEL")
                     .arg(&key)
@@ -232,7 +237,9 @@ impl Store {
         while let (Some(code), Some(old)) = (stale.next(), stale.next()) {
             let field = of_code(&HashField::TABLE, &code)
                 .filter(|field| field.is_sealed())
-                .ok_or_else(|| StoreError::Corrupt(format!("stale field {code:?}")))?;
+                .ok_or_else(|| {
+                    StoreError::Corrupt("an unknown field code among the stale ones".into())
+                })?;
             match self.verdict(id, field, &old) {
                 Verdict::Current => {}
                 Verdict::Reseal(new) => resealed.push((field.code(), old, new)),
@@ -299,11 +306,13 @@ impl Store {
         })
     }
 
+    /// Strips the copy of the session that versions before 8.3 kept in an UpdateSession's
+    /// record (`{"s": "ok", "v": [code, value, …]}`): the record becomes `{"s": "ok", "c": 1}`,
+    /// whose repeat answers the session as it is now, and so holds no secret, sealed or not.
     async fn rewrap_record(
         &self,
         scripts: &RewrapScripts,
         key: &str,
-        id: &SessionId,
     ) -> Result<RewrapReport, StoreError> {
         for _ in 0..ATTEMPTS {
             let mut connection = self.connection.clone();
@@ -314,46 +323,23 @@ impl Store {
             else {
                 return Ok(RewrapReport::default());
             };
-            let mut document: Value = serde_json::from_str(&old)
-                .map_err(|error| StoreError::Corrupt(format!("a record: {error}")))?;
-            // An outcome `{"s": "ok", "v": [code, value, …]}` (an error outcome holds no value).
-            let Some(Value::Array(pairs)) = document.get_mut("v") else {
+            let document: Value = serde_json::from_str(&old).map_err(|error| {
+                StoreError::Corrupt(format!("a record: {}", super::json_error(&error)))
+            })?;
+            // An error outcome holds no value; a record of this version holds none either.
+            if !matches!(document.get("v"), Some(Value::Array(_))) {
                 return Ok(RewrapReport::default());
-            };
-            let mut report = RewrapReport::default();
-            let mut resealed = 0;
-            for pair in pairs.chunks_exact_mut(2) {
-                let (Value::String(code), Value::String(stored)) = (&pair[0], &pair[1]) else {
-                    continue;
-                };
-                let Some(field) = of_code(&HashField::TABLE, code).filter(|f| f.is_sealed()) else {
-                    continue;
-                };
-                match self.verdict(id, field, stored) {
-                    Verdict::Current => report.count(stored),
-                    Verdict::Broken => report.broken += 1,
-                    Verdict::Unknown(key_id) => {
-                        *report.unknown_keys.entry(key_id).or_default() += 1
-                    }
-                    Verdict::Reseal(new) => {
-                        report.count(&new);
-                        pair[1] = Value::String(new);
-                        resealed += 1;
-                    }
-                }
             }
-            if resealed == 0 {
-                return Ok(report);
-            }
-            let new = document.to_string();
             let mut call = scripts.record.call();
             call.key("record_key", key)
                 .arg("old", &old)
-                .arg("new", &new);
+                .arg("new", r#"{"s":"ok","c":1}"#);
             let written: usize = call.invoke(&self.connection).await?;
             if written == 1 {
-                report.values_resealed += resealed;
-                return Ok(report);
+                return Ok(RewrapReport {
+                    session_copies_deleted: 1,
+                    ..RewrapReport::default()
+                });
             }
         }
         Ok(RewrapReport {

@@ -82,12 +82,23 @@ pub(super) struct Source {
     pub layout: Layout,
 }
 
-/// The keys every command script starts with: its idempotency record, its bucket's schedule
-/// and outbox (added by `ops::Record::call`).
-const COMMAND_KEYS: &[&str] = &["record_key", "schedule_key", "outbox_key"];
+/// The keys every command script starts with: its idempotency record, the record the other
+/// changing command about its target would have under the same key, its bucket's schedule and
+/// outbox (added by `ops::CommandCall::call`).
+const COMMAND_KEYS: &[&str] = &[
+    "record_key",
+    "other_record_key",
+    "schedule_key",
+    "outbox_key",
+];
 /// The arguments every command script starts with: how long to keep its record (0: it has no
-/// message_id) and its bucket's key base.
-const COMMAND_ARGS: &[Arg] = &[Arg::Number("record_ttl"), Arg::Text("base")];
+/// idempotency key), the digests of its fingerprint (comma-separated, the one to record
+/// first) and its bucket's key base.
+const COMMAND_ARGS: &[Arg] = &[
+    Arg::Number("record_ttl"),
+    Arg::Text("digests"),
+    Arg::Text("base"),
+];
 
 /// The names of a script's `KEYS` and `ARGV`, in order.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use session_manager::{
     config::{SecretString, Settings},
-    domain::{Command, MessageId},
+    domain::{Command, IdempotencyKey},
 };
 use session_manager_client::amqp::PrivateQueue;
 
@@ -111,8 +111,10 @@ async fn ttl(app: &TestApp, key: &str) -> i64 {
 /// The idempotency record of `command` (an AMQP body) under `message_id`, as the store names it.
 fn record_key(app: &TestApp, command: &Value, message_id: &str) -> String {
     let command = Command::parse(command.to_string().as_bytes()).unwrap();
-    app.keys()
-        .record(&command, MessageId::parse(message_id).as_ref())
+    app.keys().record(
+        &command,
+        IdempotencyKey::from_message_id(message_id).as_ref(),
+    )
 }
 
 /// Proves that nothing was dead-lettered so far: a message that must be dead-lettered is sent
@@ -595,7 +597,24 @@ async fn messages_that_cannot_be_understood_get_invalid_argument_and_are_dead_le
         assert_error(&reply.body, "invalid_argument", mentions);
 
         let dead = app.amqp.dead_letter().await;
-        assert_eq!(&dead.data, body, "dead letter of {shown}");
+        // The copy in the dead-letter queue is the command with its secret values redacted.
+        match serde_json::from_slice::<Value>(body) {
+            Ok(mut command) => {
+                for name in ["auth_code", "access_token", "refresh_token", "user_email"] {
+                    if let Some(value) = command.get_mut(name) {
+                        *value = json!("[redacted]");
+                    }
+                }
+                let copy: Value = serde_json::from_slice(&dead.data).unwrap();
+                assert_eq!(copy, command, "dead letter of {shown}");
+            }
+            Err(_) => assert_eq!(&dead.data, body, "dead letter of {shown}"),
+        }
+        assert_eq!(
+            dead_letter_reason(&dead).as_deref(),
+            Some("invalid_argument"),
+            "{shown}"
+        );
         assert_eq!(
             dead.properties.correlation_id(),
             reply.properties.correlation_id(),
@@ -1092,4 +1111,13 @@ async fn a_retry_after_a_lost_answer_does_not_apply_the_command_again() {
     assert_eq!(reply.body["status"], "ok", "{}", reply.body);
     let created = reply.body["result"]["session_id"].as_str().unwrap();
     assert_eq!(app.listed_ids(&user).await, vec![created.to_owned()]);
+}
+
+/// The `x-dead-letter-reason` header of a dead letter that the service wrote.
+pub fn dead_letter_reason(dead: &lapin::message::Delivery) -> Option<String> {
+    let headers = dead.properties.headers().as_ref()?;
+    match headers.inner().get("x-dead-letter-reason")? {
+        lapin::types::AMQPValue::LongString(reason) => Some(reason.to_string()),
+        _ => None,
+    }
 }

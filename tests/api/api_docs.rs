@@ -647,7 +647,10 @@ fn the_checks_refuse_what_the_documents_do_not_describe() {
 #[tokio::test]
 async fn get_openapi_json_serves_the_document_standing_alone_without_a_token() {
     let mut settings = crate::helpers::isolated_settings();
-    settings.api_tokens = vec![session_manager::config::SecretString::new("secret-token")];
+    settings.callers = session_manager::callers::Callers::of_api_tokens(&[
+        session_manager::config::SecretString::new("secret-token-of-thirty-two-chars"),
+    ])
+    .unwrap();
     let app = crate::helpers::spawn_app_with(settings).await;
     let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
     assert_eq!(response.status(), 200);

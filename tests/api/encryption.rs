@@ -175,9 +175,9 @@ async fn no_secret_is_stored_in_plain_text_whatever_wrote_it() {
         format!("access-{marker}-3")
     );
     let sealed = assert_nothing_plain(&app, &marker).await;
-    assert!(
-        sealed >= 12,
-        "the two sessions and the update record hold sealed values: {sealed}"
+    assert_eq!(
+        sealed, 8,
+        "the two sessions hold four sealed values each, and no record holds any"
     );
 
     // A stepped delete of a user with more sessions than one step.
@@ -464,9 +464,9 @@ async fn instances_on_neighbouring_rings_of_a_rotation_read_each_others_sessions
     }
 }
 
-/// Plain, old-key and mixed data: `rewrap` seals everything under the first key, including the
-/// recorded outcome of an update; interrupted after its first step, it leaves every value
-/// readable, and run again it finishes.
+/// Plain, old-key and mixed data: `rewrap` seals everything under the first key and takes the
+/// copy of the session out of an update's record as older versions wrote it; interrupted after
+/// its first step, it leaves every value readable, and run again it finishes.
 #[tokio::test]
 async fn rewrap_reseals_plain_and_old_key_values_even_when_interrupted() {
     let (k1, k2) = (ring_entry("k1"), ring_entry("k2"));
@@ -486,6 +486,26 @@ async fn rewrap_reseals_plain_and_old_key_values_even_when_interrupted() {
     }
     let update = json!({"type": "UpdateSession", "session_id": tokens[0].0, "refresh_token": format!("r-{marker}")});
     let recorded = plain.amqp.call_with_id(&update, "update-1").await;
+    // The record of an update as versions before 8.3 wrote it: a copy of the session.
+    let old_update =
+        session_manager::domain::Command::parse(update.to_string().as_bytes()).unwrap();
+    let old_key = plain.keys().record(
+        &old_update,
+        session_manager::domain::IdempotencyKey::from_message_id("update-0").as_ref(),
+    );
+    let code = |name| session_manager::store::field_code(name).unwrap();
+    let old_record = json!({"s": "ok", "v": [
+        code("user_id"), format!("u0"), code("access_token"), tokens[0].1,
+        code("refresh_token"), format!("r-{marker}"),
+    ]});
+    let _: () = redis::cmd("SET")
+        .arg(&old_key)
+        .arg(old_record.to_string())
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut plain.redis.clone())
+        .await
+        .unwrap();
     plain.stop_keeping_state().await;
     // Sessions under k1.
     let old = Instance::start(with_ring(&base, &k1)).await;
@@ -535,10 +555,19 @@ async fn rewrap_reseals_plain_and_old_key_values_even_when_interrupted() {
     );
     assert_eq!(
         report.by_key["k2"],
-        600 + 1 + 2,
-        "600 access tokens, the updated session's refresh token, and the update's record (the \
-         session's access and refresh tokens)"
+        600 + 1,
+        "600 access tokens and the updated session's refresh token"
     );
+    assert_eq!(
+        report.session_copies_deleted, 1,
+        "the old update record's copy"
+    );
+    let stripped: String = redis::cmd("GET")
+        .arg(&old_key)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(stripped, r#"{"s":"ok","c":1}"#);
     assert!(report.unknown_keys.is_empty() && report.keys_skipped == 0);
     assert_nothing_plain(&app, &marker).await;
     assert!(!every_stored_value(&app)
@@ -547,11 +576,15 @@ async fn rewrap_reseals_plain_and_old_key_values_even_when_interrupted() {
         .any(|(_, v)| v.starts_with("$sm1$k1$")));
 
     // A second run has nothing left to do; with k2 alone everything reads, the repeat of the
-    // recorded update included.
+    // recorded update included (it answers the session as it is now).
     let again = store.rewrap(|_| {}).await.unwrap();
     assert_eq!(
-        (again.values_resealed, again.by_key.clone()),
-        (0, report.by_key.clone())
+        (
+            again.values_resealed,
+            again.by_key.clone(),
+            again.session_copies_deleted
+        ),
+        (0, report.by_key.clone(), 0)
     );
     app.stop_keeping_state().await;
     let only_k2 = spawn_app_with(with_ring(&base, &k2)).await;
@@ -621,7 +654,8 @@ async fn a_plain_session_is_sealed_whole_at_its_next_write() {
     let app = spawn_app_with(with_ring(&base, &ring_entry("k1"))).await;
     let (status, _) = app.patch(&id, &json!({"access_token": "fresh"})).await;
     assert_eq!(status, 200);
-    // Over AMQP with a message_id: the record of the update holds the session sealed too.
+    // Over AMQP with a message_id: the repeat answers the session as it is now, and the record
+    // of the update holds no copy of it.
     let update = json!({"type": "UpdateSession", "session_id": other, "refresh_token": "new"});
     let first = app.amqp.call_with_id(&update, "partial-1").await;
     assert_eq!(first.body["result"]["auth_code"], format!("code-{marker}"));
@@ -629,8 +663,8 @@ async fn a_plain_session_is_sealed_whole_at_its_next_write() {
         app.amqp.call_with_id(&update, "partial-1").await.body,
         first.body
     );
-    // Two sessions of four sealed values each, and the record's copy of the second.
-    assert_eq!(assert_nothing_plain(&app, &marker).await, 12);
+    // Two sessions of four sealed values each, and nothing in the record.
+    assert_eq!(assert_nothing_plain(&app, &marker).await, 8);
     let read = app.session(&id).await;
     assert_eq!(read["auth_code"], format!("code-{marker}"));
     assert_eq!(read["access_token"], "fresh");
@@ -662,7 +696,7 @@ async fn rewrap_deletes_old_read_records_and_goes_on_past_a_broken_value() {
     .unwrap();
     let old_record = keys.record(
         &get,
-        session_manager::domain::MessageId::parse("m").as_ref(),
+        session_manager::domain::IdempotencyKey::from_message_id("m").as_ref(),
     );
     let _: () = redis::cmd("SET")
         .arg(&old_record)

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use session_manager::{
-    domain::{Command, MessageId, Outcome, UserId},
-    store::{Bucket, Keys, DELETE_STEP},
+    domain::{Caller, Command, IdempotencyKey, Outcome, UserId},
+    store::{Bucket, Idempotency, Keys, DELETE_STEP},
 };
 
 use crate::helpers::{assert_valid, moment, spawn_app, Event, StoreAlone, TestApp};
@@ -278,7 +278,7 @@ async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
     // its instance stopped.
     let ended_before = Bucket::of_user(&user).new_session_id();
     let command = Command::DeleteUserSessions(user.clone(), None);
-    let message_id = MessageId::parse("delete-u").unwrap();
+    let message_id = IdempotencyKey::from_message_id("delete-u").unwrap();
     let progress = keys.progress(&command, Some(&message_id));
     let _: () = redis::cmd("RPUSH")
         .arg(&progress)
@@ -289,7 +289,12 @@ async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
         .unwrap();
 
     let store = alone.store.clone();
-    let deleted = async || match store.apply(&command, Some(&message_id)).await {
+    let fingerprint = command.fingerprint(&Caller::anyone());
+    let idempotency = Idempotency {
+        key: &message_id,
+        fingerprint: &fingerprint,
+    };
+    let deleted = async || match store.apply(&command, Some(idempotency)).await {
         Ok(Outcome::UserSessionsDeleted { session_ids, .. }) => session_ids,
         other => panic!("{other:?}"),
     };

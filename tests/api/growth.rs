@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::json;
 use session_manager::{
     config::Settings,
-    domain::{Command, MessageId, SessionId, UserId},
+    domain::{Command, IdempotencyKey, SessionId, UserId},
     store::{Bucket, Keys, Policy, RedisConnection, RedisMode, Store, GROUP},
 };
 
@@ -28,8 +28,10 @@ async fn idempotency_records_vanish_after_their_retention() {
     app.amqp.call_with_id(&delete, "delete-1").await;
     let record = |command: &serde_json::Value, message_id: &str| {
         let command = Command::parse(command.to_string().as_bytes()).unwrap();
-        app.keys()
-            .record(&command, MessageId::parse(message_id).as_ref())
+        app.keys().record(
+            &command,
+            IdempotencyKey::from_message_id(message_id).as_ref(),
+        )
     };
     let mut records = vec![record(&create, "create-1"), record(&delete, "delete-1")];
     records.sort();

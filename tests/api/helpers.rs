@@ -265,11 +265,18 @@ impl AmqpClient {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ at {url}: {e}"));
+        let user = url
+            .parse::<lapin::uri::AMQPUri>()
+            .expect("an AMQP URL")
+            .authority
+            .userinfo
+            .username;
         let client = client::AmqpClient::with_connection(&connection, &settings.command_queue)
             .await
             .unwrap()
             .with_timeout(WAIT)
-            .with_retries(0);
+            .with_retries(0)
+            .with_amqp_user(user);
         Self {
             client,
             channel: connection.create_channel().await.unwrap(),

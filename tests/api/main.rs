@@ -14,6 +14,7 @@ mod fuzz;
 mod growth;
 mod helpers;
 mod leases;
+mod logs;
 mod outages;
 mod pages;
 mod process;

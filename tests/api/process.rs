@@ -1,5 +1,5 @@
-//! The real binary as a child process: configuration errors, secrets kept out of the logs,
-//! graceful shutdown on SIGTERM, and the `--healthcheck` flag used by Docker.
+//! The real binary as a child process: configuration errors, graceful shutdown on SIGTERM, and
+//! the `--healthcheck` flag used by Docker (secrets kept out of the logs: `logs`).
 
 use std::{
     process::{Command, Output},
@@ -84,120 +84,6 @@ fn a_redis_password_in_a_bad_url_is_not_echoed() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
-}
-
-#[tokio::test]
-async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
-    const REDIS_PASSWORD: &str = "redis-pass-7f3a9c";
-    const API_TOKEN: &str = "api-token-51d0e2";
-    const ACCESS_TOKEN: &str = "access-token-9b8c7d";
-    const REFRESH_TOKEN: &str = "refresh-token-6e5f4a";
-    const AUTH_CODE: &str = "auth-code-3c2b1a";
-    let redis = PrivateRedis::start(&["--requirepass", REDIS_PASSWORD]);
-    let settings = isolated_settings();
-    let port = free_port();
-    let service = Service::start(
-        service_binary()
-            .env("RUST_LOG", "trace")
-            .env(
-                "REDIS_URL",
-                format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/", redis.port),
-            )
-            .env("AMQP_URL", AMQP_URL)
-            .env("SESSION_API_TOKEN", API_TOKEN)
-            .env("SESSION_KEY_PREFIX", &settings.key_prefix)
-            .env("SESSION_COMMAND_QUEUE", &settings.command_queue)
-            .env("SESSION_EVENTS_EXCHANGE", &settings.events_exchange),
-        port,
-    );
-    let http = Http::new();
-    let bearer = format!("Bearer {API_TOKEN}");
-    let created = http
-        .post(service.url("/a01/session"))
-        .header("Authorization", &bearer)
-        .json(
-            &json!({"user_id": "u", "device_id": "d", "access_token": ACCESS_TOKEN,
-                      "refresh_token": REFRESH_TOKEN, "auth_code": AUTH_CODE}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let id = created.json::<serde_json::Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let read = http
-        .get(service.url(&format!("/a01/session/{id}")))
-        .header("Authorization", &bearer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
-    assert_eq!(
-        read.json::<serde_json::Value>().await.unwrap()["access_token"],
-        ACCESS_TOKEN
-    );
-    // Failures too: a wrong token, a rejected field carrying a secret, a conflict.
-    let wrong = http
-        .get(service.url("/a01/session?user_id=u"))
-        .header("Authorization", format!("Bearer {API_TOKEN}x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let rejected = http
-        .patch(service.url(&format!("/a01/session/{id}")))
-        .header("Authorization", &bearer)
-        .json(&json!({"access_token": 5, "refresh_token": REFRESH_TOKEN}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rejected.status(), 400);
-    let deleted = http
-        .delete(service.url("/a01/session?user_id=u"))
-        .header("Authorization", &bearer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
-
-    // The same secrets through the AMQP front end, including a command that is dead-lettered.
-    let amqp = AmqpClient::connect(&settings).await;
-    amqp.wait_for_consumer().await;
-    let reply = amqp
-        .call(
-            &json!({"type": "CreateSession", "user_id": "u", "device_id": "d",
-                      "access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN}),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "ok");
-    let invalid = amqp
-        .call(&json!({"type": "CreateSession", "user_id": "u", "access_token": ACCESS_TOKEN}))
-        .await;
-    assert_eq!(invalid.body["error"]["code"], "invalid_argument");
-
-    let (status, printed) = service.terminate();
-    assert!(
-        status.success(),
-        "exit status {status:?}; output:\n{printed}"
-    );
-    assert!(printed.contains("shutdown requested"), "{printed}");
-    for secret in [
-        REDIS_PASSWORD,
-        API_TOKEN,
-        ACCESS_TOKEN,
-        REFRESH_TOKEN,
-        AUTH_CODE,
-        &id,
-    ] {
-        assert!(!printed.contains(secret), "{secret} was logged:\n{printed}");
-        // Also as the decimal byte list that a Debug of a byte buffer would print.
-        let bytes: Vec<String> = secret.bytes().map(|b| b.to_string()).collect();
-        let as_bytes = bytes.join(", ");
-        assert!(!printed.contains(&as_bytes), "{secret} was logged as bytes");
-    }
-    crate::helpers::clean_up(&settings).await;
 }
 
 #[tokio::test]
@@ -318,7 +204,7 @@ async fn a_reply_that_no_queue_takes_is_logged_and_the_command_applied() {
     );
     let client = AmqpClient::connect(&settings).await;
     client.wait_for_consumer().await;
-    let gone = format!("{}.gone-replies", settings.command_queue);
+    let gone = format!("amq.gen-gone-{}", uuid::Uuid::new_v4().simple());
     let properties = lapin::BasicProperties::default()
         .with_reply_to(gone.as_str().into())
         .with_correlation_id("c1".into())
@@ -341,9 +227,14 @@ async fn a_reply_that_no_queue_takes_is_logged_and_the_command_applied() {
     assert!(status.success(), "{status:?}: {printed}");
     // Acknowledged: a command left unacknowledged would be ready again once the service stopped.
     assert_eq!(client.ready_count(&settings.command_queue).await, 0);
-    assert!(
-        printed.contains("a reply could not be delivered") && printed.contains(&gone),
-        "{printed}"
-    );
+    // Named by its queue, correlation id and command type (never its body).
+    for expected in [
+        "a reply could not be delivered",
+        &gone,
+        "c1",
+        "CreateSession",
+    ] {
+        assert!(printed.contains(expected), "{expected}: {printed}");
+    }
     crate::helpers::clean_up(&settings).await;
 }

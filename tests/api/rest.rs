@@ -14,6 +14,7 @@ use reqwest::{
 };
 use serde_json::{json, Value};
 use session_manager::{
+    callers::Callers,
     config::{SecretString, Settings},
     domain::{SessionId, UserId},
     store::{Bucket, DELETE_STEP},
@@ -1184,11 +1185,19 @@ async fn delete_all_of_a_user_without_sessions_is_an_empty_list() {
 
 // ----- API token -----------------------------------------------------------------------------
 
+/// Two API tokens, as during a rotation (each at least 32 characters, as the service requires).
+const OLD_TOKEN: &str = "t0ken-of-the-first-generation-0123";
+const NEW_TOKEN: &str = "n3w-token-of-the-second-generation";
+
 #[tokio::test]
 async fn an_api_token_is_required_when_configured() {
     // Two tokens, as during a rotation: either is accepted.
     let settings = Settings {
-        api_tokens: vec![SecretString::new("t0ken"), SecretString::new("n3w-token")],
+        callers: Callers::of_api_tokens(&[
+            SecretString::new(OLD_TOKEN),
+            SecretString::new(NEW_TOKEN),
+        ])
+        .unwrap(),
         ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
@@ -1210,18 +1219,18 @@ async fn an_api_token_is_required_when_configured() {
     for request in requests {
         for authorization in [
             None,
-            Some("Bearer wrong"),
-            Some("Bearer t0ke"),
-            Some("Bearer t0ken0"),
-            Some("Bearer n3w-toke"),
-            Some("Bearer t0ken,n3w-token"),
-            Some("Basic t0ken"),
-            Some("t0ken"),
-            Some("Bearer"),
-            Some(""),
+            Some("Bearer wrong".to_string()),
+            Some(format!("Bearer {}", &OLD_TOKEN[1..])),
+            Some(format!("Bearer {OLD_TOKEN}0")),
+            Some(format!("Bearer {}", &NEW_TOKEN[..NEW_TOKEN.len() - 1])),
+            Some(format!("Bearer {OLD_TOKEN},{NEW_TOKEN}")),
+            Some(format!("Basic {OLD_TOKEN}")),
+            Some(OLD_TOKEN.to_string()),
+            Some("Bearer".to_string()),
+            Some(String::new()),
         ] {
             let mut request = request.try_clone().unwrap();
-            if let Some(value) = authorization {
+            if let Some(value) = &authorization {
                 request = request.header(header::AUTHORIZATION, value);
             }
             let response = request.send().await.unwrap();
@@ -1244,7 +1253,7 @@ async fn an_api_token_is_required_when_configured() {
     let response = app
         .http
         .post(app.url("/a01/session"))
-        .bearer_auth("t0ken")
+        .bearer_auth(OLD_TOKEN)
         .json(&create)
         .send()
         .await
@@ -1256,7 +1265,7 @@ async fn an_api_token_is_required_when_configured() {
     let response = app
         .http
         .get(app.url(&format!("/a01/session/{id}")))
-        .header(header::AUTHORIZATION, "Bearer t0ken")
+        .header(header::AUTHORIZATION, format!("Bearer {OLD_TOKEN}"))
         .send()
         .await
         .unwrap();
@@ -1264,7 +1273,7 @@ async fn an_api_token_is_required_when_configured() {
     let response = app
         .http
         .get(app.url("/a01/session?user_id=alice"))
-        .header(header::AUTHORIZATION, "bearer n3w-token")
+        .header(header::AUTHORIZATION, format!("bearer {NEW_TOKEN}"))
         .send()
         .await
         .unwrap();

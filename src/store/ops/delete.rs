@@ -2,7 +2,7 @@
 
 use super::{run, CommandCall, ONE_SESSION};
 use crate::{
-    domain::{Outcome, SessionId},
+    domain::{Outcome, SessionId, UserId},
     store::{
         script::{Source, COMMAND_PIECES},
         Store, StoreError,
@@ -22,8 +22,11 @@ pub(in crate::store) async fn apply(
     id: &SessionId,
 ) -> Result<Outcome, StoreError> {
     let call = record.call_on_session(store, &store.commands.delete, id);
-    run(&call, store).await?;
+    let user_id = run(&call, store).await?;
     Ok(Outcome::SessionDeleted {
         session_id: id.clone(),
+        user_id: user_id
+            .as_str()
+            .map(|id| UserId::from_stored(id.to_owned())),
     })
 }

@@ -46,15 +46,15 @@ pub(in crate::store) async fn apply(
     if except.is_some_and(|kept| Bucket::of_session(kept) != Bucket::of_user(user_id)) {
         return Err(StoreError::NotFound);
     }
-    let progress_ttl = match record.message_id {
-        Some(id) => super::record_retention(store, id).max(PROGRESS_RETENTION),
+    let progress_ttl = match record.key() {
+        Some(key) => super::record_retention(store, key).max(PROGRESS_RETENTION),
         None => PROGRESS_RETENTION,
     };
     let mut call = record.call(store, &store.commands.delete_user);
     call.key("index_key", store.keys.index(user_id))
         .key(
             "progress_key",
-            store.keys.progress(record.command, record.message_id),
+            store.keys.progress(record.command, record.key()),
         )
         // Without a kept session, a key of the same slot stands in (the script reads none).
         .key(

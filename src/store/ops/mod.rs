@@ -2,9 +2,10 @@
 //! application and reply in one file): the operation's script (`<operation>.lua` beside it), the
 //! keys and arguments it is called with, and the decoding of its answer.
 //!
-//! Every command script starts with the same keys and arguments (its idempotency record, its
-//! bucket's schedule and outbox; the record's TTL and the bucket's key base), which [`CommandCall`]
-//! adds, and answers one JSON document, `{"s": "ok", "v": …}` or `{"s": "<error>", "f": …}`,
+//! Every command script starts with the same keys and arguments (its idempotency record and the
+//! record of the other changing command about the same target, its bucket's schedule and outbox;
+//! the record's TTL, the digests of the command's fingerprint and the bucket's key base), which
+//! [`CommandCall`] adds, and answers one JSON document, `{"s": "ok", "v": …}` or `{"s": "<error>", "f": …}`,
 //! which [`answer`] reads; except the list's, which is never recorded and cannot fail, and
 //! answers its page as a plain array.
 
@@ -20,9 +21,9 @@ use serde_json::Value;
 
 use super::{
     script::{Arg, Call, Constants, Layout, LuaScript},
-    Bucket, Store, StoreError,
+    Bucket, Idempotency, Store, StoreError,
 };
-use crate::domain::{Command, MessageId, SessionId};
+use crate::domain::{Command, IdempotencyKey, SessionId};
 
 /// The command scripts of one store.
 #[derive(Debug)]
@@ -62,11 +63,13 @@ pub(super) mod status {
     pub const CONFLICT: &str = "conflict";
     /// A step of a DeleteUserSessions that leaves sessions to end: call again.
     pub const MORE: &str = "more";
+    /// The idempotency key was used for another command (or by another caller).
+    pub const REUSED: &str = "reused";
     /// An update found secret fields not sealed under the current key (`v`: their codes and
     /// values) and wrote nothing: re-seal them and call again.
     pub const STALE: &str = "stale";
     /// Every status.
-    pub const ALL: [&str; 5] = [OK, NOT_FOUND, CONFLICT, MORE, STALE];
+    pub const ALL: [&str; 6] = [OK, NOT_FOUND, CONFLICT, MORE, STALE, REUSED];
 }
 
 /// How long the record of a command applied under a delivery's own key is kept: long enough for
@@ -76,7 +79,7 @@ pub const DELIVERY_RECORD_RETENTION: std::time::Duration = std::time::Duration::
 
 /// How long the record (and a stepped deletion's progress) of a command applied under `id` is
 /// kept.
-pub(super) fn record_retention(store: &Store, id: &MessageId) -> std::time::Duration {
+pub(super) fn record_retention(store: &Store, id: &IdempotencyKey) -> std::time::Duration {
     if id.is_of_delivery() {
         DELIVERY_RECORD_RETENTION
     } else {
@@ -84,29 +87,37 @@ pub(super) fn record_retention(store: &Store, id: &MessageId) -> std::time::Dura
     }
 }
 
-/// A command on its way to its script: the command and its `message_id`, which name its
-/// idempotency record.
+/// A command on its way to its script: the command and what names its idempotency record.
 pub(super) struct CommandCall<'a> {
     pub command: &'a Command,
-    pub message_id: Option<&'a MessageId>,
+    pub idempotency: Option<Idempotency<'a>>,
 }
 
 impl CommandCall<'_> {
+    /// The idempotency key, if the command is recorded.
+    pub fn key(&self) -> Option<&IdempotencyKey> {
+        self.idempotency.map(|idempotency| idempotency.key)
+    }
+
     /// A call of `script` with the keys and arguments every command script starts with.
     pub fn call<'s>(&self, store: &Store, script: &'s LuaScript) -> Call<'s> {
         let bucket = Bucket::of_command(self.command);
-        let ttl = self
-            .message_id
-            .map_or(0, |id| record_retention(store, id).as_secs().max(1));
+        let key = self.key();
+        let ttl = key.map_or(0, |key| record_retention(store, key).as_secs().max(1));
+        let digests = self.idempotency.map_or_else(String::new, |idempotency| {
+            store.keyring.digests(idempotency.fingerprint).join(",")
+        });
         let mut call = script.call();
-        call.key(
-            "record_key",
-            store.keys.record(self.command, self.message_id),
-        )
-        .key("schedule_key", store.keys.schedule(bucket))
-        .key("outbox_key", store.keys.outbox(bucket))
-        .arg("record_ttl", ttl)
-        .arg("base", store.keys.base(bucket));
+        call.key("record_key", store.keys.record(self.command, key))
+            .key(
+                "other_record_key",
+                store.keys.other_record(self.command, key),
+            )
+            .key("schedule_key", store.keys.schedule(bucket))
+            .key("outbox_key", store.keys.outbox(bucket))
+            .arg("record_ttl", ttl)
+            .arg("digests", digests)
+            .arg("base", store.keys.base(bucket));
         call
     }
 
@@ -157,7 +168,7 @@ impl Document {
     /// The document a script answered.
     fn parse(document: &str) -> Result<Self, StoreError> {
         serde_json::from_str(document)
-            .map_err(|e| StoreError::Corrupt(format!("script answer: {e}")))
+            .map_err(|e| StoreError::Corrupt(format!("script answer: {}", super::json_error(&e))))
     }
 
     /// Its `v`, or the error it answered.
@@ -165,6 +176,7 @@ impl Document {
         match self.s.as_str() {
             status::OK => Ok(self.v),
             status::NOT_FOUND => Err(StoreError::NotFound),
+            status::REUSED => Err(StoreError::KeyReused),
             status::CONFLICT => {
                 let field = self
                     .f
@@ -185,19 +197,22 @@ fn strings(value: Value) -> Result<Vec<String>, StoreError> {
             .into_iter()
             .map(|item| match item {
                 Value::String(text) => Ok(text),
-                other => Err(StoreError::Corrupt(format!(
-                    "expected a string, got {other}"
-                ))),
+                _ => Err(StoreError::Corrupt(
+                    "expected a list of strings, got another value".into(),
+                )),
             })
             .collect(),
         Value::Object(map) if map.is_empty() => Ok(Vec::new()),
-        other => Err(StoreError::Corrupt(format!("expected a list, got {other}"))),
+        _ => Err(StoreError::Corrupt(
+            "expected a list, got another value".into(),
+        )),
     }
 }
 
 /// A session id a script answered.
 fn session_id(id: &str) -> Result<SessionId, StoreError> {
-    SessionId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("bad session id {id:?}")))
+    // The text is not shown: what is no session id could be anything, a secret included.
+    SessionId::parse(id).ok_or_else(|| StoreError::Corrupt("a session id of another form".into()))
 }
 
 #[cfg(test)]

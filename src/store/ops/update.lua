@@ -6,13 +6,21 @@
 -- that the update leaves and that is not sealed under that key makes the script answer `stale`
 -- with those fields and values, writing nothing: the caller re-seals them and calls again with
 -- them as triples, which are written only if the stored values are still the old ones, so that
--- the session (and the record of the update) is sealed whole.
+-- the session is sealed whole. The record keeps no copy of the session: a repeat answers the
+-- session as it is now (`repeated`), or not_found once it has ended, and writes nothing.
 -- needs: session_key, session_id, asserted_user_id, asserted_device_id, asserted_ip_address,
 --   asserted_user_agent, sealed_prefix, set_at,
---   FIELD, now, live, touch, finish, STATUS
+--   FIELD, now, live, touch, finish, repeated, STATUS
 local stored = redis.call('HMGET', session_key, FIELD.user_id, FIELD.device_id, FIELD.expires_at,
   FIELD.ip_address, FIELD.user_agent)
-if not stored[1] or not live(session_id, stored[1], stored[2], stored[3]) then
+local is_live = stored[1] and live(session_id, stored[1], stored[2], stored[3])
+if repeated then
+  if not is_live then
+    return cjson.encode({s = STATUS.not_found})
+  end
+  return cjson.encode({s = STATUS.ok, v = redis.call('HGETALL', session_key)})
+end
+if not is_live then
   return finish({s = STATUS.not_found})
 end
 if asserted_user_id ~= '' and asserted_user_id ~= stored[1] then
@@ -74,4 +82,4 @@ for i = reseal_last + 1, #ARGV do
   redis.call('HDEL', session_key, ARGV[i])
 end
 touch(session_id, tonumber(stored[3]))
-return finish({s = STATUS.ok, v = redis.call('HGETALL', session_key)})
+return finish({s = STATUS.ok, v = redis.call('HGETALL', session_key)}, {s = STATUS.ok, c = 1})

@@ -1,6 +1,6 @@
 //! The AMQP front end (contract §3) and everything else that speaks to RabbitMQ: the connection
 //! ([`AmqpLink`]), the broker topology, the command worker, which maps AMQP messages to and from
-//! the core and holds no session logic, and the events channel ([`AmqpEvents`]), the relay's
+//! the core and holds no session logic, the dead-letter copies it makes, and the events channel ([`AmqpEvents`]), the relay's
 //! event sink.
 //!
 //! # Format
@@ -11,6 +11,7 @@
 //!          {"status": "error", "error": {"code": "not_found", "message": "…"}}
 //! ```
 
+mod dead_letter;
 mod events;
 mod link;
 mod topology;

@@ -1,12 +1,15 @@
 //! What the service declares on the broker: the durable quorum command queue, dead-lettering to
-//! `<queue>.dead` (a quorum queue too), and the durable topic exchange of the events. Declared by
+//! `<queue>.dead` (a quorum queue too, whose messages live `SESSION_DEAD_LETTER_TTL_SEC`), and
+//! the durable topic exchange of the events. Declared by
 //! the worker on every connection before it consumes (the exchange first, so that it exists by
 //! the time the instance is ready), and the exchange again by the events channel when it opens.
+
+use std::time::Duration;
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
 };
 
 /// The name of the dead-letter queue of `queue`.
@@ -14,22 +17,77 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declares the command queue and its dead-letter queue.
-pub async fn declare_queues(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+/// Declares the dead-letter queue of `queue`, keeping a message at most `ttl`. One declared
+/// without that TTL (by version 2) or with another keeps working: the broker refuses the
+/// declaration, the queue is only checked to exist, and the log says how to set the TTL with a
+/// policy.
+pub async fn declare_dead_letter_queue(
+    connection: &Connection,
+    queue: &str,
+    ttl: Duration,
+) -> Result<(), lapin::Error> {
     let dead_letter_queue = dead_letter_queue(queue);
-    let durable = QueueDeclareOptions {
+    let mut arguments = quorum();
+    let ttl_ms = ttl.as_millis().min(u32::MAX as u128) as u32;
+    arguments.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl_ms));
+    // A refused declaration closes its channel: each try has a channel of its own.
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(dead_letter_queue.as_str().into(), durable(), arguments)
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(error) if error.is_amqp_soft_error() => {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    dead_letter_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "checked".into()).await;
+            let pattern = format!("^{}$", dead_letter_queue.replace('.', "\\."));
+            tracing::warn!(
+                queue = %dead_letter_queue,
+                ttl_ms,
+                "the dead-letter queue exists without this message TTL (declared by an older \
+                 version, or with another SESSION_DEAD_LETTER_TTL_SEC) and is used as it is; \
+                 to set the TTL, add a policy: rabbitmqctl set_policy session-dead-letters \
+                 '{pattern}' '{{\"message-ttl\": {ttl_ms}}}' --apply-to queues"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
-    };
+    }
+}
+
+fn quorum() -> FieldTable {
     let mut quorum = FieldTable::default();
     quorum.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    channel
-        .queue_declare(dead_letter_queue.as_str().into(), durable, quorum.clone())
-        .await?;
-    let mut arguments = quorum;
+    quorum
+}
+
+/// Declares the command queue, which dead-letters to `<queue>.dead` (declared before it).
+pub async fn declare_command_queue(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    let dead_letter_queue = dead_letter_queue(queue);
+    let mut arguments = quorum();
     arguments.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),
@@ -49,7 +107,7 @@ pub async fn declare_queues(channel: &Channel, queue: &str) -> Result<(), lapin:
         AMQPValue::LongString(dead_letter_queue.as_str().into()),
     );
     channel
-        .queue_declare(queue.into(), durable, arguments)
+        .queue_declare(queue.into(), durable(), arguments)
         .await?;
     Ok(())
 }

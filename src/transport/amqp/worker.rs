@@ -1,9 +1,19 @@
 //! The command worker: consumes with a prefetch window and applies up to that many commands
 //! concurrently. A delivery is acknowledged only after its command is applied and its reply
-//! published (with a broker confirm); a message that cannot be understood gets an error reply
-//! and is rejected without requeue, which dead-letters it to `<queue>.dead`.
+//! published (with a broker confirm). Before a command is applied:
+//! - its `reply_to`, if any, must name a queue replies may go to (contract §8.2): a server-named
+//!   queue, Direct Reply-to, or one under `SESSION_REPLY_TO_PREFIXES`; else it is dead-lettered;
+//! - with callers configured, its `user_id` property (which the broker checks against the
+//!   publishing connection's user) must be a caller's AMQP user; else it is answered
+//!   `unauthorized`;
+//! - it must parse; else it gets an `invalid_argument` reply and is dead-lettered.
+//!
+//! The worker dead-letters itself (see `dead_letter`): a redacted copy goes to `<queue>.dead`,
+//! and the original is acknowledged once the broker has confirmed the copy. A handler that
+//! panics answers `internal` and dead-letters its command instead of leaving it unacknowledged.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -11,12 +21,12 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     },
     types::{FieldTable, ShortString},
     BasicProperties, Channel, Confirmation, Connection,
@@ -24,10 +34,14 @@ use lapin::{
 use serde::Serialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{topology, AmqpLink};
+use super::{
+    dead_letter::{self, Reason},
+    topology, AmqpLink,
+};
 use crate::{
     backoff::Backoff,
-    domain::{Command, Error, ErrorBody, MessageId, Outcome},
+    callers::Callers,
+    domain::{Caller, Command, Error, ErrorBody, IdempotencyKey, Outcome},
     metrics::Metrics,
     service::SessionService,
     telemetry::Chain,
@@ -42,7 +56,7 @@ const REQUEUE_AFTER: Duration = Duration::from_secs(5);
 /// How long a reply may wait for the broker's confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the worker needs to know about the broker's topology.
+/// What the worker needs to know: the broker's topology, who may call, where replies may go.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// The command queue (`SESSION_COMMAND_QUEUE`).
@@ -51,6 +65,29 @@ pub struct WorkerSettings {
     pub events_exchange: String,
     /// Commands taken at once (`AMQP_PREFETCH`).
     pub prefetch: u16,
+    /// How long the dead-letter queue keeps a message (`SESSION_DEAD_LETTER_TTL_SEC`).
+    pub dead_letter_ttl: Duration,
+    /// Who may call (`SESSION_CALLERS_FILE`, `SESSION_API_TOKEN`); none: anyone may.
+    pub callers: Callers,
+    /// Where replies may go besides `amq.gen-…` and Direct Reply-to
+    /// (`SESSION_REPLY_TO_PREFIXES`).
+    pub reply_to_prefixes: Vec<String>,
+}
+
+/// The prefixes of the queue names that replies may always go to: server-named queues, and
+/// Direct Reply-to (the broker gives a command published with `reply_to:
+/// amq.rabbitmq.reply-to` a `reply_to` of `amq.rabbitmq.reply-to.<channel's token>`).
+const ALWAYS_REPLIABLE: [&str; 2] = ["amq.gen-", "amq.rabbitmq.reply-to"];
+
+impl WorkerSettings {
+    /// Whether a reply may go to the queue named `reply_to` (contract §8.2).
+    fn may_reply_to(&self, reply_to: &str) -> bool {
+        ALWAYS_REPLIABLE
+            .iter()
+            .copied()
+            .chain(self.reply_to_prefixes.iter().map(String::as_str))
+            .any(|prefix| reply_to.starts_with(prefix))
+    }
 }
 
 /// Whether the worker consumes commands now (false while it is not connected, or when the broker
@@ -152,8 +189,10 @@ async fn consume(
                 "cannot declare the events exchange; events cannot be published");
         }
     }
+    topology::declare_dead_letter_queue(connection, &settings.queue, settings.dead_letter_ttl)
+        .await?;
     let channel = connection.create_channel().await?;
-    topology::declare_queues(&channel, &settings.queue).await?;
+    topology::declare_command_queue(&channel, &settings.queue).await?;
     // The prefetch window is the worker's concurrency: up to this many commands are applied at
     // once, and no more are taken while they are (so a stalled Redis stops intake).
     channel
@@ -185,6 +224,8 @@ async fn consume(
         service,
         replies,
         metrics,
+        settings: settings.clone(),
+        dead_letter_queue: topology::dead_letter_queue(&settings.queue),
         stopped: consumer_stopped.clone(),
     });
     let mut failure = None;
@@ -196,7 +237,16 @@ async fn consume(
         match delivery {
             Some(Ok(delivery)) => {
                 let handler = handler.clone();
-                in_flight.spawn(async move { handler.handle(delivery).await });
+                in_flight.spawn(async move {
+                    // A panic is a bug: the command is answered `internal` and dead-lettered
+                    // rather than left unacknowledged (and taken again by the next consumer).
+                    let handled = AssertUnwindSafe(handler.handle(&delivery))
+                        .catch_unwind()
+                        .await;
+                    if handled.is_err() {
+                        handler.after_panic(&delivery).await;
+                    }
+                });
             }
             Some(Err(error)) => {
                 failure = Some(error);
@@ -230,27 +280,58 @@ struct Handler {
     service: SessionService,
     replies: Channel,
     metrics: Arc<Metrics>,
+    settings: WorkerSettings,
+    dead_letter_queue: String,
     /// Cancelled when the consumer stops (shutdown or a lost channel).
     stopped: CancellationToken,
 }
 
+/// The name under which a command's publisher appears in logs: its `user_id`, or `-`.
+fn publisher(delivery: &Delivery) -> &str {
+    delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .map_or("-", |user| user.as_str())
+}
+
 impl Handler {
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: &Delivery) {
         let started = std::time::Instant::now();
-        let message_id = delivery
+        if let Some(reply_to) = delivery.properties.reply_to() {
+            if !self.settings.may_reply_to(reply_to.as_str()) {
+                // Debug-formatted: the name is the publisher's text, which must not forge lines.
+                tracing::warn!(caller = ?publisher(delivery), reply_to = ?reply_to.as_str(),
+                    "dead-lettering a command whose reply_to is not a queue replies may go to");
+                self.dead_letter(delivery, Reason::ReplyToRefused).await;
+                self.metrics
+                    .record_command("refused", "reply_to_refused", started.elapsed());
+                return;
+            }
+        }
+        let caller = match self.caller_of(delivery) {
+            Ok(caller) => caller,
+            Err(error) => {
+                tracing::warn!(caller = ?publisher(delivery),
+                    "refusing a command whose user_id is no caller's AMQP user");
+                self.finish(delivery, None, "refused", &Err(error), started)
+                    .await;
+                return;
+            }
+        };
+        let key = delivery
             .properties
             .message_id()
             .as_ref()
-            .and_then(|id| MessageId::parse(id.as_str()));
+            .and_then(|id| IdempotencyKey::from_message_id(id.as_str()));
         let command = match Command::parse(&delivery.data) {
             Ok(command) => command,
             Err(error @ Error::InvalidArgument(_)) => {
                 // Debug-formatted: the message quotes client text, which must not forge log lines.
-                tracing::warn!(error = ?error.to_string(), "dead-lettering a command that cannot be understood");
-                self.reply(&delivery, &Err(error)).await;
-                if let Err(error) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-                    tracing::error!(error = %error, "could not dead-letter a command");
-                }
+                tracing::warn!(caller = caller.shown(), error = ?error.to_string(),
+                    "dead-lettering a command that cannot be understood");
+                self.reply(delivery, "invalid", &Err(error)).await;
+                self.dead_letter(delivery, Reason::InvalidArgument).await;
                 self.metrics
                     .record_command("invalid", "dead_lettered", started.elapsed());
                 return;
@@ -258,7 +339,7 @@ impl Handler {
             Err(error) => {
                 // Well-formed, but naming a session that cannot exist: answered like any miss.
                 let outcome = Err(error);
-                self.finish(&delivery, message_id.as_ref(), "unknown", &outcome, started)
+                self.finish(delivery, key.as_ref(), "unknown", &outcome, started)
                     .await;
                 return;
             }
@@ -266,12 +347,10 @@ impl Handler {
         // A try that timed out or lost its connection may have been applied: its retries go
         // under the same key, the client's message_id or else one of this delivery's own, so
         // that they answer what it did instead of applying it again.
-        let key = message_id
-            .clone()
-            .or_else(|| command.changes().then(MessageId::of_delivery));
+        let key = key.or_else(|| command.changes().then(IdempotencyKey::of_delivery));
         let mut backoff = REDIS_RETRY;
         let outcome = loop {
-            match self.service.execute(&command, key.as_ref()).await {
+            match self.service.execute(&caller, &command, key.as_ref()).await {
                 Err(Error::Unavailable(cause)) => {
                     // Redis is out of reach: keep the delivery unacked and
                     // retry; with the prefetch window full, no new commands are taken meanwhile.
@@ -290,8 +369,8 @@ impl Handler {
             }
         };
         self.finish(
-            &delivery,
-            message_id.as_ref(),
+            delivery,
+            key.filter(|key| !key.is_of_delivery()).as_ref(),
             command.name(),
             &outcome,
             started,
@@ -299,32 +378,57 @@ impl Handler {
         .await;
     }
 
+    /// The caller of a command: anyone when no caller is configured, else the one whose AMQP
+    /// user the message's `user_id` is (the broker refuses a publish whose `user_id` is not the
+    /// publishing connection's user, so it vouches for it).
+    fn caller_of(&self, delivery: &Delivery) -> Result<Caller, Error> {
+        let callers = &self.settings.callers;
+        if callers.is_empty() {
+            return Ok(Caller::anyone());
+        }
+        delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .and_then(|user| callers.by_amqp_user(user.as_str()))
+            .cloned()
+            .ok_or(Error::Unauthorized(
+                "the command has no user_id property, or one that is no caller's AMQP user",
+            ))
+    }
+
+    /// After a handler panicked on `delivery`: answers `internal` where a reply may go, and
+    /// dead-letters the command (the panic hook has logged where it happened).
+    async fn after_panic(&self, delivery: &Delivery) {
+        tracing::error!("a command handler panicked; answering internal and dead-lettering it");
+        let may_reply = delivery
+            .properties
+            .reply_to()
+            .as_ref()
+            .is_none_or(|reply_to| self.settings.may_reply_to(reply_to.as_str()));
+        if may_reply {
+            let outcome = Err(Error::internal("a handler panicked"));
+            self.reply(delivery, "unknown", &outcome).await;
+        }
+        self.dead_letter(delivery, Reason::Internal).await;
+        self.metrics
+            .record_command("unknown", "internal", Duration::ZERO);
+    }
+
     /// Replies, then acknowledges the delivery.
     async fn finish(
         &self,
         delivery: &Delivery,
-        message_id: Option<&MessageId>,
+        message_id: Option<&IdempotencyKey>,
         command: &'static str,
         outcome: &Result<Outcome, Error>,
         started: std::time::Instant,
     ) {
-        if !self.reply(delivery, outcome).await {
+        if !self.reply(delivery, command, outcome).await {
             if message_id.is_some() {
                 // Requeued after a pause: the command comes back, and its recorded outcome is
                 // what the next reply repeats (it is not applied again).
-                tokio::select! {
-                    () = tokio::time::sleep(REQUEUE_AFTER) => {}
-                    () = self.stopped.cancelled() => return,
-                }
-                if let Err(error) = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                {
-                    tracing::error!(error = %error, "could not requeue a command");
-                }
+                self.requeue_later(delivery).await;
                 return;
             }
             // Without a message_id a requeued command would be applied again: acknowledge it,
@@ -349,59 +453,155 @@ impl Handler {
             .record_command(command, label, started.elapsed());
     }
 
+    /// Gives `delivery` back to the queue after a pause (unless the consumer stops first, when
+    /// the broker redelivers it anyway).
+    async fn requeue_later(&self, delivery: &Delivery) {
+        tokio::select! {
+            () = tokio::time::sleep(REQUEUE_AFTER) => {}
+            () = self.stopped.cancelled() => return,
+        }
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(error) = delivery.nack(requeue).await {
+            tracing::error!(error = %error, "could not requeue a command");
+        }
+    }
+
+    /// Dead-letters `delivery`: publishes its redacted copy to the dead-letter queue and, once
+    /// the broker has confirmed it, acknowledges the original; if it cannot be published, the
+    /// command is requeued after a pause (never dropped).
+    async fn dead_letter(&self, delivery: &Delivery, reason: Reason) {
+        let (body, properties) = dead_letter::copy_of(delivery, reason);
+        let routing_key = ShortString::from(self.dead_letter_queue.as_str());
+        match self.publish(routing_key, &body, properties).await {
+            Ok(Confirmation::Ack(None)) => {
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(error = %error, "could not acknowledge a dead-lettered command");
+                }
+                return;
+            }
+            Ok(Confirmation::Ack(Some(_))) => tracing::error!(
+                queue = %self.dead_letter_queue,
+                "the dead-letter queue does not exist; requeueing the command"
+            ),
+            Ok(_) => tracing::error!("the broker refused a dead letter; requeueing the command"),
+            Err(why) => {
+                tracing::error!(error = %why, "could not dead-letter a command; requeueing it")
+            }
+        }
+        self.requeue_later(delivery).await;
+    }
+
+    /// Publishes on the replies channel (confirm mode) to the default exchange, `mandatory` so
+    /// that a message no queue takes comes back (as the confirmation's returned message)
+    /// instead of vanishing unseen, and waits for the confirm: a blocked connection (a broker
+    /// alarm) never confirms, so not for ever.
+    async fn publish(
+        &self,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Confirmation, String> {
+        let published = async {
+            let confirm = self
+                .replies
+                .basic_publish(
+                    "".into(),
+                    routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?;
+            confirm.await
+        };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
+            Ok(confirmed) => confirmed.map_err(|error| error.to_string()),
+            Err(_) => Err(format!("no confirm within {CONFIRM_TIMEOUT:?}")),
+        }
+    }
+
     /// Publishes the reply when the command asked for one; `false` if it could not be published.
-    async fn reply(&self, delivery: &Delivery, outcome: &Result<Outcome, Error>) -> bool {
+    async fn reply(
+        &self,
+        delivery: &Delivery,
+        command: &'static str,
+        outcome: &Result<Outcome, Error>,
+    ) -> bool {
         let Some(reply_to) = delivery.properties.reply_to().clone() else {
             return true;
         };
         let mut properties = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2);
-        if let Some(correlation_id) = delivery.properties.correlation_id() {
+        let correlation_id = delivery.properties.correlation_id().clone();
+        if let Some(correlation_id) = &correlation_id {
             properties = properties.with_correlation_id(correlation_id.clone());
         }
-        let published = async {
-            let confirm = self
-                .replies
-                .basic_publish(
-                    "".into(),
-                    reply_to.clone(),
-                    // Mandatory, so that a reply no queue takes comes back and is logged below
-                    // instead of vanishing unseen.
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &Reply::encode(outcome),
-                    properties,
-                )
-                .await?;
-            confirm.await
-        };
-        // A blocked connection (a broker alarm) never confirms: do not wait forever.
-        match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
-            Ok(Ok(Confirmation::Nack(_))) => {
-                tracing::error!("the broker refused a reply");
-                false
-            }
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+        let shown_correlation_id = correlation_id.as_ref().map(ShortString::as_str);
+        match self
+            .publish(reply_to.clone(), &Reply::encode(outcome), properties)
+            .await
+        {
+            Ok(Confirmation::Ack(Some(_))) => {
                 // The reply queue is gone (its client went away): nobody waits for the reply.
+                // Its body is not logged: it may hold the session's tokens.
                 tracing::warn!(
-                    reply_to = reply_to.as_str(),
-                    reason = returned.reply_text.as_str(),
+                    reply_to = ?reply_to.as_str(),
+                    correlation_id = ?shown_correlation_id,
+                    command,
                     "a reply could not be delivered: no queue of that name; it is dropped"
                 );
                 true
             }
-            Ok(Ok(_)) => true,
-            Ok(Err(error)) => {
-                tracing::error!(error = %error, "could not publish a reply");
+            Ok(Confirmation::Nack(_)) => {
+                tracing::error!(command, "the broker refused a reply");
                 false
             }
-            Err(_) => {
-                tracing::error!("the broker did not confirm a reply in time");
+            Ok(_) => true,
+            Err(why) => {
+                tracing::error!(error = %why, command, "could not publish a reply");
                 false
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_go_to_server_named_queues_direct_reply_to_and_the_configured_prefixes() {
+        let settings = WorkerSettings {
+            queue: "q".into(),
+            events_exchange: "e".into(),
+            prefetch: 1,
+            dead_letter_ttl: Duration::from_secs(1),
+            callers: Callers::default(),
+            reply_to_prefixes: vec!["replies.".into()],
+        };
+        for allowed in [
+            "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
+            "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAyNjY2ODQzMAAAAAkAAAAAZ2hSoA==",
+            "replies.bff-1",
+        ] {
+            assert!(settings.may_reply_to(allowed), "{allowed}");
+        }
+        for refused in [
+            "session.commands",
+            "q.dead",
+            "amq.genx",
+            "replies",
+            "",
+            "other.replies.",
+        ] {
+            assert!(!settings.may_reply_to(refused), "{refused}");
         }
     }
 }

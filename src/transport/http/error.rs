@@ -1,6 +1,6 @@
-//! The errors of the REST front end: the core's, and those of HTTP alone (no API token, a method
-//! the route does not have, a body too large or not JSON), each mapped to its status and the
-//! contract's JSON error body here and nowhere else.
+//! The errors of the REST front end: the core's, and those of HTTP alone (a method the route does
+//! not have, a body too large or not JSON), each mapped to its status and the contract's JSON
+//! error body here and nowhere else.
 
 use serde::Serialize;
 use warp::{
@@ -17,9 +17,6 @@ pub enum HttpError {
     /// What the core answered.
     #[error(transparent)]
     Core(#[from] Error),
-    /// The API token is missing or wrong.
-    #[error("missing or wrong API token")]
-    Unauthorized,
     /// The route exists, without this method; the methods it has.
     #[error("method not allowed on this resource")]
     MethodNotAllowed(&'static str),
@@ -39,12 +36,13 @@ impl HttpError {
                     ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
                     ErrorCode::NotFound => StatusCode::NOT_FOUND,
                     ErrorCode::Conflict => StatusCode::CONFLICT,
+                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                    ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
                     ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (status, error.code().as_str())
             }
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType => {
@@ -61,6 +59,7 @@ impl HttpError {
             error: ErrorBody,
         }
         let (status, code) = self.status_and_code();
+        let unauthorized = code == ErrorCode::Unauthorized.as_str();
         let mut response = json_response(
             status,
             &Envelope {
@@ -71,15 +70,12 @@ impl HttpError {
             },
         );
         let headers = response.headers_mut();
-        match self {
-            Self::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            // RFC 9110 §15.5.6: a 405 lists the methods the route has.
-            Self::MethodNotAllowed(allowed) => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
-            }
-            _ => {}
+        if unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // RFC 9110 §15.5.6: a 405 lists the methods the route has.
+        if let Self::MethodNotAllowed(allowed) = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
         }
         response
     }

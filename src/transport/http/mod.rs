@@ -14,10 +14,10 @@ pub use server::serve;
 
 use query::Query;
 
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{convert::Infallible, panic::AssertUnwindSafe, sync::Arc, time::Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde::Serialize;
 use warp::{
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
@@ -27,8 +27,11 @@ use warp::{
 };
 
 use crate::{
-    config::SecretString,
-    domain::{Command, Error, Fields, NewSession, Outcome, SessionId, SessionPatch},
+    callers::Callers,
+    domain::{
+        Caller, Command, Error, Fields, IdempotencyKey, NewSession, Outcome, SessionId,
+        SessionPatch,
+    },
     metrics::Metrics,
     service::SessionService,
     telemetry::Chain,
@@ -49,8 +52,8 @@ pub struct HttpState {
     pub service: SessionService,
     /// Where requests are counted.
     pub metrics: Arc<Metrics>,
-    /// When not empty, `/a01/*` requires one of them as bearer token.
-    pub api_tokens: Vec<SecretString>,
+    /// Who may call; none: protected mode, every request is [`Caller::anyone`]'s.
+    pub callers: Callers,
     /// Answers `/readyz`.
     pub readiness: ReadinessProbe,
 }
@@ -76,7 +79,18 @@ pub fn routes(
                     query,
                     headers,
                 };
-                state.handle(request, body).await
+                // A panic is a bug; it must neither take the connection down unanswered nor
+                // print what the handler held (the panic hook logs its place, not its message).
+                match AssertUnwindSafe(state.handle(request, body))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(_) => {
+                        tracing::error!("a request handler panicked; answered internal");
+                        HttpError::from(Error::internal("a handler panicked")).into_response()
+                    }
+                }
             }
         })
         .recover(|rejection: warp::Rejection| async move {
@@ -184,9 +198,11 @@ impl HttpState {
         B: Buf,
     {
         let method = &request.method;
-        if request.path == "/a01" || request.path.starts_with("/a01/") {
-            self.authorize(&request.headers)?;
-        }
+        let caller = if request.path == "/a01" || request.path.starts_with("/a01/") {
+            self.authenticate(&request.headers)?
+        } else {
+            Caller::anyone()
+        };
         let command = match (route, method) {
             (Route::Health, &Method::GET) => {
                 Query::parse(&request.query, &[])?;
@@ -251,7 +267,14 @@ impl HttpState {
                 return Err(HttpError::MethodNotAllowed(allowed));
             }
         };
-        let outcome = self.service.execute(&command, None).await?;
+        let key = match command.changes() {
+            true => idempotency_key(&request.headers)?,
+            false => None,
+        };
+        let outcome = self
+            .service
+            .execute(&caller, &command, key.as_ref())
+            .await?;
         Ok(match &outcome {
             Outcome::SessionCreated { session_id } => {
                 let mut response = json_response(StatusCode::CREATED, &outcome);
@@ -265,35 +288,41 @@ impl HttpState {
         })
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {
-        if self.api_tokens.is_empty() {
-            return Ok(());
+    /// The caller of a request to `/a01/*`: the one whose token the bearer token is, or anyone
+    /// when no caller is configured; no token, or one no caller has, is `unauthorized`.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, HttpError> {
+        if self.callers.is_empty() {
+            return Ok(Caller::anyone());
         }
-        let given = headers
+        headers
             .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
             .and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        // Every token is compared, each in constant time, so that the time taken does not tell
-        // which one nearly matched.
-        let accepted = given.is_some_and(|token| {
-            self.api_tokens.iter().fold(false, |accepted, expected| {
-                accepted | constant_time_eq(token.as_bytes(), expected.expose().as_bytes())
+                let (scheme, token) = value.as_bytes().split_at_checked(7)?;
+                scheme
+                    .eq_ignore_ascii_case(b"bearer ")
+                    .then(|| token.trim_ascii())
             })
-        });
-        if accepted {
-            Ok(())
-        } else {
-            Err(HttpError::Unauthorized)
-        }
+            .and_then(|token| self.callers.by_token(token))
+            .cloned()
+            .ok_or(HttpError::Core(Error::Unauthorized(
+                "missing or unknown API token",
+            )))
     }
 }
 
-/// Compares without returning early at the first difference (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The `Idempotency-Key` of a changing request, if it has one (contract §8.3); given twice, or
+/// not 1–255 visible ASCII characters, it is `invalid_argument`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Error> {
+    let mut given = headers.get_all("idempotency-key").iter();
+    let Some(value) = given.next() else {
+        return Ok(None);
+    };
+    if given.next().is_some() {
+        return Err(Error::InvalidArgument(
+            "Idempotency-Key: given more than once".into(),
+        ));
+    }
+    IdempotencyKey::from_header(value.as_bytes()).map(Some)
 }
 
 fn session_id(id: Option<&str>) -> Result<SessionId, Error> {
