@@ -73,6 +73,11 @@ impl Callers {
         self.entries.is_empty()
     }
 
+    /// Whether some caller publishes over AMQP (has an `amqp_user`).
+    pub fn has_amqp_users(&self) -> bool {
+        !self.by_amqp_user.is_empty()
+    }
+
     /// How many callers there are.
     pub fn len(&self) -> usize {
         self.entries.len()

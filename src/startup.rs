@@ -91,6 +91,13 @@ impl Application {
         let listener = TcpListener::bind((settings.listen_addr, settings.port))
             .await
             .map_err(StartupError::Bind)?;
+        if !settings.callers.is_empty() && !settings.callers.has_amqp_users() {
+            tracing::warn!(
+                "callers are configured, none with an amqp_user: every AMQP command is answered \
+                 unauthorized; give each publisher an entry with its RabbitMQ user in \
+                 SESSION_CALLERS_FILE"
+            );
+        }
         if settings.callers.is_empty() {
             tracing::warn!(
                 address = %settings.listen_addr,

@@ -17,13 +17,15 @@ pub struct Bucket(u8);
 impl Bucket {
     /// The bucket of a user.
     pub fn of_user(user_id: &UserId) -> Self {
+        Self::of_text(user_id.as_str())
+    }
+
+    /// The bucket of a text: a user id, or an idempotency key (whose claim is kept there).
+    pub fn of_text(text: &str) -> Self {
         // FNV-1a: stable across versions and platforms, which is all a bucket needs.
-        let hash = user_id
-            .as_str()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
         Self((hash % u64::from(BUCKETS)) as u8)
     }
 

@@ -15,6 +15,9 @@
 //! <prefix>:{<bucket>}:p:<type>:<n>:<target>:<key>, or without idempotency key
 //! <prefix>:{<bucket>}:p:<uuid>          list: progress of a DeleteUserSessions that takes more
 //!                                       than one step, deleted by its last step
+//! <prefix>:{<bucket>}:k:<key>           string: the digest of the command that first used the
+//!                                       idempotency key (any session or user), kept
+//!                                       SESSION_IDEMPOTENCY_SEC; in the key's bucket
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group: `outbox::GROUP`)
@@ -34,6 +37,7 @@ pub(super) mod kind {
     pub const INDEX: &str = "u:";
     pub const RECORD: &str = "r:";
     pub const PROGRESS: &str = "p:";
+    pub const CLAIM: &str = "k:";
     pub const SCHEDULE: &str = "exp";
     pub const OUTBOX: &str = "outbox";
 }
@@ -103,27 +107,15 @@ impl Keys {
     /// never read.
     pub fn record(&self, command: &Command, key: Option<&IdempotencyKey>) -> String {
         match key {
-            Some(key) => self.of_command(kind::RECORD, command.name(), command, key),
+            Some(key) => self.of_command(kind::RECORD, command, key),
             None => self.of_kind(Bucket::of_command(command), kind::RECORD),
         }
     }
 
-    /// The record that the other changing command about the same target would have under the
-    /// same key (an UpdateSession's DeleteSession, a CreateSession's DeleteUserSessions, and the
-    /// other way round), which the script reads to refuse the key used again for it. A read
-    /// has none: the key of its own record stands in.
-    pub fn other_record(&self, command: &Command, key: Option<&IdempotencyKey>) -> String {
-        let other = match command {
-            Command::CreateSession(_) => "DeleteUserSessions",
-            Command::DeleteUserSessions(..) => "CreateSession",
-            Command::UpdateSession(..) => "DeleteSession",
-            Command::DeleteSession(_) => UPDATE_SESSION,
-            Command::GetSession(_) | Command::ListSessions(..) => command.name(),
-        };
-        match key {
-            Some(key) => self.of_command(kind::RECORD, other, command, key),
-            None => self.of_kind(Bucket::of_command(command), kind::RECORD),
-        }
+    /// The claim of an idempotency key: which command it belongs to, whatever that command is
+    /// about; in the bucket of the key itself.
+    pub fn claim(&self, key: &IdempotencyKey) -> String {
+        self.of_kind(Bucket::of_text(key.as_str()), kind::CLAIM) + key.as_str()
     }
 
     /// Where a DeleteUserSessions keeps its progress between steps: under its command type,
@@ -131,7 +123,7 @@ impl Keys {
     /// id, under a key of its own.
     pub fn progress(&self, command: &Command, key: Option<&IdempotencyKey>) -> String {
         match key {
-            Some(key) => self.of_command(kind::PROGRESS, command.name(), command, key),
+            Some(key) => self.of_command(kind::PROGRESS, command, key),
             None => {
                 self.of_kind(Bucket::of_command(command), kind::PROGRESS)
                     + &uuid::Uuid::new_v4().to_string()
@@ -139,18 +131,13 @@ impl Keys {
         }
     }
 
-    /// `<kind><type>:<n>:<target>:<key>` in the command's bucket, with `command`'s target.
-    fn of_command(
-        &self,
-        kind: &str,
-        type_name: &str,
-        command: &Command,
-        key: &IdempotencyKey,
-    ) -> String {
+    /// `<kind><type>:<n>:<target>:<key>` in the command's bucket.
+    fn of_command(&self, kind: &str, command: &Command, key: &IdempotencyKey) -> String {
         let target = command.target();
         format!(
-            "{}{type_name}:{}:{target}:{}",
+            "{}{}:{}:{target}:{}",
             self.of_kind(Bucket::of_command(command), kind),
+            command.name(),
             target.len(),
             key.as_str()
         )
@@ -172,6 +159,8 @@ pub enum KeyKind {
         /// before reads went unrecorded wrote.
         read: bool,
     },
+    /// The claim of an idempotency key (the digest of the command it belongs to).
+    Claim,
     /// Anything else: an index, a schedule, an outbox, a progress list. None holds a secret.
     Other,
 }
@@ -201,6 +190,9 @@ impl Keys {
         };
         if let Some(id) = rest.strip_prefix(kind::SESSION) {
             return SessionId::parse(id).map_or(KeyKind::Other, KeyKind::Session);
+        }
+        if rest.starts_with(kind::CLAIM) {
+            return KeyKind::Claim;
         }
         let Some(record) = rest.strip_prefix(kind::RECORD) else {
             return KeyKind::Other;
@@ -245,10 +237,9 @@ mod tests {
             keys.record(&delete, Some(&message_id)),
             format!("p:{tag}:r:DeleteSession:45:{}:m-1", session.as_str())
         );
-        assert_eq!(
-            keys.other_record(&delete, Some(&message_id)),
-            format!("p:{tag}:r:UpdateSession:45:{}:m-1", session.as_str())
-        );
+        let claim = keys.claim(&message_id);
+        assert_eq!(claim, format!("p:{{{}}}:k:m-1", Bucket::of_text("m-1")));
+        assert_eq!(keys.kind_of(&claim), KeyKind::Claim);
     }
 
     #[test]

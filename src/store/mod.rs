@@ -299,9 +299,13 @@ impl Store {
         command: &Command,
         idempotency: Option<Idempotency<'_>>,
     ) -> Result<Outcome, StoreError> {
+        let idempotency = idempotency.filter(|_| command.changes());
+        if let Some(idempotency) = idempotency {
+            ops::claim(self, idempotency).await?;
+        }
         let record = CommandCall {
             command,
-            idempotency: idempotency.filter(|_| command.changes()),
+            idempotency,
         };
         let outcome = match command {
             Command::CreateSession(new) => ops::create::apply(self, record, new).await,

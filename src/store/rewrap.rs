@@ -205,7 +205,7 @@ impl Store {
                     ..RewrapReport::default()
                 })
             }
-            KeyKind::Record { .. } | KeyKind::Other => Ok(RewrapReport::default()),
+            KeyKind::Record { .. } | KeyKind::Claim | KeyKind::Other => Ok(RewrapReport::default()),
         }
     }
 

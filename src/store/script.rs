@@ -82,15 +82,9 @@ pub(super) struct Source {
     pub layout: Layout,
 }
 
-/// The keys every command script starts with: its idempotency record, the record the other
-/// changing command about its target would have under the same key, its bucket's schedule and
+/// The keys every command script starts with: its idempotency record, its bucket's schedule and
 /// outbox (added by `ops::CommandCall::call`).
-const COMMAND_KEYS: &[&str] = &[
-    "record_key",
-    "other_record_key",
-    "schedule_key",
-    "outbox_key",
-];
+const COMMAND_KEYS: &[&str] = &["record_key", "schedule_key", "outbox_key"];
 /// The arguments every command script starts with: how long to keep its record (0: it has no
 /// idempotency key), the digests of its fingerprint (comma-separated, the one to record
 /// first) and its bucket's key base.

@@ -9,6 +9,7 @@
 //! - [`redis`]: a private `redis-server` and a private Redis Cluster, plain or TLS, killed when
 //!   dropped.
 //! - [`process`]: the service binary as a child process, or run to its exit.
+//! - [`rabbitmq`]: a private RabbitMQ cluster, and users of the shared broker made for a test.
 //! - [`proxy`]: a TCP proxy that holds, cuts and refuses connections.
 //! - [`tls`]: certificates made at test time, and a TLS-terminating proxy.
 //! - here: free ports, [`wait_for_port`] and [`eventually`], which polls until a probe answers.
@@ -27,7 +28,7 @@ use std::{net::TcpListener, time::Duration};
 pub use instance::{isolated_settings, Instance};
 pub use process::Service;
 pub use proxy::TcpProxy;
-pub use rabbitmq::PrivateRabbitCluster;
+pub use rabbitmq::{BrokerUser, PrivateRabbitCluster};
 pub use redis::{PrivateCluster, PrivateRedis, RedisTls};
 pub use tls::{Identity, TestCertificates, TlsProxy};
 

@@ -195,3 +195,73 @@ impl Drop for PrivateRabbitCluster {
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
+
+/// A user of the machine's shared RabbitMQ, made for one test with `rabbitmqctl add_user` and
+/// all permissions on the default virtual host, deleted when dropped: so that a test can
+/// publish as a user of its own, as the callers of the service do (their `amqp_user`).
+pub struct BrokerUser {
+    /// Its name: the prefix given and a random suffix.
+    pub name: String,
+    password: String,
+}
+
+impl BrokerUser {
+    /// Makes a user named `<prefix>-<random>`.
+    pub fn create(prefix: &str) -> Self {
+        let user = Self {
+            name: format!(
+                "{prefix}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        rabbitmqctl(&["add_user", &user.name, &user.password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
+        user
+    }
+
+    /// Makes one user of each prefix, all at once (each `rabbitmqctl` run starts a VM).
+    pub fn create_all(prefixes: &[&str]) -> Vec<Self> {
+        std::thread::scope(|scope| {
+            let made: Vec<_> = prefixes
+                .iter()
+                .map(|prefix| scope.spawn(move || Self::create(prefix)))
+                .collect();
+            made.into_iter().map(|user| user.join().unwrap()).collect()
+        })
+    }
+
+    /// The URL of the shared broker as this user.
+    pub fn url(&self) -> String {
+        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = Command::new(SHARED_RABBITMQCTL)
+            .args(["-q", "delete_user", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The `rabbitmqctl` of the machine's broker: the system's wrapper, which runs the tool as the
+/// broker's user, with its Erlang cookie (the one under `BIN` would use the caller's).
+const SHARED_RABBITMQCTL: &str = "rabbitmqctl";
+
+/// Runs `rabbitmqctl` against the machine's broker; it must succeed.
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new(SHARED_RABBITMQCTL)
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {}: {}",
+        args[0],
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

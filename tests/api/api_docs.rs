@@ -588,13 +588,13 @@ fn the_checks_refuse_what_the_documents_do_not_describe() {
         format!(r#"{{"session_id":"{session_id}"}}"#).as_bytes(),
     );
     let (p, j) = (path.clone(), json.clone());
-    // A status the operation does not list.
+    // A status the operation does not list (a DELETE has no body to refuse).
     assert!(refused(Box::new(move || check_response(
         &reqwest::Method::DELETE,
         &p,
-        409,
+        415,
         &j,
-        br#"{"error":{"code":"conflict","message":"m"}}"#
+        br#"{"error":{"code":"unsupported_media_type","message":"m"}}"#
     ))));
     let (p, j) = (path.clone(), json.clone());
     // A body of the wrong shape.

@@ -33,9 +33,23 @@ async fn idempotency_records_vanish_after_their_retention() {
             IdempotencyKey::from_message_id(message_id).as_ref(),
         )
     };
-    let mut records = vec![record(&create, "create-1"), record(&delete, "delete-1")];
+    // The two records, and the claims of their keys.
+    let claim = |message_id: &str| {
+        app.keys()
+            .claim(&IdempotencyKey::from_message_id(message_id).unwrap())
+    };
+    let mut records = vec![
+        record(&create, "create-1"),
+        record(&delete, "delete-1"),
+        claim("create-1"),
+        claim("delete-1"),
+    ];
     records.sort();
-    assert_eq!(app.keys_left().await, records, "the two records are left");
+    assert_eq!(
+        app.keys_left().await,
+        records,
+        "the two records and claims are left"
+    );
     tokio::time::sleep(Duration::from_millis(10_100)).await;
     assert_eq!(app.keys_left().await, Vec::<String>::new());
 }

@@ -739,3 +739,13 @@ pub fn service_with_settings(settings: &Settings) -> std::process::Command {
         );
     command
 }
+
+/// The SHA-256 of `text` in hex, as a callers file holds a token.
+pub fn sha256_hex(text: &str) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}

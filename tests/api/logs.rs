@@ -9,7 +9,7 @@ use session_manager_testkit::{free_port, PrivateRedis, Service};
 use crate::{
     amqp::dead_letter_reason,
     api_docs::Http,
-    helpers::{eventually, isolated_settings, service_binary, AmqpClient, AMQP_URL},
+    helpers::{eventually, isolated_settings, service_binary, sha256_hex, AmqpClient, AMQP_URL},
 };
 
 const REDIS_PASSWORD: &str = "redis-pass-7f3a9c";
@@ -22,15 +22,6 @@ const AUTH_CODE: &str = "auth-code-3c2b1a";
 const USER_EMAIL: &str = "mail-5c1e@example.org";
 /// 32 bytes, standard base64.
 const ENCRYPTION_KEY: &str = "c2VjcmV0LWtleS1vZi10aGlydHktdHdvLWJ5dGVzISE=";
-
-fn sha256_hex(text: &str) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
-}
 
 /// The secret fields of a create or update, each carrying one of the secrets.
 fn secrets() -> Value {

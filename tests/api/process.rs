@@ -32,6 +32,11 @@ fn bad_configuration_stops_the_service_with_one_line_naming_the_variable() {
         ("AMQP_URL", "nope://x"),
         ("AMQP_PREFETCH", "0"),
         ("SESSION_API_TOKEN", ""),
+        ("SESSION_API_TOKEN", "shorter-than-thirty-two-chars"),
+        ("SESSION_CALLERS_FILE", "/nonexistent/callers.json"),
+        ("SERVICE_LISTEN_ADDR", "localhost"),
+        ("SESSION_REPLY_TO_PREFIXES", "amq.gen-"),
+        ("SESSION_DEAD_LETTER_TTL_SEC", "0"),
         ("SESSION_IDLE_SEC", "2592001"),
         ("SESSION_IDLE_SEC", "soon"),
         ("SESSION_MAX_PER_USER", "many"),
@@ -235,6 +240,177 @@ async fn a_reply_that_no_queue_takes_is_logged_and_the_command_applied() {
         "CreateSession",
     ] {
         assert!(printed.contains(expected), "{expected}: {printed}");
+    }
+    crate::helpers::clean_up(&settings).await;
+}
+
+#[test]
+fn a_malformed_callers_file_stops_the_start_with_one_line_naming_the_entry() {
+    let path = std::env::temp_dir().join(format!("callers-{}.json", uuid::Uuid::new_v4()));
+    for (text, named) in [
+        (
+            r#"{"callers": [{"name": "ok", "amqp_user": "u", "scopes": ["*"]},
+                         {"name": "bad one", "amqp_user": "v", "scopes": []}]}"#,
+            "callers[1] \"bad one\": name",
+        ),
+        (
+            r#"{"callers": [{"name": "bff", "token_sha256": "abc", "scopes": []}]}"#,
+            "callers[0] bff: token_sha256",
+        ),
+        (
+            r#"{"callers": [{"name": "bff", "amqp_user": "u", "scopes": ["sessions:write"]}]}"#,
+            "callers[0] bff: scopes",
+        ),
+        ("not json", "is not a callers file"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let output = run_to_exit(service_binary().env("SESSION_CALLERS_FILE", &path));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("SESSION_CALLERS_FILE") && stderr.contains(named),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Whether something accepts connections on `address`.
+fn answers(address: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(1)).is_ok()
+}
+
+/// Protected mode (contract §8.1): without callers the REST front end listens on 127.0.0.1 only
+/// and says why; SERVICE_LISTEN_ADDR opens it; with callers it listens on every interface.
+#[tokio::test]
+async fn without_callers_the_rest_front_end_listens_on_localhost_only_and_says_so() {
+    let settings = isolated_settings();
+    let token = "a-token-long-enough-for-the-service-01";
+    // 127.0.0.2 is loopback too, but not 127.0.0.1: only a listener on every interface takes it.
+    for (variables, everywhere) in [
+        (vec![], false),
+        (vec![("SERVICE_LISTEN_ADDR", "0.0.0.0")], true),
+        (vec![("SESSION_API_TOKEN", token)], true),
+        (
+            vec![
+                ("SESSION_API_TOKEN", token),
+                ("SERVICE_LISTEN_ADDR", "127.0.0.1"),
+            ],
+            false,
+        ),
+    ] {
+        let port = free_port();
+        let mut command = service_on_local_servers(&settings);
+        command.env("RUST_LOG", "warn");
+        for (name, value) in &variables {
+            command.env(name, value);
+        }
+        let service = Service::start(&mut command, port);
+        assert!(answers(&format!("127.0.0.1:{port}")));
+        assert_eq!(
+            answers(&format!("127.0.0.2:{port}")),
+            everywhere,
+            "{variables:?}"
+        );
+        let (status, printed) = service.terminate();
+        assert!(status.success(), "{printed}");
+        let warned = printed.contains("no caller is configured");
+        assert_eq!(
+            warned,
+            !variables
+                .iter()
+                .any(|(name, _)| *name == "SESSION_API_TOKEN"),
+            "{printed}"
+        );
+    }
+    crate::helpers::clean_up(&settings).await;
+}
+
+/// One audit line per changing command (contract §8.1): caller, command type, user id and
+/// outcome, never a token or a whole session id; reads write none.
+#[tokio::test]
+async fn each_changing_command_writes_one_audit_line() {
+    let settings = isolated_settings();
+    let token = "audited-token-0123456789abcdef012345";
+    let port = free_port();
+    let service = Service::start(
+        service_on_local_servers(&settings)
+            .env("SESSION_API_TOKEN", token)
+            .env("RUST_LOG", "session_manager::audit=info"),
+        port,
+    );
+    let http = Http::new();
+    let created = http
+        .post(service.url("/a01/session"))
+        .bearer_auth(token)
+        .json(&json!({"user_id": "audited", "device_id": "d", "access_token": "tok-77aa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (method, path, body) in [
+        (reqwest::Method::GET, format!("/a01/session/{id}"), None),
+        (
+            reqwest::Method::GET,
+            "/a01/session?user_id=audited".to_string(),
+            None,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/a01/session/{id}"),
+            Some(json!({"access_token": "tok-88bb"})),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/a01/session/{id}"),
+            Some(json!({"device_id": "other"})),
+        ),
+        (reqwest::Method::DELETE, format!("/a01/session/{id}"), None),
+        (
+            reqwest::Method::DELETE,
+            "/a01/session?user_id=audited".to_string(),
+            None,
+        ),
+    ] {
+        let mut request = http.request(method, service.url(&path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap();
+    }
+    let (status, printed) = service.terminate();
+    assert!(status.success(), "{printed}");
+    let lines: Vec<&str> = printed
+        .lines()
+        .filter(|line| line.contains("audit"))
+        .collect();
+    let expected = [
+        ("CreateSession", "ok"),
+        ("UpdateSession", "ok"),
+        ("UpdateSession", "conflict"),
+        ("DeleteSession", "ok"),
+        ("DeleteUserSessions", "ok"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{printed}");
+    for (line, (command, outcome)) in lines.iter().zip(expected) {
+        for part in [
+            "caller=\"token-1\"".to_string(),
+            format!("command=\"{command}\""),
+            format!("outcome=\"{outcome}\""),
+        ] {
+            assert!(line.contains(&part), "{part} not in {line}");
+        }
+        if outcome == "ok" {
+            assert!(line.contains("user_id=\"audited\""), "{line}");
+        }
+    }
+    for secret in [token, "tok-77aa", "tok-88bb", &id] {
+        assert!(!printed.contains(secret), "{secret} was logged: {printed}");
     }
     crate::helpers::clean_up(&settings).await;
 }

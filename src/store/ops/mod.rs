@@ -2,10 +2,9 @@
 //! application and reply in one file): the operation's script (`<operation>.lua` beside it), the
 //! keys and arguments it is called with, and the decoding of its answer.
 //!
-//! Every command script starts with the same keys and arguments (its idempotency record and the
-//! record of the other changing command about the same target, its bucket's schedule and outbox;
-//! the record's TTL, the digests of the command's fingerprint and the bucket's key base), which
-//! [`CommandCall`] adds, and answers one JSON document, `{"s": "ok", "v": …}` or `{"s": "<error>", "f": …}`,
+//! Every command script starts with the same keys and arguments (its idempotency record, its
+//! bucket's schedule and outbox; the record's TTL, the digests of the command's fingerprint and
+//! the bucket's key base), which [`CommandCall`] adds, and answers one JSON document, `{"s": "ok", "v": …}` or `{"s": "<error>", "f": …}`,
 //! which [`answer`] reads; except the list's, which is never recorded and cannot fail, and
 //! answers its page as a plain array.
 
@@ -20,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    script::{Arg, Call, Constants, Layout, LuaScript},
+    script::{Arg, Call, Constants, Layout, LuaScript, Source},
     Bucket, Idempotency, Store, StoreError,
 };
 use crate::domain::{Command, IdempotencyKey, SessionId};
@@ -36,7 +35,22 @@ pub(super) struct CommandScripts {
     pub delete_user: LuaScript,
     /// Not a command: marks a read session as seen.
     pub seen: LuaScript,
+    /// Not a command: claims an idempotency key for a command (`claim.lua`).
+    pub claim: LuaScript,
 }
+
+/// The claim of an idempotency key, before the command it is given with.
+pub(super) static CLAIM: Source = Source {
+    name: "claim.lua",
+    text: include_str!("../lua/claim.lua"),
+    pieces: &[],
+    layout: Layout {
+        command_script: false,
+        keys: &["claim_key"],
+        args: &[Arg::Text("digests"), Arg::Number("ttl")],
+        rest: None,
+    },
+};
 
 impl CommandScripts {
     pub fn new(constants: &Constants) -> Self {
@@ -49,6 +63,7 @@ impl CommandScripts {
             delete: assemble(&delete::SCRIPT),
             delete_user: assemble(&delete_user::SCRIPT),
             seen: assemble(&get::SEEN),
+            claim: assemble(&CLAIM),
         }
     }
 }
@@ -93,6 +108,27 @@ pub(super) struct CommandCall<'a> {
     pub idempotency: Option<Idempotency<'a>>,
 }
 
+/// Claims the idempotency key of a changing command for it: `Err(KeyReused)` when the key
+/// belongs to another command (of any session or user) or another caller. A delivery's own key
+/// is unique and needs no claim.
+pub(super) async fn claim(store: &Store, idempotency: Idempotency<'_>) -> Result<(), StoreError> {
+    if idempotency.key.is_of_delivery() {
+        return Ok(());
+    }
+    let ttl = record_retention(store, idempotency.key).as_secs().max(1);
+    let mut call = store.commands.claim.call();
+    call.key("claim_key", store.keys.claim(idempotency.key))
+        .arg(
+            "digests",
+            store.keyring.digests(idempotency.fingerprint).join(","),
+        )
+        .arg("ttl", ttl);
+    match call.invoke::<i64>(&store.connection).await? {
+        1 => Ok(()),
+        _ => Err(StoreError::KeyReused),
+    }
+}
+
 impl CommandCall<'_> {
     /// The idempotency key, if the command is recorded.
     pub fn key(&self) -> Option<&IdempotencyKey> {
@@ -109,10 +145,6 @@ impl CommandCall<'_> {
         });
         let mut call = script.call();
         call.key("record_key", store.keys.record(self.command, key))
-            .key(
-                "other_record_key",
-                store.keys.other_record(self.command, key),
-            )
             .key("schedule_key", store.keys.schedule(bucket))
             .key("outbox_key", store.keys.outbox(bucket))
             .arg("record_ttl", ttl)
@@ -236,6 +268,7 @@ mod tests {
             &delete::SCRIPT,
             &delete_user::SCRIPT,
             &get::SEEN,
+            &CLAIM,
         ] {
             check_pieces(source);
             // Panics at a constant that the Rust side does not define.
