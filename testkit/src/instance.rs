@@ -27,6 +27,15 @@ pub fn isolated_settings() -> Settings {
     }
 }
 
+/// Settings isolated as [`isolated_settings`], with the callers of `file` (the JSON of a
+/// callers file).
+pub fn with_callers(file: &str) -> Settings {
+    Settings {
+        callers: session_manager::callers::Callers::from_json(file).expect("a callers file"),
+        ..isolated_settings()
+    }
+}
+
 /// A running instance. Dropping it stops it and removes its keys, queues and exchange.
 pub struct Instance {
     settings: Settings,

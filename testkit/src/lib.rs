@@ -12,7 +12,8 @@
 //! - [`rabbitmq`]: a private RabbitMQ cluster, and users of the shared broker made for a test.
 //! - [`proxy`]: a TCP proxy that holds, cuts and refuses connections.
 //! - [`tls`]: certificates made at test time, and a TLS-terminating proxy.
-//! - here: free ports, [`wait_for_port`] and [`eventually`], which polls until a probe answers.
+//! - here: free ports, [`wait_for_port`], [`eventually`], which polls until a probe answers, and
+//!   [`sha256_hex`] for callers files.
 
 #![warn(missing_docs)]
 
@@ -25,7 +26,7 @@ pub mod tls;
 
 use std::{net::TcpListener, time::Duration};
 
-pub use instance::{isolated_settings, Instance};
+pub use instance::{isolated_settings, with_callers, Instance};
 pub use process::Service;
 pub use proxy::TcpProxy;
 pub use rabbitmq::{BrokerUser, PrivateRabbitCluster};
@@ -36,6 +37,16 @@ pub use tls::{Identity, TestCertificates, TlsProxy};
 pub const LOCAL_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 /// The machine's shared RabbitMQ.
 pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The SHA-256 of `token` in lower-case hex: the `token_sha256` of a callers file entry.
+pub fn sha256_hex(token: &str) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -29,8 +29,8 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::api_docs;
 pub use crate::api_docs::{Http, Request};
 pub use session_manager_testkit::{
-    eventually, instance::clean_up, isolated_settings, Instance, LOCAL_AMQP_URL as AMQP_URL,
-    LOCAL_REDIS_URL as REDIS_URL, WAIT,
+    eventually, instance::clean_up, isolated_settings, sha256_hex, Instance,
+    LOCAL_AMQP_URL as AMQP_URL, LOCAL_REDIS_URL as REDIS_URL, WAIT,
 };
 
 /// A running instance and clients for it.
@@ -738,14 +738,4 @@ pub fn service_with_settings(settings: &Settings) -> std::process::Command {
             settings.session_lifetime.as_secs().to_string(),
         );
     command
-}
-
-/// The SHA-256 of `text` in hex, as a callers file holds a token.
-pub fn sha256_hex(text: &str) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
 }
