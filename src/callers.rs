@@ -64,7 +64,7 @@ struct FileEntry {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    callers: Vec<FileEntry>,
+    callers: Vec<serde_json::Value>,
 }
 
 impl Callers {
@@ -96,7 +96,14 @@ impl Callers {
             .map_err(|error| format!("is not a callers file: {error}"))?;
         let mut callers = Self::default();
         for (at, entry) in file.callers.into_iter().enumerate() {
-            let named = format!("callers[{at}] {}", crate::domain::shown_name(&entry.name));
+            // Named by its position, and by its name when it has one that is a string.
+            let name = entry.get("name").and_then(serde_json::Value::as_str);
+            let named = match name {
+                Some(name) => format!("callers[{at}] {}", crate::domain::shown_name(name)),
+                None => format!("callers[{at}]"),
+            };
+            let entry: FileEntry =
+                serde_json::from_value(entry).map_err(|error| format!("{named}: {error}"))?;
             callers
                 .add_entry(entry)
                 .map_err(|why| format!("{named}: {why}"))?;
@@ -220,7 +227,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// 64 hex digits (either case) as the 32 bytes they spell.
 fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
     let wrong = || "must be 64 hex digits (the SHA-256 of the token)".to_string();
-    if hex.len() != 64 || !hex.is_ascii() {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(wrong());
     }
     let mut digest = [0u8; 32];
@@ -281,7 +288,10 @@ mod tests {
             (r#"{"callers": [{"name": "a", "amqp_user": "u", "scopes": []}, {"name": "a", "amqp_user": "v", "scopes": []}]}"#.to_string(), "callers[1] a: name"),
             (r#"{"callers": [{"name": "a", "amqp_user": "u", "scopes": []}, {"name": "b", "amqp_user": "u", "scopes": []}]}"#.to_string(), "callers[1] b: amqp_user"),
             (format!(r#"{{"callers": [{{"name": "a", "token_sha256": "{digest}", "scopes": []}}, {{"name": "b", "token_sha256": "{digest}", "scopes": []}}]}}"#), "callers[1] b: token_sha256"),
-            (r#"{"callers": [{"name": "a", "amqp_user": "u", "scope": []}]}"#.to_string(), "is not a callers file"),
+            (r#"{"callers": [{"name": "a", "amqp_user": "u", "scope": []}]}"#.to_string(), "callers[0] a: unknown field `scope`"),
+            (r#"{"callers": [{"name": "a", "amqp_user": 5, "scopes": []}]}"#.to_string(), "callers[0] a: invalid type"),
+            (r#"{"callers": [{"amqp_user": "u", "scopes": []}]}"#.to_string(), "callers[0]: missing field `name`"),
+            (format!(r#"{{"callers": [{{"name": "a", "token_sha256": "+{}", "scopes": []}}]}}"#, &digest[1..]), "callers[0] a: token_sha256"),
             ("[]".to_string(), "is not a callers file"),
         ];
         for (text, expected) in cases {

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream},
     process::ExitCode,
     time::Duration,
 };
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.healthcheck {
-        return healthcheck(cli.service_port);
+        return healthcheck(cli.service_listen_addr, cli.service_port);
     }
     let task = cli.task;
     let settings = match Settings::try_from(cli) {
@@ -172,10 +172,16 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// `--healthcheck`: asks this machine's instance for /healthz (the image has no curl).
-fn healthcheck(port: u16) -> ExitCode {
+/// `--healthcheck`: asks this machine's instance for /healthz (the image has no curl), on the
+/// address it listens on (`SERVICE_LISTEN_ADDR`), or on loopback when it listens on every one.
+fn healthcheck(listen: Option<IpAddr>, port: u16) -> ExitCode {
+    let address = match listen {
+        Some(IpAddr::V6(any)) if any.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Some(address) if !address.is_unspecified() => address,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
     let ask = || -> std::io::Result<bool> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        let mut stream = TcpStream::connect((address, port))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;

@@ -218,6 +218,37 @@ async fn a_reply_that_no_queue_takes_is_logged_and_the_command_applied() {
     client
         .publish(command.to_string().as_bytes(), properties)
         .await;
+    // A Direct Reply-to reply is delivered, not returned: it is not logged as lost.
+    let direct = client.channel.clone();
+    let mut replies = direct
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let list = json!({"type": "ListSessions", "user_id": "nobody"});
+    direct
+        .basic_publish(
+            "".into(),
+            settings.command_queue.as_str().into(),
+            Default::default(),
+            list.to_string().as_bytes(),
+            lapin::BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(
+        crate::helpers::WAIT,
+        futures_util::StreamExt::next(&mut replies),
+    )
+    .await;
+    assert!(matches!(answered, Ok(Some(Ok(_)))), "the direct reply came");
     crate::helpers::eventually(async || {
         match crate::helpers::every_session_id(&service.url(""), "ulla")
             .await

@@ -12,6 +12,9 @@ use lapin::{
     Channel, Connection, ExchangeKind,
 };
 
+/// Whether this process has warned of a dead-letter queue declared without the TTL.
+static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The name of the dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
@@ -53,14 +56,20 @@ pub async fn declare_dead_letter_queue(
                 )
                 .await?;
             let _ = channel.close(200, "checked".into()).await;
+            // Once per process: a policy that sets the TTL does not change the queue's declared
+            // arguments, so the broker refuses the declaration on every connection.
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
             let pattern = format!("^{}$", dead_letter_queue.replace('.', "\\."));
             tracing::warn!(
                 queue = %dead_letter_queue,
                 ttl_ms,
-                "the dead-letter queue exists without this message TTL (declared by an older \
-                 version, or with another SESSION_DEAD_LETTER_TTL_SEC) and is used as it is; \
-                 to set the TTL, add a policy: rabbitmqctl set_policy session-dead-letters \
-                 '{pattern}' '{{\"message-ttl\": {ttl_ms}}}' --apply-to queues"
+                "the dead-letter queue exists without this message TTL in its arguments \
+                 (declared by an older version, or with another SESSION_DEAD_LETTER_TTL_SEC) and \
+                 is used as it is; unless a policy gives it a TTL already, add one: rabbitmqctl \
+                 set_policy session-dead-letters '{pattern}' '{{\"message-ttl\": {ttl_ms}}}' \
+                 --apply-to queues (this warning stays: a policy does not change the arguments)"
             );
             Ok(())
         }

@@ -77,7 +77,10 @@ pub struct WorkerSettings {
 /// The prefixes of the queue names that replies may always go to: server-named queues, and
 /// Direct Reply-to (the broker gives a command published with `reply_to:
 /// amq.rabbitmq.reply-to` a `reply_to` of `amq.rabbitmq.reply-to.<channel's token>`).
-const ALWAYS_REPLIABLE: [&str; 2] = ["amq.gen-", "amq.rabbitmq.reply-to"];
+const ALWAYS_REPLIABLE: [&str; 2] = ["amq.gen-", DIRECT_REPLY_TO];
+
+/// The pseudo-queue of Direct Reply-to, which every such `reply_to` starts with.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 impl WorkerSettings {
     /// Whether a reply may go to the queue named `reply_to` (contract §8.2).
@@ -286,39 +289,52 @@ struct Handler {
     stopped: CancellationToken,
 }
 
-/// The name under which a command's publisher appears in logs: its `user_id`, or `-`.
-fn publisher(delivery: &Delivery) -> &str {
-    delivery
-        .properties
-        .user_id()
-        .as_ref()
-        .map_or("-", |user| user.as_str())
-}
-
 impl Handler {
+    /// The name under which a command's publisher appears in logs: its caller's name, else its
+    /// `user_id` (the broker-validated AMQP user), else `-`.
+    fn publisher<'a>(&'a self, delivery: &'a Delivery) -> &'a str {
+        let Some(user) = delivery.properties.user_id() else {
+            return "-";
+        };
+        self.settings
+            .callers
+            .by_amqp_user(user.as_str())
+            .and_then(Caller::name)
+            .map_or(user.as_str(), |name| name.as_str())
+    }
+
     async fn handle(&self, delivery: &Delivery) {
         let started = std::time::Instant::now();
-        if let Some(reply_to) = delivery.properties.reply_to() {
-            if !self.settings.may_reply_to(reply_to.as_str()) {
-                // Debug-formatted: the name is the publisher's text, which must not forge lines.
-                tracing::warn!(caller = ?publisher(delivery), reply_to = ?reply_to.as_str(),
-                    "dead-lettering a command whose reply_to is not a queue replies may go to");
-                self.dead_letter(delivery, Reason::ReplyToRefused).await;
-                self.metrics
-                    .record_command("refused", "reply_to_refused", started.elapsed());
-                return;
-            }
-        }
+        // Who asks comes first: a publisher that is no caller gets no more than its refusal (it
+        // cannot fill the dead-letter queue), and no reply where replies may not go.
         let caller = match self.caller_of(delivery) {
             Ok(caller) => caller,
             Err(error) => {
-                tracing::warn!(caller = ?publisher(delivery),
+                tracing::warn!(caller = ?self.publisher(delivery),
                     "refusing a command whose user_id is no caller's AMQP user");
-                self.finish(delivery, None, "refused", &Err(error), started)
-                    .await;
+                if self.may_reply(delivery) {
+                    self.finish(delivery, None, "refused", &Err(error), started)
+                        .await;
+                } else if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(error = %error, "could not acknowledge a command");
+                }
                 return;
             }
         };
+        if !self.may_reply(delivery) {
+            // Debug-formatted: the name is the publisher's text, which must not forge lines.
+            let reply_to = delivery
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(ShortString::as_str);
+            tracing::warn!(caller = ?self.publisher(delivery), reply_to = ?reply_to,
+                "dead-lettering a command whose reply_to is not a queue replies may go to");
+            self.dead_letter(delivery, Reason::ReplyToRefused).await;
+            self.metrics
+                .record_command("refused", "reply_to_refused", started.elapsed());
+            return;
+        }
         let key = delivery
             .properties
             .message_id()
@@ -397,16 +413,20 @@ impl Handler {
             ))
     }
 
+    /// Whether the command's `reply_to`, if it has one, names a queue replies may go to.
+    fn may_reply(&self, delivery: &Delivery) -> bool {
+        delivery
+            .properties
+            .reply_to()
+            .as_ref()
+            .is_none_or(|reply_to| self.settings.may_reply_to(reply_to.as_str()))
+    }
+
     /// After a handler panicked on `delivery`: answers `internal` where a reply may go, and
     /// dead-letters the command (the panic hook has logged where it happened).
     async fn after_panic(&self, delivery: &Delivery) {
         tracing::error!("a command handler panicked; answering internal and dead-lettering it");
-        let may_reply = delivery
-            .properties
-            .reply_to()
-            .as_ref()
-            .is_none_or(|reply_to| self.settings.may_reply_to(reply_to.as_str()));
-        if may_reply {
+        if self.may_reply(delivery) {
             let outcome = Err(Error::internal("a handler panicked"));
             self.reply(delivery, "unknown", &outcome).await;
         }
@@ -497,13 +517,15 @@ impl Handler {
     /// Publishes on the replies channel (confirm mode) to the default exchange, `mandatory` so
     /// that a message no queue takes comes back (as the confirmation's returned message)
     /// instead of vanishing unseen, and waits for the confirm: a blocked connection (a broker
-    /// alarm) never confirms, so not for ever.
+    /// alarm) never confirms, so not for ever. A Direct Reply-to reply is not `mandatory`: it is
+    /// routed by no queue, and RabbitMQ (3.10 here) returns it although it delivered it.
     async fn publish(
         &self,
         routing_key: ShortString,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<Confirmation, String> {
+        let mandatory = !routing_key.as_str().starts_with(DIRECT_REPLY_TO);
         let published = async {
             let confirm = self
                 .replies
@@ -511,7 +533,7 @@ impl Handler {
                     "".into(),
                     routing_key,
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..BasicPublishOptions::default()
                     },
                     body,
