@@ -92,7 +92,11 @@ impl Callers {
 
     /// Parses the text of a callers file; the error names the entry that is wrong.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let file: File = serde_json::from_str(text)
+        // Strictly: a member given twice in an entry (two `scopes`, say) is refused, not won by
+        // one of them.
+        let file = crate::domain::strict_json(text.as_bytes())
+            .map_err(|error| format!("is not a callers file: {error}"))?;
+        let file: File = serde_json::from_value(file)
             .map_err(|error| format!("is not a callers file: {error}"))?;
         let mut callers = Self::default();
         for (at, entry) in file.callers.into_iter().enumerate() {
@@ -293,6 +297,7 @@ mod tests {
             (r#"{"callers": [{"amqp_user": "u", "scopes": []}]}"#.to_string(), "callers[0]: missing field `name`"),
             (format!(r#"{{"callers": [{{"name": "a", "token_sha256": "+{}", "scopes": []}}]}}"#, &digest[1..]), "callers[0] a: token_sha256"),
             ("[]".to_string(), "is not a callers file"),
+            (r#"{"callers": [{"name": "a", "amqp_user": "u", "scopes": [], "scopes": ["*"]}]}"#.to_string(), "is not a callers file: scopes: member name repeated"),
         ];
         for (text, expected) in cases {
             let error = Callers::from_json(&text).unwrap_err();

@@ -477,19 +477,29 @@ impl TryFrom<Cli> for Settings {
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         });
+        let command_queue = non_empty_name("SESSION_COMMAND_QUEUE", cli.session_command_queue)?;
         let reply_to_prefixes = cli
             .session_reply_to_prefixes
             .split(',')
             .map(str::trim)
             .filter(|prefix| !prefix.is_empty())
-            .map(|prefix| match prefix.starts_with("amq.") {
-                // amq.* names are the broker's; the two it has for replies are always allowed.
-                true => Err(invalid(
-                    "SESSION_REPLY_TO_PREFIXES",
-                    "a prefix must not start with amq. (server-named queues and Direct \
-                     Reply-to are always allowed)",
-                )),
-                false => Ok(prefix.to_owned()),
+            .map(|prefix| {
+                if prefix.starts_with("amq.") {
+                    // amq.* names are the broker's; the two it has for replies are always allowed.
+                    return Err(invalid(
+                        "SESSION_REPLY_TO_PREFIXES",
+                        "a prefix must not start with amq. (server-named queues and Direct \
+                         Reply-to are always allowed)",
+                    ));
+                }
+                if command_queue.starts_with(prefix) {
+                    // Replies would be published into the command queue or the dead letters.
+                    return Err(invalid(
+                        "SESSION_REPLY_TO_PREFIXES",
+                        "a prefix must not match the command queue or its dead-letter queue",
+                    ));
+                }
+                Ok(prefix.to_owned())
             })
             .collect::<Result<_, _>>()?;
         if cli.session_dead_letter_ttl_sec == 0
@@ -515,7 +525,7 @@ impl TryFrom<Cli> for Settings {
             max_per_user,
             idempotency_retention: Duration::from_secs(cli.session_idempotency_sec),
             key_prefix: prefix,
-            command_queue: non_empty_name("SESSION_COMMAND_QUEUE", cli.session_command_queue)?,
+            command_queue,
             events_exchange: non_empty_name(
                 "SESSION_EVENTS_EXCHANGE",
                 cli.session_events_exchange,
@@ -595,7 +605,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: [(&[&str], &str); 15] = [
+        let cases: [(&[&str], &str); 16] = [
             (&["--session-exp-sec", "0"], "SESSION_EXP_SEC"),
             (&["--session-key-prefix", "a{b}"], "SESSION_KEY_PREFIX"),
             (&["--redis-url", "nope://x"], "REDIS_URL"),
@@ -616,6 +626,10 @@ mod tests {
             (
                 &["--session-dead-letter-ttl-sec", "0"],
                 "SESSION_DEAD_LETTER_TTL_SEC",
+            ),
+            (
+                &["--session-reply-to-prefixes", "session."],
+                "SESSION_REPLY_TO_PREFIXES",
             ),
             (&["--redis-cluster", "maybe"], "REDIS_CLUSTER"),
             (&["--redis-wait-timeout-ms", "0"], "REDIS_WAIT_TIMEOUT_MS"),

@@ -72,6 +72,7 @@ impl SessionService {
                 fingerprint = command.fingerprint(caller);
                 Some(Idempotency {
                     key,
+                    caller: caller.name().map(|name| name.as_str()),
                     fingerprint: &fingerprint,
                 })
             }

@@ -281,11 +281,22 @@ impl AmqpClient {
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
         // The client's channels keep the connection open; it closes when they are dropped.
         let client = Self::with_connection(&connection, command_queue).await?;
-        // The URL's user is the one the connection publishes as.
+        // The URL's user is the one the connection publishes as, when the URL names one and
+        // the connection logs in with it (EXTERNAL takes the user from the client certificate).
         let user = amqp_url
             .parse::<lapin::uri::AMQPUri>()
-            .map(|uri| uri.authority.userinfo.username)
-            .ok();
+            .ok()
+            .filter(|uri| {
+                let named = amqp_url.split_once("://").is_some_and(|(_, rest)| {
+                    rest.split(['/', '?'])
+                        .next()
+                        .is_some_and(|authority| authority.contains('@'))
+                });
+                let external =
+                    uri.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
+                named && !external
+            })
+            .map(|uri| uri.authority.userinfo.username);
         Ok(match user {
             Some(user) => client.with_amqp_user(user),
             None => client,

@@ -362,8 +362,9 @@ impl Fingerprint {
 }
 
 impl Command {
-    /// The fingerprint of this command asked by `caller` (see [`Fingerprint`]).
-    pub fn fingerprint(&self, caller: &Caller) -> Vec<u8> {
+    /// The fingerprint of this command asked by `caller` (see [`Fingerprint`]); it holds the
+    /// command's secret values, so it is wiped when dropped.
+    pub fn fingerprint(&self, caller: &Caller) -> zeroize::Zeroizing<Vec<u8>> {
         let mut print = Fingerprint::default();
         print
             .optional(caller.name().map(|name| name.as_str()))
@@ -409,6 +410,6 @@ impl Command {
                     .optional(except.as_ref().map(SessionId::as_str));
             }
         }
-        print.0
+        zeroize::Zeroizing::new(print.0)
     }
 }

@@ -65,6 +65,19 @@ impl<T> Field<T> {
     }
 }
 
+/// Parses JSON in which no object repeats a member name (I-JSON, RFC 7493), as every input of the
+/// service is read: request bodies, commands, the callers file.
+pub fn strict_json(body: &[u8]) -> Result<Value, Error> {
+    let Strict(value) = serde_json::from_slice(body).map_err(|error| match error.classify() {
+        // Only `Strict` raises data errors: it takes every JSON type.
+        Category::Data => Error::InvalidArgument(error.to_string()),
+        Category::Io | Category::Syntax | Category::Eof => {
+            Error::InvalidArgument(format!("body: is not valid JSON: {error}"))
+        }
+    })?;
+    Ok(value)
+}
+
 /// The fields of one JSON object, taken out one by one; [`Fields::finish`] rejects the rest.
 #[derive(Debug)]
 pub struct Fields(Map<String, Value>);
@@ -74,15 +87,7 @@ impl Fields {
     /// member name (I-JSON, RFC 7493; contract §7.7): a parser that kept the first or the last
     /// would let a gateway and this service disagree about whose session it is.
     pub fn from_slice(body: &[u8]) -> Result<Self, Error> {
-        let Strict(value) =
-            serde_json::from_slice(body).map_err(|error| match error.classify() {
-                // Only `Strict` raises data errors: it takes every JSON type.
-                Category::Data => Error::InvalidArgument(error.to_string()),
-                Category::Io | Category::Syntax | Category::Eof => {
-                    Error::InvalidArgument(format!("body: is not valid JSON: {error}"))
-                }
-            })?;
-        Self::from_value(value)
+        Self::from_value(strict_json(body)?)
     }
 
     /// The object of a JSON value, which must be one.

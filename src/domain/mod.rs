@@ -16,7 +16,7 @@ pub use caller::{Caller, CallerName, Scope, Scopes};
 pub use command::{Command, IdempotencyKey, Outcome, SessionSummary};
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use event::{CloseReason, SessionClosed};
-pub use fields::{shown_name, Field, Fields};
+pub use fields::{shown_name, strict_json, Field, Fields};
 pub use page::{Cursor, ListPage, Position, MAX_LIMIT, TAG_BYTES};
 pub use session::{
     DeviceId, IpAddress, MutableFields, NewSession, Secret, Session, SessionId, SessionPatch,

@@ -15,9 +15,11 @@
 //! <prefix>:{<bucket>}:p:<type>:<n>:<target>:<key>, or without idempotency key
 //! <prefix>:{<bucket>}:p:<uuid>          list: progress of a DeleteUserSessions that takes more
 //!                                       than one step, deleted by its last step
-//! <prefix>:{<bucket>}:k:<key>           string: the digest of the command that first used the
-//!                                       idempotency key (any session or user), kept
-//!                                       SESSION_IDEMPOTENCY_SEC; in the key's bucket
+//! <prefix>:{<bucket>}:k:<n>:<caller>:<key>
+//!                                       string: the digest of the command that first used the
+//!                                       idempotency key (any session or user) of that caller (n
+//!                                       its name's length; empty for anyone), kept
+//!                                       SESSION_IDEMPOTENCY_SEC; in the bucket of what follows k:
 //! <prefix>:{<bucket>}:exp               sorted set: session ids by the moment they end
 //! <prefix>:{<bucket>}:outbox            stream: SessionClosed events not yet published
 //!                                       (consumer group: `outbox::GROUP`)
@@ -112,10 +114,13 @@ impl Keys {
         }
     }
 
-    /// The claim of an idempotency key: which command it belongs to, whatever that command is
-    /// about; in the bucket of the key itself.
-    pub fn claim(&self, key: &IdempotencyKey) -> String {
-        self.of_kind(Bucket::of_text(key.as_str()), kind::CLAIM) + key.as_str()
+    /// The claim of an idempotency key given by `caller` (`None`: anyone): which command it
+    /// belongs to, whatever that command is about. In the caller's own namespace (its name,
+    /// length-prefixed), and in the bucket of that name and the key.
+    pub fn claim(&self, caller: Option<&str>, key: &IdempotencyKey) -> String {
+        let caller = caller.unwrap_or("");
+        let name = format!("{}:{caller}:{}", caller.len(), key.as_str());
+        self.of_kind(Bucket::of_text(&name), kind::CLAIM) + &name
     }
 
     /// Where a DeleteUserSessions keeps its progress between steps: under its command type,
@@ -237,8 +242,12 @@ mod tests {
             keys.record(&delete, Some(&message_id)),
             format!("p:{tag}:r:DeleteSession:45:{}:m-1", session.as_str())
         );
-        let claim = keys.claim(&message_id);
-        assert_eq!(claim, format!("p:{{{}}}:k:m-1", Bucket::of_text("m-1")));
+        let claim = keys.claim(Some("bff"), &message_id);
+        assert_eq!(
+            claim,
+            format!("p:{{{}}}:k:3:bff:m-1", Bucket::of_text("3:bff:m-1"))
+        );
+        assert_ne!(keys.claim(None, &message_id), claim);
         assert_eq!(keys.kind_of(&claim), KeyKind::Claim);
     }
 

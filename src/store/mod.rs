@@ -71,6 +71,9 @@ use crate::{
 pub struct Idempotency<'a> {
     /// The client's key (`message_id`, `Idempotency-Key`) or a delivery's own.
     pub key: &'a IdempotencyKey,
+    /// The name of the caller that gave it (`None`: anyone, no caller configured): keys are
+    /// claimed in each caller's own namespace, so that no caller can take another's keys first.
+    pub caller: Option<&'a str>,
     /// The command's fingerprint.
     pub fingerprint: &'a [u8],
 }

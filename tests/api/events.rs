@@ -292,6 +292,7 @@ async fn a_delete_all_redelivered_between_steps_resumes_from_its_progress() {
     let fingerprint = command.fingerprint(&Caller::anyone());
     let idempotency = Idempotency {
         key: &message_id,
+        caller: None,
         fingerprint: &fingerprint,
     };
     let deleted = async || match store.apply(&command, Some(idempotency)).await {

@@ -36,7 +36,7 @@ async fn idempotency_records_vanish_after_their_retention() {
     // The two records, and the claims of their keys.
     let claim = |message_id: &str| {
         app.keys()
-            .claim(&IdempotencyKey::from_message_id(message_id).unwrap())
+            .claim(None, &IdempotencyKey::from_message_id(message_id).unwrap())
     };
     let mut records = vec![
         record(&create, "create-1"),

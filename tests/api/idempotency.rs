@@ -267,26 +267,37 @@ async fn a_key_used_again_by_another_caller_is_a_conflict() {
     let tokens = [
         "first-caller-token-0123456789abcdef",
         "second-caller-token-0123456789abcde",
+        "third-caller-token-0123456789abcdef",
     ];
     let settings = Settings {
         callers: Callers::of_api_tokens(&tokens.map(SecretString::new)).unwrap(),
         ..isolated_settings()
     };
     let app = spawn_app_with(settings).await;
-    let body = json!({"user_id": "shared", "device_id": "d"});
-    let create = |token: &str| {
+    let create = |token: &str, user: &str| {
         app.http
             .post(app.url("/a01/session"))
             .bearer_auth(token)
             .header("Idempotency-Key", "k-shared")
-            .json(&body)
+            .json(&json!({"user_id": user, "device_id": "d"}))
     };
-    let (status, _) = status_and_json(create(tokens[0])).await;
+    let (status, first) = status_and_json(create(tokens[0], "shared")).await;
     assert_eq!(status, 201);
-    let (status, again) = status_and_json(create(tokens[0])).await;
-    assert_eq!(status, 201, "{again}");
-    let (status, refused) = status_and_json(create(tokens[1])).await;
+    let (status, again) = status_and_json(create(tokens[0], "shared")).await;
+    assert_eq!((status, &again), (201, &first));
+    // Keys are claimed in each caller's own namespace: another caller's first use of the key,
+    // for another user, is its own, so that no caller can take another's keys first.
+    let (status, created) = status_and_json(create(tokens[1], "someone-else")).await;
+    assert_eq!(status, 201, "{created}");
+    // The same request as the first caller's, by another caller: its outcome is not answered.
+    let (status, refused) = status_and_json(create(tokens[2], "shared")).await;
     assert_eq!((status, error_code(&refused)), (409, "conflict"));
+    let list = app
+        .http
+        .get(app.url("/a01/session?user_id=shared"))
+        .bearer_auth(tokens[0]);
+    let (_, list) = status_and_json(list).await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
 }
 
 /// A REST create whose answer the client never got (Redis's answer held past the client's

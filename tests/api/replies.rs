@@ -204,7 +204,9 @@ async fn a_dead_letter_queue_without_the_ttl_keeps_working() {
         .await
         .unwrap();
     let service = Service::start(
-        service_on_local_servers(&settings).env("RUST_LOG", "warn"),
+        service_on_local_servers(&settings)
+            .env("RUST_LOG", "warn")
+            .env("SESSION_DEAD_LETTER_TTL_SEC", "1"),
         free_port(),
     );
     let amqp = AmqpClient::connect(&settings).await;
@@ -213,13 +215,136 @@ async fn a_dead_letter_queue_without_the_ttl_keeps_working() {
     assert_eq!(reply.body["error"]["code"], "invalid_argument");
     let dead = amqp.dead_letter().await;
     assert_eq!(dead.data, b"not json");
+    // The copies expire all the same: each carries the TTL as its expiration.
+    assert_eq!(
+        dead.properties
+            .expiration()
+            .as_ref()
+            .map(|ttl| ttl.as_str()),
+        Some("1000")
+    );
+    amqp.call_raw(b"not json either", None).await;
+    eventually(async || match amqp.dead_letter_count().await {
+        0 => Ok(()),
+        n => Err(format!("{n} dead letters left")),
+    })
+    .await;
     let (status, printed) = service.terminate();
     assert!(status.success(), "{printed}");
     assert!(
         printed.contains("the dead-letter queue exists without this message TTL")
             && printed.contains("rabbitmqctl set_policy")
-            && printed.contains("\"message-ttl\": 604800000"),
+            && printed.contains("\"message-ttl\": 1000"),
         "{printed}"
     );
     crate::helpers::clean_up(&settings).await;
+}
+
+/// A command's CC and BCC headers, by which RabbitMQ would route a message to more queues, are
+/// not copied into its dead letter: the service publishes the copy to the dead-letter queue
+/// alone (one naming the command queue would otherwise come back for ever).
+#[tokio::test]
+async fn a_dead_letter_goes_nowhere_else_whatever_its_headers_name() {
+    let app = spawn_app().await;
+    let mut headers = FieldTable::default();
+    let queues = lapin::types::FieldArray::from(vec![AMQPValue::LongString(
+        app.settings.command_queue.as_str().into(),
+    )]);
+    headers.insert("CC".into(), AMQPValue::FieldArray(queues.clone()));
+    headers.insert("BCC".into(), AMQPValue::FieldArray(queues));
+    headers.insert("x-mine".into(), AMQPValue::LongString("kept".into()));
+    let properties = BasicProperties::default().with_headers(headers);
+    app.amqp.publish(b"not json", properties).await;
+    let dead = app.amqp.dead_letter().await;
+    let copied = dead.properties.headers().clone().unwrap();
+    assert!(
+        !copied.contains_key("CC") && !copied.contains_key("BCC"),
+        "{copied:?}"
+    );
+    assert!(copied.contains_key("x-mine"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        app.amqp.dead_letter_count().await,
+        0,
+        "one copy, taken above"
+    );
+    assert_eq!(app.amqp.ready_count(&app.settings.command_queue).await, 0);
+}
+
+/// A body over 64 KiB is dead-lettered without it (redacting could only make it larger), its
+/// size in a header.
+#[tokio::test]
+async fn a_large_command_is_dead_lettered_without_its_body() {
+    let app = spawn_app().await;
+    let body = format!(
+        r#"{{"type": "Nope", "access_token": "{}"}}"#,
+        "t".repeat(100 * 1024)
+    );
+    let reply = app.amqp.call_raw(body.as_bytes(), None).await;
+    assert_eq!(reply.body["error"]["code"], "invalid_argument");
+    let dead = app.amqp.dead_letter().await;
+    assert!(dead.data.is_empty());
+    let headers = dead.properties.headers().clone().unwrap();
+    assert_eq!(
+        headers.inner().get("x-original-size"),
+        Some(&AMQPValue::LongLongInt(body.len() as i64))
+    );
+}
+
+/// A reply queue that refuses a reply (full, with reject-publish) loses that reply; the command
+/// is acknowledged, applied once, and holds up no other command.
+#[tokio::test]
+async fn a_reply_the_reply_queue_refuses_is_dropped_and_the_command_acknowledged() {
+    let app = spawn_app_with(Settings {
+        prefetch: 1,
+        ..isolated_settings()
+    })
+    .await;
+    let channel = &app.amqp.channel;
+    let mut full = FieldTable::default();
+    full.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    full.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let refusing = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            full,
+        )
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let properties = BasicProperties::default()
+            .with_reply_to(refusing.name().clone())
+            .with_message_id(format!("refused-{n}").as_str().into());
+        let command = json!({"type": "CreateSession", "user_id": "refused-reply", "device_id": format!("d{n}")});
+        app.amqp
+            .publish(command.to_string().as_bytes(), properties)
+            .await;
+    }
+    // An honest command behind them is answered at once (one command at a time here).
+    let started = std::time::Instant::now();
+    let reply = app
+        .amqp
+        .call(&json!({"type": "ListSessions", "user_id": "nobody"}))
+        .await;
+    assert_eq!(reply.body["status"], "ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.listed_ids("refused-reply").await.len(), 3);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(app.amqp.ready_count(&app.settings.command_queue).await, 0);
+    assert_eq!(
+        app.listed_ids("refused-reply").await.len(),
+        3,
+        "applied once each"
+    );
 }

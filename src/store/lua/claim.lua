@@ -1,5 +1,6 @@
--- claim.lua: an idempotency key belongs to the first command used with it, whatever session or
--- user that command is about (contract §8.3). The claim (claim_key, in the key's own bucket)
+-- claim.lua: an idempotency key belongs to the first command its caller used it with, whatever
+-- session or user that command is about (contract §8.3). The claim (claim_key, in the caller's
+-- namespace and the bucket of that and the key)
 -- holds the digest of that command's fingerprint (see record.lua for `digests`); a command whose
 -- digests do not include it answers 0 and must not be applied. A first use claims the key, a
 -- repeat renews the claim; both answer 1. The command's own record, in its bucket, then makes it

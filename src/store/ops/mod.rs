@@ -108,21 +108,24 @@ pub(super) struct CommandCall<'a> {
     pub idempotency: Option<Idempotency<'a>>,
 }
 
-/// Claims the idempotency key of a changing command for it: `Err(KeyReused)` when the key
-/// belongs to another command (of any session or user) or another caller. A delivery's own key
-/// is unique and needs no claim.
+/// Claims the idempotency key of a changing command for it, in its caller's namespace:
+/// `Err(KeyReused)` when the caller used the key for another command (of any session or user).
+/// A delivery's own key is unique and needs no claim.
 pub(super) async fn claim(store: &Store, idempotency: Idempotency<'_>) -> Result<(), StoreError> {
     if idempotency.key.is_of_delivery() {
         return Ok(());
     }
     let ttl = record_retention(store, idempotency.key).as_secs().max(1);
     let mut call = store.commands.claim.call();
-    call.key("claim_key", store.keys.claim(idempotency.key))
-        .arg(
-            "digests",
-            store.keyring.digests(idempotency.fingerprint).join(","),
-        )
-        .arg("ttl", ttl);
+    call.key(
+        "claim_key",
+        store.keys.claim(idempotency.caller, idempotency.key),
+    )
+    .arg(
+        "digests",
+        store.keyring.digests(idempotency.fingerprint).join(","),
+    )
+    .arg("ttl", ttl);
     match call.invoke::<i64>(&store.connection).await? {
         1 => Ok(()),
         _ => Err(StoreError::KeyReused),

@@ -12,12 +12,14 @@
 //!          values "[redacted]"
 //! headers  x-dead-letter-reason: invalid_argument | reply_to_refused | internal
 //!          x-original-reply-to, x-original-user-id (when the command had them)
-//!          and the command's own headers
+//!          x-original-size (a body over 64 KiB, which the copy leaves out)
+//!          and the command's own headers, but CC and BCC (which would route the copy)
+//! expiration  SESSION_DEAD_LETTER_TTL_SEC, in milliseconds
 //! ```
 
 use lapin::{
     message::Delivery,
-    types::{AMQPValue, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
     BasicProperties,
 };
 use serde_json::Value;
@@ -50,10 +52,31 @@ impl Reason {
     }
 }
 
-/// The body and properties of the dead-letter copy of `delivery`.
-pub fn copy_of(delivery: &Delivery, reason: Reason) -> (Vec<u8>, BasicProperties) {
+/// The largest body a copy keeps (the contract's command size, §8.4): a larger one is
+/// dead-lettered without its body (redacting would only make it larger), its size in a header.
+pub const MAX_COPIED_BODY: usize = 64 * 1024;
+
+/// The headers by which RabbitMQ routes a message to more queues (sender-selected
+/// distribution): never copied, or the service would publish the copy wherever the command's
+/// publisher named, with its own rights.
+const ROUTING_HEADERS: [&str; 2] = ["CC", "BCC"];
+
+/// The body and properties of the dead-letter copy of `delivery`, which expires after `ttl`
+/// (also in a dead-letter queue declared without a TTL).
+pub fn copy_of(
+    delivery: &Delivery,
+    reason: Reason,
+    ttl: std::time::Duration,
+) -> (Vec<u8>, BasicProperties) {
     let original = &delivery.properties;
-    let mut headers = original.headers().clone().unwrap_or_default();
+    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = original
+        .headers()
+        .iter()
+        .flat_map(|headers| headers.inner())
+        .filter(|(name, _)| !ROUTING_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let mut headers = FieldTable::from(kept);
     headers.insert(
         "x-dead-letter-reason".into(),
         AMQPValue::LongString(reason.as_str().into()),
@@ -68,8 +91,18 @@ pub fn copy_of(delivery: &Delivery, reason: Reason) -> (Vec<u8>, BasicProperties
             headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
         }
     }
+    let body = if delivery.data.len() > MAX_COPIED_BODY {
+        headers.insert(
+            "x-original-size".into(),
+            AMQPValue::LongLongInt(delivery.data.len() as i64),
+        );
+        Vec::new()
+    } else {
+        redact(&delivery.data)
+    };
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
+        .with_expiration(ttl.as_millis().to_string().as_str().into())
         .with_headers(headers);
     if let Some(content_type) = original.content_type() {
         properties = properties.with_content_type(content_type.clone());
@@ -89,7 +122,7 @@ pub fn copy_of(delivery: &Delivery, reason: Reason) -> (Vec<u8>, BasicProperties
             properties = set(properties, value.clone());
         }
     }
-    (redact(&delivery.data), properties)
+    (body, properties)
 }
 
 /// `body` with the value of every member named in [`REDACTED_FIELDS`], at any depth, replaced by

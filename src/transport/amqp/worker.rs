@@ -26,7 +26,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     },
     types::{FieldTable, ShortString},
     BasicProperties, Channel, Confirmation, Connection,
@@ -223,6 +223,7 @@ async fn consume(
     // Cancelled when this consumer stops for any reason: a command still waiting for Redis
     // then gives up its delivery (the broker redelivers it) instead of outliving its channel.
     let consumer_stopped = shutdown.child_token();
+    let replies_lost = CancellationToken::new();
     let handler = Arc::new(Handler {
         service,
         replies,
@@ -230,11 +231,18 @@ async fn consume(
         settings: settings.clone(),
         dead_letter_queue: topology::dead_letter_queue(&settings.queue),
         stopped: consumer_stopped.clone(),
+        replies_lost: replies_lost.clone(),
     });
     let mut failure = None;
     loop {
         let delivery = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = replies_lost.cancelled() => {
+                // Without it nothing is answered or dead-lettered: start over on new channels
+                // (the commands in flight are redelivered).
+                tracing::warn!("the replies channel was closed by the broker; consuming again on new channels");
+                break;
+            }
             delivery = consumer.next() => delivery,
         };
         match delivery {
@@ -287,6 +295,8 @@ struct Handler {
     dead_letter_queue: String,
     /// Cancelled when the consumer stops (shutdown or a lost channel).
     stopped: CancellationToken,
+    /// Cancelled when the replies channel is found closed, so that the consumer starts over.
+    replies_lost: CancellationToken,
 }
 
 impl Handler {
@@ -493,25 +503,30 @@ impl Handler {
     /// the broker has confirmed it, acknowledges the original; if it cannot be published, the
     /// command is requeued after a pause (never dropped).
     async fn dead_letter(&self, delivery: &Delivery, reason: Reason) {
-        let (body, properties) = dead_letter::copy_of(delivery, reason);
+        let (body, properties) =
+            dead_letter::copy_of(delivery, reason, self.settings.dead_letter_ttl);
         let routing_key = ShortString::from(self.dead_letter_queue.as_str());
         match self.publish(routing_key, &body, properties).await {
             Ok(Confirmation::Ack(None)) => {
                 if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
                     tracing::error!(error = %error, "could not acknowledge a dead-lettered command");
                 }
-                return;
             }
-            Ok(Confirmation::Ack(Some(_))) => tracing::error!(
-                queue = %self.dead_letter_queue,
-                "the dead-letter queue does not exist; requeueing the command"
-            ),
-            Ok(_) => tracing::error!("the broker refused a dead letter; requeueing the command"),
+            Ok(_) => {
+                // The queue is gone, or refuses (a length limit): requeued, the command would come
+                // back for ever. It is given to the broker's own dead-lettering instead.
+                tracing::error!(queue = %self.dead_letter_queue,
+                    "the dead-letter queue did not take a copy; rejecting the command to the broker's dead-lettering");
+                let reject = BasicRejectOptions { requeue: false };
+                if let Err(error) = delivery.reject(reject).await {
+                    tracing::error!(error = %error, "could not reject a command");
+                }
+            }
             Err(why) => {
-                tracing::error!(error = %why, "could not dead-letter a command; requeueing it")
+                tracing::error!(error = %why, "could not dead-letter a command; requeueing it");
+                self.requeue_later(delivery).await;
             }
         }
-        self.requeue_later(delivery).await;
     }
 
     /// Publishes on the replies channel (confirm mode) to the default exchange, `mandatory` so
@@ -542,10 +557,14 @@ impl Handler {
                 .await?;
             confirm.await
         };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
+        let confirmed = match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
             Ok(confirmed) => confirmed.map_err(|error| error.to_string()),
             Err(_) => Err(format!("no confirm within {CONFIRM_TIMEOUT:?}")),
+        };
+        if confirmed.is_err() && !self.replies.status().connected() {
+            self.replies_lost.cancel();
         }
+        confirmed
     }
 
     /// Publishes the reply when the command asked for one; `false` if it could not be published.
@@ -582,8 +601,16 @@ impl Handler {
                 true
             }
             Ok(Confirmation::Nack(_)) => {
-                tracing::error!(command, "the broker refused a reply");
-                false
+                // The reply queue refuses it (a length limit, say): requeued, the command would
+                // hold its delivery and come back for as long as the queue refuses. The outcome
+                // is recorded, so the client's retry under its message_id gets it.
+                tracing::warn!(
+                    reply_to = ?reply_to.as_str(),
+                    correlation_id = ?shown_correlation_id,
+                    command,
+                    "the reply queue refused a reply; it is dropped"
+                );
+                true
             }
             Ok(_) => true,
             Err(why) => {
