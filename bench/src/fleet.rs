@@ -148,7 +148,7 @@ async fn measure_configuration(
         .collect();
     let ports: Vec<u16> = services.iter().map(Service::port).collect();
     let fixture = Arc::new(Fixture {
-        ids: create_sessions(ports[0], FIXTURE_SESSIONS, create_body).await?,
+        ids: create_sessions(ports[0], None, FIXTURE_SESSIONS, create_body).await?,
         users: (0..1000).map(|n| format!("bench-user-{n}")).collect(),
         deletable: Mutex::new(Vec::new()),
     });
@@ -161,13 +161,14 @@ async fn measure_configuration(
     for _ in 0..plan.rounds {
         refill(&fixture, ports[0], Op::Mix).await?;
         let before = reading().await?;
-        let mut rest_round = rest_load(&ports, Op::Mix, &fixture, plan.round).await?;
+        let mut rest_round = rest_load(&ports, None, Op::Mix, &fixture, plan.round).await?;
         reading()
             .await?
             .charge_since(&before, &mut rest_round, &mut cpu_per_node);
         refill(&fixture, ports[0], Op::Mix).await?;
         let before = reading().await?;
-        let mut amqp_round = amqp_load(amqp, &queue, Op::Mix, &fixture, plan.round, false).await?;
+        let mut amqp_round =
+            amqp_load(amqp, &queue, None, Op::Mix, &fixture, plan.round, false).await?;
         reading()
             .await?
             .charge_since(&before, &mut amqp_round, &mut cpu_per_node);
@@ -321,13 +322,17 @@ pub async fn wait(run_id: &str, plan: &Plan<'_>) -> anyhow::Result<String> {
         let (mut a, mut b) = (Sample::default(), Sample::default());
         for _ in 0..plan.rounds {
             if rest {
-                a.merge(rest_load(&[without.port()], Op::Create, &fixture, plan.round).await?);
-                b.merge(rest_load(&[with.port()], Op::Create, &fixture, plan.round).await?);
+                a.merge(
+                    rest_load(&[without.port()], None, Op::Create, &fixture, plan.round).await?,
+                );
+                b.merge(rest_load(&[with.port()], None, Op::Create, &fixture, plan.round).await?);
             } else {
                 let load = |names: &str| {
                     let queue = format!("{names}.commands");
                     let (amqp, fixture) = (&amqp, &fixture);
-                    async move { amqp_load(amqp, &queue, Op::Create, fixture, plan.round, false).await }
+                    async move {
+                        amqp_load(amqp, &queue, None, Op::Create, fixture, plan.round, false).await
+                    }
                 };
                 a.merge(load(&without_names).await?);
                 b.merge(load(&with_names).await?);

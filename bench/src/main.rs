@@ -330,6 +330,8 @@ struct HttpConnection {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
     line: String,
+    /// `Authorization: Bearer <token>\r\n`, or nothing: sent with every request.
+    authorization: String,
 }
 
 impl HttpConnection {
@@ -341,7 +343,16 @@ impl HttpConnection {
             reader: BufReader::new(read),
             writer,
             line: String::new(),
+            authorization: String::new(),
         })
+    }
+
+    /// Sends `token` as the bearer token of every request (none: no `Authorization` header).
+    fn with_token(mut self, token: Option<&str>) -> Self {
+        self.authorization = token.map_or_else(String::new, |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
+        self
     }
 
     /// Sends one request and returns the status and body.
@@ -351,11 +362,12 @@ impl HttpConnection {
         path: &str,
         body: &str,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let auth = &self.authorization;
         let request = if body.is_empty() {
-            format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n\r\n")
+            format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n")
         } else {
             format!(
-                "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
         };
@@ -465,9 +477,10 @@ fn body_for(user_id: &str) -> String {
 }
 
 /// Creates `count` sessions over [`HTTP_CONNECTIONS`] connections, the `n`th with `body(n)`, and
-/// returns their ids.
+/// returns their ids; `token`: the bearer token of every request.
 async fn create_sessions(
     port: u16,
+    token: Option<&str>,
     count: usize,
     body: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> anyhow::Result<Vec<String>> {
@@ -475,8 +488,11 @@ async fn create_sessions(
     let workers: Vec<_> = (0..HTTP_CONNECTIONS)
         .map(|worker| {
             let body = body.clone();
+            let token = token.map(str::to_owned);
             tokio::spawn(async move {
-                let mut http = HttpConnection::open(port).await?;
+                let mut http = HttpConnection::open(port)
+                    .await?
+                    .with_token(token.as_deref());
                 let mut created = Vec::new();
                 for n in (worker..count).step_by(HTTP_CONNECTIONS) {
                     let (status, answer) = http.send("POST", "/a01/session", &body(n)).await?;
@@ -499,12 +515,15 @@ async fn create_sessions(
 
 async fn rest_worker(
     port: u16,
+    token: Option<String>,
     op: Op,
     fixture: Arc<Fixture>,
     until: Instant,
     seed: usize,
 ) -> anyhow::Result<Sample> {
-    let mut connection = HttpConnection::open(port).await?;
+    let mut connection = HttpConnection::open(port)
+        .await?
+        .with_token(token.as_deref());
     let mut sample = Sample::default();
     let started = Instant::now();
     let mut n = seed.wrapping_mul(7919);
@@ -572,9 +591,10 @@ async fn rest_worker(
 }
 
 /// Runs [`HTTP_CONNECTIONS`] workers for `round`, spread evenly over the instances listening
-/// on `ports`; throughput over the round.
+/// on `ports`; throughput over the round. `token`: the bearer token of every request.
 async fn rest_load(
     ports: &[u16],
+    token: Option<&str>,
     op: Op,
     fixture: &Arc<Fixture>,
     round: Duration,
@@ -583,7 +603,8 @@ async fn rest_load(
     let workers: Vec<_> = (0..HTTP_CONNECTIONS)
         .map(|seed| {
             let port = ports[seed % ports.len()];
-            tokio::spawn(rest_worker(port, op, fixture.clone(), until, seed))
+            let token = token.map(str::to_owned);
+            tokio::spawn(rest_worker(port, token, op, fixture.clone(), until, seed))
         })
         .collect();
     let mut total = Sample::default();
@@ -720,20 +741,24 @@ async fn ceiling_amqp(queue: &str, prefix: String, redis_url: &str) -> anyhow::R
 /// (publisher confirms on), for `round`. Commands carry no `message_id`, as most reads do, and
 /// are not published again: a reply that does not come within 10 s counts as an error.
 /// `message_ids`: each command carries a fresh `message_id`, as a publisher that retries would
-/// send it.
+/// send it. `amqp_user`: the `user_id` of every command (the user of `connection`), as a
+/// service with callers needs it.
 async fn amqp_load(
     connection: &Connection,
     queue: &str,
+    amqp_user: Option<&str>,
     op: Op,
     fixture: &Arc<Fixture>,
     round: Duration,
     message_ids: bool,
 ) -> anyhow::Result<Sample> {
-    let client = Arc::new(
-        AmqpClient::with_connection(connection, queue)
-            .await?
-            .with_timeout(Duration::from_secs(10)),
-    );
+    let client = AmqpClient::with_connection(connection, queue)
+        .await?
+        .with_timeout(Duration::from_secs(10));
+    let client = Arc::new(match amqp_user {
+        Some(user) => client.with_amqp_user(user),
+        None => client,
+    });
     let until = Instant::now() + round;
     let started = Instant::now();
     let workers: Vec<_> = (0..AMQP_IN_FLIGHT)
@@ -845,6 +870,7 @@ async fn clean_up(run_id: &str, redis_url: &str) -> anyhow::Result<()> {
         ".small",
         ".large",
         ".sealed",
+        ".callers",
         ".idle",
         ".wait-nowait",
         ".wait-wait",
@@ -878,6 +904,7 @@ async fn clean_up(run_id: &str, redis_url: &str) -> anyhow::Result<()> {
         format!("bench-{run_id}:*"),
         format!("bench-{run_id}-ceiling:*"),
         format!("bench-{run_id}-sealed:*"),
+        format!("bench-{run_id}-callers:*"),
     ] {
         // SCAN, not KEYS: a run leaves hundreds of thousands of keys.
         let keys: Vec<String> = {
@@ -941,7 +968,7 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
         .await?;
     // Redis memory is measured around the service's creates alone.
     let memory_before = used_memory(&mut redis).await?;
-    let ids = create_sessions(service_port, FIXTURE_SESSIONS, create_body).await?;
+    let ids = create_sessions(service_port, None, FIXTURE_SESSIONS, create_body).await?;
     let memory_after = used_memory(&mut redis).await?;
     // The ceiling reads hashes with the same fields.
     let body: HashMap<String, Value> = serde_json::from_str(BODY)?;
@@ -1004,6 +1031,7 @@ async fn measure(plan: &Plan<'_>, run_id: &str) -> anyhow::Result<String> {
         run_id,
         &pairs::Plain {
             port: service_port,
+            pid: service.id(),
             fixture: &fixture,
             amqp: &amqp,
             command_queue: &command_queue,
@@ -1092,13 +1120,31 @@ impl Targets<'_> {
         };
         let (cpu_before, process_before) = (redis_cpu(&mut redis).await?, process_cpu(pid));
         let mut sample = match (front, ceiling) {
-            (Front::Rest, false) => rest_load(&[self.service_port], op, fixture, round).await,
-            (Front::Rest, true) => rest_load(&[self.ceiling_port], op, fixture, round).await,
+            (Front::Rest, false) => rest_load(&[self.service_port], None, op, fixture, round).await,
+            (Front::Rest, true) => rest_load(&[self.ceiling_port], None, op, fixture, round).await,
             (Front::Amqp, false) => {
-                amqp_load(self.amqp, self.command_queue, op, fixture, round, false).await
+                amqp_load(
+                    self.amqp,
+                    self.command_queue,
+                    None,
+                    op,
+                    fixture,
+                    round,
+                    false,
+                )
+                .await
             }
             (Front::Amqp, true) => {
-                amqp_load(self.amqp, self.ceiling_queue, op, fixture, round, false).await
+                amqp_load(
+                    self.amqp,
+                    self.ceiling_queue,
+                    None,
+                    op,
+                    fixture,
+                    round,
+                    false,
+                )
+                .await
             }
         }?;
         sample.redis_cpu = redis_cpu(&mut redis).await? - cpu_before;
@@ -1120,7 +1166,8 @@ async fn refill(fixture: &Arc<Fixture>, port: u16, op: Op) -> anyhow::Result<()>
     let wanted: usize = if op == Op::Delete { 30_000 } else { 5_000 };
     let mut deletable = fixture.deletable.lock().await;
     let missing = wanted.saturating_sub(deletable.len());
-    deletable.extend(create_sessions(port, missing, |n| create_body(FIXTURE_SESSIONS + n)).await?);
+    deletable
+        .extend(create_sessions(port, None, missing, |n| create_body(FIXTURE_SESSIONS + n)).await?);
     Ok(())
 }
 

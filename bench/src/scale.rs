@@ -57,7 +57,7 @@ impl Store {
         let port = service.port();
         let mut connection = connect(&redis_url).await?;
         let before = used_memory(&mut connection).await?;
-        let ids = create_sessions(port, sessions, |n| {
+        let ids = create_sessions(port, None, sessions, |n| {
             crate::body_for(&format!("bench-user-{}", n / 10))
         })
         .await?;
@@ -201,11 +201,11 @@ struct ListAtScale {
 async fn list_at_scale(store: &Store, many: usize, requests: usize) -> anyhow::Result<ListAtScale> {
     let hundred = "bench-hundred-user";
     let lots = "bench-many-user";
-    create_sessions(store.port, LIST_LIMIT as usize, |_| {
+    create_sessions(store.port, None, LIST_LIMIT as usize, |_| {
         crate::body_for(hundred)
     })
     .await?;
-    create_sessions(store.port, many, |_| crate::body_for(lots)).await?;
+    create_sessions(store.port, None, many, |_| crate::body_for(lots)).await?;
     let ten = store.users[0].clone();
     let mut users = vec![
         (10, ten.clone(), LIST_LIMIT, Sample::default()),
@@ -371,7 +371,7 @@ impl Probe {
 /// and delete (of sessions made for it), one request at a time, so that latency is not
 /// queueing.
 async fn probe_block(store: &Store, requests: usize, probe: &mut Probe) -> anyhow::Result<()> {
-    let victims = create_sessions(store.port, requests, |n| {
+    let victims = create_sessions(store.port, None, requests, |n| {
         crate::body_for(&format!("probe-{n}"))
     })
     .await?;
@@ -515,7 +515,7 @@ pub struct BigDelete {
 async fn delete_big_user(store: &Store, sessions: usize) -> anyhow::Result<BigDelete> {
     let port = store.port;
     let user = "bench-big-user";
-    create_sessions(port, sessions, |_| crate::body_for(user)).await?;
+    create_sessions(port, None, sessions, |_| crate::body_for(user)).await?;
     let mut http = HttpConnection::open(port).await?;
 
     let begun = Instant::now();
@@ -530,7 +530,7 @@ async fn delete_big_user(store: &Store, sessions: usize) -> anyhow::Result<BigDe
     }
     // The same deletion again, pinged: the first one had no pinger, so that its time is not
     // shared with it.
-    create_sessions(port, sessions, |_| crate::body_for(user)).await?;
+    create_sessions(port, None, sessions, |_| crate::body_for(user)).await?;
     let redis = &store.redis_url;
     let longest_ping_idle = longest_ping_during(redis, tokio::time::sleep(took))
         .await?
