@@ -318,22 +318,17 @@ async fn an_amqp_command_is_applied_only_for_a_callers_amqp_user() {
         reply.json::<Value>().unwrap()["error"]["code"],
         "unauthorized"
     );
-    // Nor does one that names a queue replies may not go to: it is refused, not dead-lettered.
-    let elsewhere = BasicProperties::default().with_reply_to(
-        format!("{}.elsewhere", settings.command_queue)
-            .as_str()
-            .into(),
-    );
+    // One that names a queue replies may not go to is dead-lettered, as any such (§8.2).
+    let elsewhere = format!("{}.elsewhere", settings.command_queue);
+    let elsewhere = BasicProperties::default().with_reply_to(elsewhere.as_str().into());
     as_guest
         .publish(create("by-guest").to_string().as_bytes(), elsewhere)
         .await;
-    crate::helpers::eventually(async || {
-        match as_guest.ready_count(&settings.command_queue).await {
-            0 => Ok(()),
-            n => Err(format!("{n} commands ready")),
-        }
-    })
-    .await;
+    let dead = as_guest.dead_letter().await;
+    assert_eq!(
+        crate::amqp::dead_letter_reason(&dead).as_deref(),
+        Some("reply_to_refused")
+    );
     // The caller's own user is applied.
     let as_admin = AmqpClient::connect_to(&parties[0].user.url(), &settings).await;
     let reply = as_admin.call(&create("by-admin")).await;

@@ -315,22 +315,8 @@ impl Handler {
 
     async fn handle(&self, delivery: &Delivery) {
         let started = std::time::Instant::now();
-        // Who asks comes first: a publisher that is no caller gets no more than its refusal (it
-        // cannot fill the dead-letter queue), and no reply where replies may not go.
-        let caller = match self.caller_of(delivery) {
-            Ok(caller) => caller,
-            Err(error) => {
-                tracing::warn!(caller = ?self.publisher(delivery),
-                    "refusing a command whose user_id is no caller's AMQP user");
-                if self.may_reply(delivery) {
-                    self.finish(delivery, None, "refused", &Err(error), started)
-                        .await;
-                } else if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::error!(error = %error, "could not acknowledge a command");
-                }
-                return;
-            }
-        };
+        // A reply_to replies may not go to is dead-lettered whoever sent it (contract §8.2);
+        // then a publisher that is no caller is answered unauthorized, its body never parsed.
         if !self.may_reply(delivery) {
             // Debug-formatted: the name is the publisher's text, which must not forge lines.
             let reply_to = delivery
@@ -345,6 +331,16 @@ impl Handler {
                 .record_command("refused", "reply_to_refused", started.elapsed());
             return;
         }
+        let caller = match self.caller_of(delivery) {
+            Ok(caller) => caller,
+            Err(error) => {
+                tracing::warn!(caller = ?self.publisher(delivery),
+                    "refusing a command whose user_id is no caller's AMQP user");
+                self.finish(delivery, None, "refused", &Err(error), started)
+                    .await;
+                return;
+            }
+        };
         let key = delivery
             .properties
             .message_id()
