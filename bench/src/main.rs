@@ -1119,32 +1119,22 @@ impl Targets<'_> {
             (Front::Amqp, true) => self.ceiling_amqp_pid,
         };
         let (cpu_before, process_before) = (redis_cpu(&mut redis).await?, process_cpu(pid));
-        let mut sample = match (front, ceiling) {
-            (Front::Rest, false) => rest_load(&[self.service_port], None, op, fixture, round).await,
-            (Front::Rest, true) => rest_load(&[self.ceiling_port], None, op, fixture, round).await,
-            (Front::Amqp, false) => {
-                amqp_load(
-                    self.amqp,
-                    self.command_queue,
-                    None,
-                    op,
-                    fixture,
-                    round,
-                    false,
-                )
-                .await
+        let mut sample = match front {
+            Front::Rest => {
+                let port = if ceiling {
+                    self.ceiling_port
+                } else {
+                    self.service_port
+                };
+                rest_load(&[port], None, op, fixture, round).await
             }
-            (Front::Amqp, true) => {
-                amqp_load(
-                    self.amqp,
-                    self.ceiling_queue,
-                    None,
-                    op,
-                    fixture,
-                    round,
-                    false,
-                )
-                .await
+            Front::Amqp => {
+                let queue = if ceiling {
+                    self.ceiling_queue
+                } else {
+                    self.command_queue
+                };
+                amqp_load(self.amqp, queue, None, op, fixture, round, false).await
             }
         }?;
         sample.redis_cpu = redis_cpu(&mut redis).await? - cpu_before;
