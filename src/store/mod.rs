@@ -302,14 +302,8 @@ impl Store {
         command: &Command,
         idempotency: Option<Idempotency<'_>>,
     ) -> Result<Outcome, StoreError> {
-        let idempotency = idempotency.filter(|_| command.changes());
-        if let Some(idempotency) = idempotency {
-            ops::claim(self, idempotency).await?;
-        }
-        let record = CommandCall {
-            command,
-            idempotency,
-        };
+        let record = CommandCall::new(self, command, idempotency);
+        record.claim(self).await?;
         let outcome = match command {
             Command::CreateSession(new) => ops::create::apply(self, record, new).await,
             Command::GetSession(id) => ops::get::apply(self, record, id).await,

@@ -106,33 +106,46 @@ pub(super) fn record_retention(store: &Store, id: &IdempotencyKey) -> std::time:
 pub(super) struct CommandCall<'a> {
     pub command: &'a Command,
     pub idempotency: Option<Idempotency<'a>>,
+    /// The digests of the fingerprint, comma-separated (`Keyring::digests`; empty without
+    /// idempotency), made once for the claim and every call of the script.
+    digests: String,
 }
 
-/// Claims the idempotency key of a changing command for it, in its caller's namespace:
-/// `Err(KeyReused)` when the caller used the key for another command (of any session or user).
-/// A delivery's own key is unique and needs no claim.
-pub(super) async fn claim(store: &Store, idempotency: Idempotency<'_>) -> Result<(), StoreError> {
-    if idempotency.key.is_of_delivery() {
-        return Ok(());
+impl<'a> CommandCall<'a> {
+    /// The call of `command`, recorded under `idempotency` when it changes the sessions.
+    pub fn new(store: &Store, command: &'a Command, idempotency: Option<Idempotency<'a>>) -> Self {
+        let idempotency = idempotency.filter(|_| command.changes());
+        let digests = idempotency.map_or_else(String::new, |idempotency| {
+            store.keyring.digests(idempotency.fingerprint).join(",")
+        });
+        Self {
+            command,
+            idempotency,
+            digests,
+        }
     }
-    let ttl = record_retention(store, idempotency.key).as_secs().max(1);
-    let mut call = store.commands.claim.call();
-    call.key(
-        "claim_key",
-        store.keys.claim(idempotency.caller, idempotency.key),
-    )
-    .arg(
-        "digests",
-        store.keyring.digests(idempotency.fingerprint).join(","),
-    )
-    .arg("ttl", ttl);
-    match call.invoke::<i64>(&store.connection).await? {
-        1 => Ok(()),
-        _ => Err(StoreError::KeyReused),
-    }
-}
 
-impl CommandCall<'_> {
+    /// Claims the idempotency key of the command for it, in its caller's namespace:
+    /// `Err(KeyReused)` when the caller used the key for another command (of any session or
+    /// user). A delivery's own key is unique and needs no claim, and a command without key none.
+    pub async fn claim(&self, store: &Store) -> Result<(), StoreError> {
+        let Some(idempotency) = self.idempotency.filter(|i| !i.key.is_of_delivery()) else {
+            return Ok(());
+        };
+        let ttl = record_retention(store, idempotency.key).as_secs().max(1);
+        let mut call = store.commands.claim.call();
+        call.key(
+            "claim_key",
+            store.keys.claim(idempotency.caller, idempotency.key),
+        )
+        .arg("digests", &self.digests)
+        .arg("ttl", ttl);
+        match call.invoke::<i64>(&store.connection).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::KeyReused),
+        }
+    }
+
     /// The idempotency key, if the command is recorded.
     pub fn key(&self) -> Option<&IdempotencyKey> {
         self.idempotency.map(|idempotency| idempotency.key)
@@ -143,15 +156,12 @@ impl CommandCall<'_> {
         let bucket = Bucket::of_command(self.command);
         let key = self.key();
         let ttl = key.map_or(0, |key| record_retention(store, key).as_secs().max(1));
-        let digests = self.idempotency.map_or_else(String::new, |idempotency| {
-            store.keyring.digests(idempotency.fingerprint).join(",")
-        });
         let mut call = script.call();
         call.key("record_key", store.keys.record(self.command, key))
             .key("schedule_key", store.keys.schedule(bucket))
             .key("outbox_key", store.keys.outbox(bucket))
             .arg("record_ttl", ttl)
-            .arg("digests", digests)
+            .arg("digests", &self.digests)
             .arg("base", store.keys.base(bucket));
         call
     }
